@@ -1,0 +1,78 @@
+"""The applier contract: what a store plugin provides.
+
+An applier owns one local embedded store. Its one hard rule: the entries of a batch and the
+position they lead to are written in ONE atomic store transaction, so that after any crash
+the stored position names exactly the entries the store holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from .codec import Entry
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a store stands: its last applied sequence within one primary history.
+
+    `applied_entries` counts every entry the store has applied since it was created; it is
+    written in the same transaction, so it proves (or disproves) exactly-once application.
+    """
+
+    sequence: int = 0
+    history_id: str = ""
+    applied_entries: int = 0
+
+
+class StoreSnapshot(Protocol):
+    """A consistent, read-only view of a store at one position."""
+
+    @property
+    def position(self) -> Position: ...
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every live key and value, in bytewise key order."""
+        ...
+
+
+@runtime_checkable
+class Applier(Protocol):
+    name: str
+    #: longest key the store accepts
+    max_key_size: int
+
+    def position(self) -> Position:
+        """The durable position, as last committed."""
+        ...
+
+    def apply(self, entries: Sequence[Entry], history_id: str) -> Position:
+        """Apply `entries` (contiguous, ascending, starting right after the current position)
+        and the new position in one atomic transaction; return the new position.
+
+        When the applier was opened with `durable=True` the transaction is durable (the store's
+        own sync) when this returns. Merge entries are applied as Put unless the store has a
+        merge operator.
+        """
+        ...
+
+    def sync(self) -> None:
+        """Make every applied transaction durable (a no-op when apply already syncs)."""
+        ...
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def snapshot(self) -> AbstractContextManager[StoreSnapshot]:
+        """A consistent view: position and data read at one instant."""
+        ...
+
+    def close(self) -> None: ...
+
+
+#: An applier factory: open (creating if needed) the store at `path`.
+#: `options` come from the `[applier.options]` table; unknown options must raise ConfigError.
+ApplierFactory = Callable[[Path, Mapping[str, Any], bool], Applier]

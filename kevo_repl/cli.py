@@ -1,0 +1,263 @@
+"""`kevo-repl`: run nodes, talk to them, and run the demo. The only place logging is set up."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from . import config as config_mod
+from .codec import Op
+from .errors import KevoReplError
+
+log = logging.getLogger("kevo_repl.cli")
+
+
+def _setup_logging(level: str, log_file: str | None) -> None:
+    handlers: list[logging.Handler] = [
+        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    ]
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+        handlers=handlers,
+    )
+
+
+def _node_config(args: argparse.Namespace, role: str) -> config_mod.Config:
+    cfg = config_mod.load(args.config)
+    cfg.node.role = role
+    if args.data_dir is not None:
+        cfg.node.data_dir = args.data_dir
+    if args.listen is not None:
+        cfg.node.listen = args.listen
+    if args.applier is not None:
+        cfg.applier.name = args.applier
+    if role == "replica":
+        if args.primary is not None:
+            cfg.replica.primary = args.primary
+        if args.replica_id is not None:
+            cfg.replica.replica_id = args.replica_id
+    return cfg
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    cfg = _node_config(args, args.command)
+
+    def ready(address: str) -> None:
+        # one machine-readable line on stdout: launchers wait for it instead of polling
+        print(json.dumps({"listening": address, "pid": os.getpid()}), flush=True)
+
+    asyncio.run(serve(cfg, on_ready=ready))
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from .client import Client
+
+    return Client(args.target, timeout=args.timeout)
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        seq = c.put(args.key.encode(), args.value.encode())
+    print(json.dumps({"sequence": seq}))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        seq = c.delete(args.key.encode())
+    print(json.dumps({"sequence": seq}))
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        value = c.get(args.key.encode())
+    if value is None:
+        print(f"{args.key}: not found", file=sys.stderr)
+        return 1
+    sys.stdout.write(value.decode(errors="backslashreplace") + "\n")
+    return 0
+
+
+def load_keys(count: int, start: int, key_size: int, value_size: int, batch: int) -> Any:
+    """Write batches of deterministic keys; values carry the key index and fill to size."""
+    for first in range(start, start + count, batch):
+        n = min(batch, start + count - first)
+        muts = []
+        for i in range(first, first + n):
+            key = f"key{i:0{max(key_size - 3, 1)}d}".encode()[-key_size:]
+            value = (f"v{i}:".encode() * (value_size // 4 + 1))[:value_size]
+            muts.append((Op.PUT, key, value))
+        yield muts
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    if args.count < 0 or args.batch < 1 or args.key_size < 4 or args.value_size < 0:
+        raise KevoReplError("--count >= 0, --batch >= 1, --key-size >= 4, --value-size >= 0")
+    started = time.perf_counter()
+    last = 0
+    written = 0
+    with _client(args) as c:
+        for muts in load_keys(args.count, args.start, args.key_size, args.value_size, args.batch):
+            _, last = c.write(muts)
+            written += len(muts)
+            if args.progress:
+                print(json.dumps({"written": written, "last_sequence": last}), flush=True)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"entries": written, "seconds": round(seconds, 6), "last_sequence": last}))
+    return 0
+
+
+def _print_table(rows: list[tuple[str, Any]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        st = c.status()
+    if args.json:
+        print(json.dumps(st, sort_keys=True))
+        return 0
+    replicas = st.pop("replicas", [])
+    _print_table([(k, v) for k, v in st.items() if v not in ("", None)])
+    if replicas:
+        print()
+        print(f"{'replica':<16} {'acked':>12} {'connected':>9}  peer")
+        for r in replicas:
+            print(
+                f"{r['replica_id']:<16} {r['acked_sequence']:>12} "
+                f"{'yes' if r['connected'] else 'no':>9}  {r['peer']}"
+            )
+    return 0
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        d = c.digest()
+    if args.json:
+        print(json.dumps(d, sort_keys=True))
+    else:
+        _print_table(list(d.items()))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugins import build_registry
+
+    regs = build_registry().all()
+    if args.json:
+        print(json.dumps([
+            {"kind": r.kind, "name": r.name, "plugin": r.plugin,
+             "distribution": r.distribution, "version": r.version}
+            for r in regs
+        ]))
+        return 0
+    print(f"{'kind':<11} {'name':<10} {'distribution':<22} {'version':<9} plugin")
+    for r in regs:
+        print(f"{r.kind:<11} {r.name:<10} {r.distribution:<22} {r.version:<9} {r.plugin}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kevo-repl", description=__doc__)
+    p.add_argument("--log-level", default=os.environ.get("KEVO_REPL_LOG_LEVEL", "INFO"),
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    p.add_argument("--log-file", default=None, help="log here instead of stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    for role in ("primary", "replica"):
+        s = sub.add_parser(role, help=f"run a {role} node until SIGTERM/SIGINT")
+        s.add_argument("--config", help="TOML configuration file")
+        s.add_argument("--data-dir", help="data directory (default from config: ./data)")
+        s.add_argument("--listen", help="HOST:PORT to serve on (port 0 picks a free one; "
+                       "the bound address is written to DATA_DIR/node.addr)")
+        s.add_argument("--applier", help="store backend by registered name (default lmdb)")
+        if role == "replica":
+            s.add_argument("--primary", help="the primary's HOST:PORT")
+            s.add_argument("--replica-id", help="this replica's durable name on the primary")
+        s.set_defaults(func=cmd_node)
+
+    def client_cmd(name: str, help: str) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help)
+        s.add_argument("--target", required=True, help="a node's HOST:PORT")
+        s.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+        return s
+
+    s = client_cmd("put", "write one key (primary only)")
+    s.add_argument("key")
+    s.add_argument("value")
+    s.set_defaults(func=cmd_put)
+    s = client_cmd("delete", "delete one key (primary only)")
+    s.add_argument("key")
+    s.set_defaults(func=cmd_delete)
+    s = client_cmd("get", "read one key from any node")
+    s.add_argument("key")
+    s.set_defaults(func=cmd_get)
+    s = client_cmd("load", "write COUNT entries in write batches; print a JSON summary")
+    s.add_argument("--count", type=int, required=True)
+    s.add_argument("--start", type=int, default=0, help="first key index")
+    s.add_argument("--key-size", type=int, default=16)
+    s.add_argument("--value-size", type=int, default=100)
+    s.add_argument("--batch", type=int, default=1000)
+    s.add_argument("--progress", action="store_true", help="print a JSON line per batch")
+    s.set_defaults(func=cmd_load)
+    s = client_cmd("status", "role, state, positions and replicas of a node")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+    s = client_cmd("digest", "digest of a node's store at one consistent position")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_digest)
+
+    s = sub.add_parser("plugins", help="list every registered plugin")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_plugins)
+
+    s = sub.add_parser("demo", help="a local primary and replica, 10,000 entries, digests")
+    s.add_argument("--dir", default=None, help="work directory (default: a fresh temp dir)")
+    s.add_argument("--count", type=int, default=10_000)
+    s.add_argument("--timeout", type=float, default=120.0)
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level, args.log_file)
+    try:
+        return int(args.func(args))
+    except KevoReplError as exc:
+        print(f"kevo-repl: error: {exc}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        name = code.name if code is not None else "RPC error"
+        print(f"kevo-repl: {name}: {details}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

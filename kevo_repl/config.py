@@ -1,0 +1,156 @@
+"""One TOML file of configuration; every option has a default, and CLI flags override it."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+ROLES = ("primary", "replica")
+
+
+@dataclass
+class NodeConfig:
+    role: str = "primary"
+    data_dir: str = "./data"
+    listen: str = "127.0.0.1:50052"
+
+
+@dataclass
+class ReplicaConfig:
+    primary: str = "127.0.0.1:50052"
+    replica_id: str = "r1"
+    #: responses buffered between receive and apply; bounds replica memory (flow control)
+    queue_batches: int = 8
+    #: most entries applied in one store transaction when batches queue up
+    max_apply_entries: int = 50_000
+    backoff_initial_s: float = 0.05
+    backoff_max_s: float = 5.0
+    #: how often to re-request the same corrupt sequence before giving up in ERROR
+    max_corrupt_retries: int = 5
+
+
+@dataclass
+class ApplierConfig:
+    name: str = "lmdb"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CompressorConfig:
+    name: str = "none"
+    level: int = 1
+
+
+@dataclass
+class ConnectorConfig:
+    name: str = "grpc"
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass
+class WALConfig:
+    segment_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass
+class StreamConfig:
+    #: a response carries whole write batches up to this many bytes (one larger batch goes alone)
+    max_batch_bytes: int = 1024 * 1024
+    #: an idle stream gets an empty heartbeat response this often
+    heartbeat_s: float = 1.0
+
+
+@dataclass
+class Config:
+    node: NodeConfig = field(default_factory=NodeConfig)
+    replica: ReplicaConfig = field(default_factory=ReplicaConfig)
+    applier: ApplierConfig = field(default_factory=ApplierConfig)
+    compressor: CompressorConfig = field(default_factory=CompressorConfig)
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    wal: WALConfig = field(default_factory=WALConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.node.data_dir)
+
+    def validate(self) -> None:
+        if self.node.role not in ROLES:
+            raise ConfigError(
+                f"[node] role must be one of {', '.join(ROLES)}, not {self.node.role!r}"
+            )
+        parse_address(self.node.listen, "[node] listen")
+        if self.node.role == "replica":
+            parse_address(self.replica.primary, "[replica] primary")
+            if not self.replica.replica_id:
+                raise ConfigError("[replica] replica_id must not be empty")
+        for name, value in (
+            ("[wal] segment_bytes", self.wal.segment_bytes),
+            ("[stream] max_batch_bytes", self.stream.max_batch_bytes),
+            ("[replica] queue_batches", self.replica.queue_batches),
+            ("[replica] max_apply_entries", self.replica.max_apply_entries),
+        ):
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, not {value}")
+        if self.stream.heartbeat_s <= 0:
+            raise ConfigError("[stream] heartbeat_s must be positive")
+
+
+def parse_address(address: str, what: str = "address") -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what} must be HOST:PORT, not {address!r}")
+    return host, int(port)
+
+
+def _fill(section: Any, table: dict[str, Any], where: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    for key, value in table.items():
+        f = fields.get(key)
+        if f is None:
+            raise ConfigError(
+                f"unknown key {key!r} in [{where}]; valid keys: {', '.join(sorted(fields))}"
+            )
+        current = getattr(section, key)
+        if isinstance(current, bool) or not isinstance(current, int | float | str | dict):
+            ok = isinstance(value, type(current))
+        elif isinstance(current, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, type(current)) and not isinstance(value, bool)
+        if not ok:
+            raise ConfigError(
+                f"[{where}] {key} must be {type(current).__name__}, not {type(value).__name__}"
+            )
+        setattr(section, key, float(value) if isinstance(current, float) else value)
+
+
+def load(path: str | Path | None = None) -> Config:
+    """Defaults, overlaid with the TOML file at `path` when given."""
+    cfg = Config()
+    if path is None:
+        return cfg
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    sections = {f.name for f in dataclasses.fields(cfg)}
+    for name, table in data.items():
+        if name not in sections:
+            raise ConfigError(
+                f"unknown section [{name}] in {path}; valid sections: {', '.join(sorted(sections))}"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{name}] in {path} must be a table")
+        _fill(getattr(cfg, name), table, name)
+    return cfg

@@ -1,0 +1,129 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OP_UNSPECIFIED: _ClassVar[Op]
+    PUT: _ClassVar[Op]
+    DELETE: _ClassVar[Op]
+    MERGE: _ClassVar[Op]
+OP_UNSPECIFIED: Op
+PUT: Op
+DELETE: Op
+MERGE: Op
+
+class Mutation(_message.Message):
+    __slots__ = ("op", "key", "value")
+    OP_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    op: Op
+    key: bytes
+    value: bytes
+    def __init__(self, op: _Optional[_Union[Op, str]] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class WriteRequest(_message.Message):
+    __slots__ = ("mutations",)
+    MUTATIONS_FIELD_NUMBER: _ClassVar[int]
+    mutations: _containers.RepeatedCompositeFieldContainer[Mutation]
+    def __init__(self, mutations: _Optional[_Iterable[_Union[Mutation, _Mapping]]] = ...) -> None: ...
+
+class WriteResponse(_message.Message):
+    __slots__ = ("first_sequence", "last_sequence")
+    FIRST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    first_sequence: int
+    last_sequence: int
+    def __init__(self, first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    def __init__(self, key: _Optional[bytes] = ...) -> None: ...
+
+class GetResponse(_message.Message):
+    __slots__ = ("found", "value", "sequence")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    value: bytes
+    sequence: int
+    def __init__(self, found: _Optional[bool] = ..., value: _Optional[bytes] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReplicaSlot(_message.Message):
+    __slots__ = ("replica_id", "acked_sequence", "connected", "session_id", "peer", "last_ack_age_s")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    ACKED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    LAST_ACK_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    acked_sequence: int
+    connected: bool
+    session_id: str
+    peer: str
+    last_ack_age_s: float
+    def __init__(self, replica_id: _Optional[str] = ..., acked_sequence: _Optional[int] = ..., connected: _Optional[bool] = ..., session_id: _Optional[str] = ..., peer: _Optional[str] = ..., last_ack_age_s: _Optional[float] = ...) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("role", "state", "last_applied", "head_sequence", "first_sequence", "history_id", "applier", "applied_entries", "replicas", "primary", "replica_id", "last_error", "reconnects", "corrupt_entries", "gaps", "duplicates_skipped")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_ID_FIELD_NUMBER: _ClassVar[int]
+    APPLIER_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    RECONNECTS_FIELD_NUMBER: _ClassVar[int]
+    CORRUPT_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    GAPS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    state: str
+    last_applied: int
+    head_sequence: int
+    first_sequence: int
+    history_id: str
+    applier: str
+    applied_entries: int
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaSlot]
+    primary: str
+    replica_id: str
+    last_error: str
+    reconnects: int
+    corrupt_entries: int
+    gaps: int
+    duplicates_skipped: int
+    def __init__(self, role: _Optional[str] = ..., state: _Optional[str] = ..., last_applied: _Optional[int] = ..., head_sequence: _Optional[int] = ..., first_sequence: _Optional[int] = ..., history_id: _Optional[str] = ..., applier: _Optional[str] = ..., applied_entries: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaSlot, _Mapping]]] = ..., primary: _Optional[str] = ..., replica_id: _Optional[str] = ..., last_error: _Optional[str] = ..., reconnects: _Optional[int] = ..., corrupt_entries: _Optional[int] = ..., gaps: _Optional[int] = ..., duplicates_skipped: _Optional[int] = ...) -> None: ...
+
+class DigestRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DigestResponse(_message.Message):
+    __slots__ = ("sequence", "keys", "digest")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    keys: int
+    digest: str
+    def __init__(self, sequence: _Optional[int] = ..., keys: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,102 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FragmentType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FULL: _ClassVar[FragmentType]
+    FIRST: _ClassVar[FragmentType]
+    MIDDLE: _ClassVar[FragmentType]
+    LAST: _ClassVar[FragmentType]
+
+class CompressionCodec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NONE: _ClassVar[CompressionCodec]
+    ZSTD: _ClassVar[CompressionCodec]
+    SNAPPY: _ClassVar[CompressionCodec]
+FULL: FragmentType
+FIRST: FragmentType
+MIDDLE: FragmentType
+LAST: FragmentType
+NONE: CompressionCodec
+ZSTD: CompressionCodec
+SNAPPY: CompressionCodec
+
+class WALStreamRequest(_message.Message):
+    __slots__ = ("start_sequence", "protocol_version", "compression_supported", "preferred_codec", "listener_address", "replica_id", "history_id")
+    START_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_SUPPORTED_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_CODEC_FIELD_NUMBER: _ClassVar[int]
+    LISTENER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_ID_FIELD_NUMBER: _ClassVar[int]
+    start_sequence: int
+    protocol_version: int
+    compression_supported: bool
+    preferred_codec: CompressionCodec
+    listener_address: str
+    replica_id: str
+    history_id: str
+    def __init__(self, start_sequence: _Optional[int] = ..., protocol_version: _Optional[int] = ..., compression_supported: _Optional[bool] = ..., preferred_codec: _Optional[_Union[CompressionCodec, str]] = ..., listener_address: _Optional[str] = ..., replica_id: _Optional[str] = ..., history_id: _Optional[str] = ...) -> None: ...
+
+class WALStreamResponse(_message.Message):
+    __slots__ = ("entries", "compressed", "codec", "head_sequence", "primary_time_ns", "history_id")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSED_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_ID_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[WALEntry]
+    compressed: bool
+    codec: CompressionCodec
+    head_sequence: int
+    primary_time_ns: int
+    history_id: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[WALEntry, _Mapping]]] = ..., compressed: _Optional[bool] = ..., codec: _Optional[_Union[CompressionCodec, str]] = ..., head_sequence: _Optional[int] = ..., primary_time_ns: _Optional[int] = ..., history_id: _Optional[str] = ...) -> None: ...
+
+class WALEntry(_message.Message):
+    __slots__ = ("sequence_number", "payload", "fragment_type", "checksum")
+    SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    FRAGMENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    sequence_number: int
+    payload: bytes
+    fragment_type: FragmentType
+    checksum: int
+    def __init__(self, sequence_number: _Optional[int] = ..., payload: _Optional[bytes] = ..., fragment_type: _Optional[_Union[FragmentType, str]] = ..., checksum: _Optional[int] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("acknowledged_up_to",)
+    ACKNOWLEDGED_UP_TO_FIELD_NUMBER: _ClassVar[int]
+    acknowledged_up_to: int
+    def __init__(self, acknowledged_up_to: _Optional[int] = ...) -> None: ...
+
+class AckResponse(_message.Message):
+    __slots__ = ("success", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Nack(_message.Message):
+    __slots__ = ("missing_from_sequence",)
+    MISSING_FROM_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    missing_from_sequence: int
+    def __init__(self, missing_from_sequence: _Optional[int] = ...) -> None: ...
+
+class NackResponse(_message.Message):
+    __slots__ = ("success", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...

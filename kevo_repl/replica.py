@@ -1,0 +1,404 @@
+"""The replica: stream the primary's WAL, apply it durably with its position, acknowledge.
+
+Three tasks form a pipeline so that the next response arrives while the current batch is
+being applied:
+
+  receive  — reads responses, verifies checksum/layout/order, queues batches (bounded queue:
+             when it is full, gRPC flow control holds the primary back)
+  apply    — takes everything queued (up to a cap), applies it and the new position in ONE
+             store transaction with the store's own sync, in a worker thread
+  ack      — reports the durable position; acks coalesce (one in flight, the newest wins)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pluggy
+
+from .applier import Applier, Position
+from .codec import CodecError, Entry, checksum, decode
+from .config import Config
+from .errors import ReplicationError
+from .plugins import Registry
+from .primary import PROTOCOL_VERSION, SESSION_HEADER
+from .proto import replication_pb2 as rpb
+from .state import TRANSITIONS, State, StateMachine
+from .store import open_store
+
+log = logging.getLogger(__name__)
+
+_STREAM = "/kevo.replication.WALReplicationService/StreamWAL"
+_ACK = "/kevo.replication.WALReplicationService/Acknowledge"
+_NACK = "/kevo.replication.WALReplicationService/NegativeAcknowledge"
+# A gap that the primary has not repaired after this many more responses ends the session.
+_GAP_PATIENCE = 4
+
+
+class _RestartSession(Exception):
+    """The stream is no longer usable; reconnect from the durable position."""
+
+
+@dataclass
+class ReplicaStats:
+    reconnects: int = 0
+    corrupt_entries: int = 0
+    gaps: int = 0
+    duplicates_skipped: int = 0
+    head_sequence: int = 0
+    last_error: str = ""
+
+
+class Replica:
+    def __init__(self, cfg: Config, registry: Registry, pm: pluggy.PluginManager) -> None:
+        self.cfg = cfg
+        self.pm = pm
+        self.replica_id = cfg.replica.replica_id
+        self.store: Applier = open_store(cfg, registry, durable=True)
+        self.connector = registry.get("connector", cfg.connector.name)
+        self.position: Position = self.store.position()
+        self.stats = ReplicaStats()
+        self.sm = StateMachine(on_change=self._state_changed)
+        self.fatal: str | None = None
+        # last sequence handed to the apply queue (>= position.sequence)
+        self._received = self.position.sequence
+        self._queue: asyncio.Queue[list[Entry]] = asyncio.Queue(cfg.replica.queue_batches)
+        self._durable_changed = asyncio.Event()
+        self._session_id = ""
+        self._channel: Any = None
+        self._session_task: asyncio.Task[None] | None = None
+        self._corrupt_at: tuple[int, int] = (0, 0)  # (sequence, times seen corrupt)
+        self._primary_history = self.position.history_id
+        self._resync = False  # an apply failed: re-stream from the durable position
+        self._stopping = False
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _state_changed(self, old: State, new: State, reason: str) -> None:
+        if new is State.ERROR:
+            log.warning("replica %s: ERROR: %s", self.replica_id, reason)
+        try:
+            self.pm.hook.kevo_repl_state_changed(
+                node=self.replica_id, old=old.value, new=new.value, reason=reason
+            )
+        except Exception:
+            log.exception("a state_changed hook failed")
+
+    def _move(self, new: State, reason: str = "") -> None:
+        """A move of the connection side (connect, error, reconnect): always valid."""
+        self.sm.move(new, reason)
+
+    def _progress(self, new: State, reason: str = "") -> None:
+        """A move of the apply side. The connection's state dominates: when a reconnect has
+        reset the machine meanwhile, the apply side's progress does not move it."""
+        if new in TRANSITIONS[self.sm.state]:
+            self.sm.move(new, reason)
+
+    # -- main loop -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Replicate until stop() or a fatal error (divergence, repeated corruption)."""
+        apply_task = asyncio.create_task(self._apply_loop(), name="replica-apply")
+        ack_task = asyncio.create_task(self._ack_loop(), name="replica-ack")
+        attempt = 0
+        try:
+            while not self._stopping:
+                made_progress = False
+                before = self.position.sequence
+                try:
+                    self._session_task = asyncio.create_task(self._session())
+                    await self._session_task
+                    self._error("the primary ended the stream")
+                except _RestartSession as exc:
+                    self._error(str(exc))
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code()
+                    msg = f"{code.name}: {exc.details()}"
+                    if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE):
+                        self._fatal(f"primary refused the stream: {msg}")
+                        return
+                    self._error(f"stream from {self.cfg.replica.primary} failed: {msg}")
+                except ReplicationError as exc:
+                    self._fatal(str(exc))
+                    return
+                except asyncio.CancelledError:
+                    if self._stopping:
+                        raise
+                    self._error("session restarted")
+                finally:
+                    await self._close_channel()
+                if self._resync:
+                    # the session is over, so nothing can queue behind this reset
+                    self._resync = False
+                    self._drain_queue()
+                    self._received = self.position.sequence
+                made_progress = self.position.sequence > before or self._received > before
+                if self._stopping:
+                    break
+                attempt = 0 if made_progress else attempt + 1
+                self.stats.reconnects += 1
+                await asyncio.sleep(self._backoff(attempt))
+                self._move(State.CONNECTING, "reconnecting")
+        finally:
+            for task in (apply_task, ack_task):
+                task.cancel()
+            for task in (apply_task, ack_task):
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with jitter, capped; attempt 0 is the first retry."""
+        cap = self.cfg.replica.backoff_max_s
+        base = min(cap, self.cfg.replica.backoff_initial_s * (2.0**attempt))
+        return base * random.uniform(0.5, 1.0)
+
+    def _error(self, reason: str) -> None:
+        self.stats.last_error = reason
+        self._move(State.ERROR, reason)
+
+    def _fatal(self, reason: str) -> None:
+        self.fatal = reason
+        self._error(reason)
+        log.error("replica %s stopped replicating: %s", self.replica_id, reason)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._session_task is not None:
+            self._session_task.cancel()
+
+    def close(self) -> None:
+        self.store.close()
+
+    async def _close_channel(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close()
+
+    # -- one connection ------------------------------------------------------------------------
+
+    async def _session(self) -> None:
+        self._channel = self.connector(self.cfg.replica.primary, {"config": self.cfg.connector})
+        stream = self._channel.unary_stream(
+            _STREAM,
+            request_serializer=rpb.WALStreamRequest.SerializeToString,
+            response_deserializer=rpb.WALStreamResponse.FromString,
+        )
+        start = self._received + 1
+        request = rpb.WALStreamRequest(
+            start_sequence=start,
+            protocol_version=PROTOCOL_VERSION,
+            replica_id=self.replica_id,
+            history_id=self.position.history_id,
+        )
+        call = stream(request)
+        metadata = await call.initial_metadata()
+        self._session_id = ""
+        for key, value in metadata or ():
+            if key == SESSION_HEADER:
+                self._session_id = str(value)
+        log.info(
+            "replica %s connected to %s, streaming from %d (session %s)",
+            self.replica_id, self.cfg.replica.primary, start, self._session_id,
+        )
+        self._move(State.STREAMING_ENTRIES, f"connected, streaming from {start}")
+        gap_for: tuple[int, int] = (0, 0)  # (expected sequence, responses since the nack)
+        async for resp in call:
+            if resp.history_id:
+                self._check_history(resp.history_id)
+            if resp.head_sequence:
+                self.stats.head_sequence = resp.head_sequence
+            if not resp.entries:
+                continue
+            batch, problem = self._verify(resp)
+            if batch:
+                if self.sm.state is State.WAITING_FOR_DATA:
+                    self._progress(State.STREAMING_ENTRIES, "entries arrived")
+                await self._queue.put(batch)
+                self._received = batch[-1].seq
+            if problem is None:
+                gap_for = (0, 0)
+                continue
+            expected = self._received + 1
+            if gap_for[0] != expected:
+                gap_for = (expected, 0)
+                await self._nack(expected, problem)
+            else:
+                gap_for = (expected, gap_for[1] + 1)
+                if gap_for[1] >= _GAP_PATIENCE:
+                    raise _RestartSession(f"{problem}; the primary did not re-send, reconnecting")
+
+    def _check_history(self, history_id: str) -> None:
+        mine = self.position.history_id
+        if mine and mine != history_id and self.position.sequence > 0:
+            raise ReplicationError(
+                f"primary history {history_id} differs from this replica's {mine}: diverged"
+            )
+        self._primary_history = history_id
+
+    def _verify(self, resp: rpb.WALStreamResponse) -> tuple[list[Entry], str | None]:
+        """Entries of `resp` that continue the received sequence, and the first problem."""
+        out: list[Entry] = []
+        expected = self._received + 1
+        if resp.compressed and resp.codec != rpb.NONE:
+            return out, f"compressed payloads (codec {resp.codec}) were not negotiated"
+        for e in resp.entries:
+            seq = e.sequence_number
+            if seq < expected:
+                self.stats.duplicates_skipped += 1
+                continue
+            if seq > expected:
+                self.stats.gaps += 1
+                return out, f"gap: expected sequence {expected}, got {seq}"
+            if e.fragment_type != rpb.FULL:
+                return out, f"fragmented entry {seq} is not supported yet"
+            payload = e.payload
+            try:
+                if e.checksum and checksum(payload) != e.checksum:
+                    raise CodecError(f"checksum mismatch in entry {seq}")
+                entry = decode(payload, seq)
+            except CodecError as exc:
+                self._count_corrupt(seq)
+                return out, f"corrupt entry: {exc}"
+            out.append(entry)
+            expected += 1
+        return out, None
+
+    def _count_corrupt(self, seq: int) -> None:
+        self.stats.corrupt_entries += 1
+        times = self._corrupt_at[1] + 1 if self._corrupt_at[0] == seq else 1
+        self._corrupt_at = (seq, times)
+        log.warning("replica %s: entry %d is corrupt (%d times)", self.replica_id, seq, times)
+        if times > self.cfg.replica.max_corrupt_retries:
+            raise ReplicationError(
+                f"entry {seq} arrived corrupt {times} times; giving up on this primary"
+            )
+
+    async def _nack(self, sequence: int, reason: str) -> None:
+        log.info("replica %s: %s; asking for a re-send from %d", self.replica_id, reason, sequence)
+        nack = self._channel.unary_unary(
+            _NACK,
+            request_serializer=rpb.Nack.SerializeToString,
+            response_deserializer=rpb.NackResponse.FromString,
+        )
+        try:
+            await nack(
+                rpb.Nack(missing_from_sequence=sequence),
+                metadata=((SESSION_HEADER, self._session_id),),
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _RestartSession(f"nack failed ({exc.code().name}), reconnecting") from exc
+
+    # -- apply -----------------------------------------------------------------------------------
+
+    async def _apply_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        cap = self.cfg.replica.max_apply_entries
+        while True:
+            batch = await self._queue.get()
+            # everything that queued up while the last commit ran goes into one transaction
+            while len(batch) < cap and not self._queue.empty():
+                batch.extend(self._queue.get_nowait())
+            # After a failed apply the queue may still hold entries from before the reset:
+            # apply only what continues the durable position, exactly once.
+            done = self.position.sequence
+            if batch[0].seq <= done:
+                skipped = min(len(batch), done - batch[0].seq + 1)
+                self.stats.duplicates_skipped += skipped
+                batch = batch[skipped:]
+            if not batch or batch[0].seq != done + 1:
+                continue
+            self._progress(State.APPLYING_ENTRIES, f"{len(batch)} entries")
+            history = self._primary_history or self.position.history_id
+            fut = loop.run_in_executor(None, self.store.apply, batch, history)
+            try:
+                new_pos = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                await fut  # never leave a commit running under a closing store
+                raise
+            except Exception as exc:
+                # Nothing of this batch is applied (one transaction); drop what is queued
+                # and re-stream from the durable position.
+                log.error("replica %s: apply failed: %s", self.replica_id, exc)
+                self._drain_queue()
+                self._resync = True
+                self.stats.last_error = f"apply failed: {exc}"
+                if self._session_task is not None:
+                    self._session_task.cancel()
+                continue
+            self._progress(State.FSYNC_PENDING, f"committed through {new_pos.sequence}")
+            await loop.run_in_executor(None, self.store.sync)
+            self.position = new_pos
+            self._progress(State.ACKNOWLEDGING, f"durable through {new_pos.sequence}")
+            self._durable_changed.set()
+            try:
+                self.pm.hook.kevo_repl_batch_applied(
+                    node=self.replica_id,
+                    first_seq=batch[0].seq,
+                    last_seq=batch[-1].seq,
+                    count=len(batch),
+                )
+            except Exception:
+                log.exception("a batch_applied hook failed")
+            if self._queue.empty():
+                self._progress(State.WAITING_FOR_DATA, "caught up with what was received")
+            else:
+                self._progress(State.APPLYING_ENTRIES, "more entries queued")
+
+    def _drain_queue(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    # -- ack -------------------------------------------------------------------------------------
+
+    async def _ack_loop(self) -> None:
+        acked = 0
+        while True:
+            await self._durable_changed.wait()
+            self._durable_changed.clear()
+            seq = self.position.sequence
+            if seq <= acked or self._channel is None or not self._session_id:
+                continue
+            ack = self._channel.unary_unary(
+                _ACK,
+                request_serializer=rpb.Ack.SerializeToString,
+                response_deserializer=rpb.AckResponse.FromString,
+            )
+            try:
+                await ack(
+                    rpb.Ack(acknowledged_up_to=seq),
+                    metadata=((SESSION_HEADER, self._session_id),),
+                    timeout=10,
+                )
+                acked = seq
+            except (grpc.aio.AioRpcError, RuntimeError) as exc:
+                # the next durable batch (or the next session) acks again
+                log.info("replica %s: ack of %d not delivered: %s", self.replica_id, seq, exc)
+
+    # -- observation -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "role": "replica",
+            "state": self.sm.state.value,
+            "last_applied": self.position.sequence,
+            "head_sequence": max(self.stats.head_sequence, self.position.sequence),
+            "history_id": self.position.history_id,
+            "applied_entries": self.position.applied_entries,
+            "primary": self.cfg.replica.primary,
+            "replica_id": self.replica_id,
+            "last_error": self.fatal or self.stats.last_error,
+            "reconnects": self.stats.reconnects,
+            "corrupt_entries": self.stats.corrupt_entries,
+            "gaps": self.stats.gaps,
+            "duplicates_skipped": self.stats.duplicates_skipped,
+            "updated_at": time.time(),
+        }

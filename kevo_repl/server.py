@@ -1,0 +1,244 @@
+"""A node process: one gRPC server with the replication service (primary) and the node API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from . import store as store_mod
+from .config import Config
+from .errors import KevoReplError
+from .plugins import build_registry, get_plugin_manager
+from .primary import Primary, PrimaryUnavailable, WriteRejected
+from .proto import node_pb2 as npb
+from .proto import replication_pb2 as rpb
+from .replica import Replica
+from .store import lock_data_dir, write_file_atomically
+from .transport import server_options
+
+log = logging.getLogger(__name__)
+
+ADDRESS_FILE = "node.addr"
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def replication_handler(primary: Primary) -> grpc.GenericRpcHandler:
+    # StreamWAL sends bytes already in wire form (WAL records), so its serializer is the
+    # identity: catch-up costs a file read, not a re-encode per entry.
+    return grpc.method_handlers_generic_handler(
+        "kevo.replication.WALReplicationService",
+        {
+            "StreamWAL": grpc.unary_stream_rpc_method_handler(
+                primary.stream,
+                request_deserializer=rpb.WALStreamRequest.FromString,
+                response_serializer=_identity,
+            ),
+            "Acknowledge": grpc.unary_unary_rpc_method_handler(
+                primary.acknowledge,
+                request_deserializer=rpb.Ack.FromString,
+                response_serializer=rpb.AckResponse.SerializeToString,
+            ),
+            "NegativeAcknowledge": grpc.unary_unary_rpc_method_handler(
+                primary.negative_acknowledge,
+                request_deserializer=rpb.Nack.FromString,
+                response_serializer=rpb.NackResponse.SerializeToString,
+            ),
+        },
+    )
+
+
+class NodeService:
+    """The client/operator API, on primary and replica alike."""
+
+    def __init__(self, cfg: Config, primary: Primary | None, replica: Replica | None) -> None:
+        self.cfg = cfg
+        self.primary = primary
+        self.replica = replica
+        node = primary or replica
+        assert node is not None
+        self.store = node.store
+
+    async def Write(  # gRPC method names are CamelCase
+        self, request: npb.WriteRequest, context: grpc.aio.ServicerContext
+    ) -> npb.WriteResponse:
+        if self.primary is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this node is a read-only replica; send writes to the primary at "
+                f"{self.cfg.replica.primary}",
+            )
+            raise AssertionError("unreachable")
+        mutations = [(int(m.op), bytes(m.key), bytes(m.value)) for m in request.mutations]
+        try:
+            first, last = await self.primary.write(mutations)
+        except WriteRejected as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except PrimaryUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return npb.WriteResponse(first_sequence=first, last_sequence=last)
+
+    async def Get(
+        self, request: npb.GetRequest, context: grpc.aio.ServicerContext
+    ) -> npb.GetResponse:
+        value = await asyncio.to_thread(self.store.get, request.key)
+        seq = self.store.position().sequence
+        if value is None:
+            return npb.GetResponse(found=False, sequence=seq)
+        return npb.GetResponse(found=True, value=value, sequence=seq)
+
+    async def Status(
+        self, request: npb.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> npb.StatusResponse:
+        return npb.StatusResponse(**self.status())
+
+    def status(self) -> dict[str, Any]:
+        if self.replica is not None:
+            st = self.replica.status()
+            st.pop("updated_at", None)
+            st["applier"] = self.cfg.applier.name
+            return st
+        assert self.primary is not None
+        p = self.primary
+        pos = p.store.position()
+        live = {s.replica_id: s for s in p.sessions.values()}
+        slots = []
+        now = time.time()
+        for rid, slot in sorted(p.slots.slots.items()):
+            sess = live.get(rid)
+            slots.append(
+                npb.ReplicaSlot(
+                    replica_id=rid,
+                    acked_sequence=slot.acked,
+                    connected=sess is not None,
+                    session_id=sess.session_id if sess else "",
+                    peer=sess.peer if sess else "",
+                    last_ack_age_s=now - slot.last_ack_at if slot.last_ack_at else -1.0,
+                )
+            )
+        return {
+            "role": "primary",
+            "state": "SERVING" if p._broken is None else "ERROR",
+            "last_applied": pos.sequence,
+            "head_sequence": p.head,
+            "first_sequence": p.wal.first_sequence,
+            "history_id": p.history_id,
+            "applier": self.cfg.applier.name,
+            "applied_entries": pos.applied_entries,
+            "replicas": slots,
+            "last_error": p._broken or "",
+        }
+
+    async def Digest(
+        self, request: npb.DigestRequest, context: grpc.aio.ServicerContext
+    ) -> npb.DigestResponse:
+        d = await asyncio.to_thread(store_mod.digest, self.store)
+        return npb.DigestResponse(sequence=d.sequence, keys=d.keys, digest=d.digest)
+
+
+def node_handler(service: NodeService) -> grpc.GenericRpcHandler:
+    def unary(fn: Any, req: Any, resp: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString
+        )
+
+    return grpc.method_handlers_generic_handler(
+        "kevo.repl.Node",
+        {
+            "Write": unary(service.Write, npb.WriteRequest, npb.WriteResponse),
+            "Get": unary(service.Get, npb.GetRequest, npb.GetResponse),
+            "Status": unary(service.Status, npb.StatusRequest, npb.StatusResponse),
+            "Digest": unary(service.Digest, npb.DigestRequest, npb.DigestResponse),
+        },
+    )
+
+
+class Node:
+    """Everything one `kevo-repl primary|replica` process runs."""
+
+    def __init__(self, cfg: Config) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.pm = get_plugin_manager()
+        self.registry = build_registry(self.pm)
+        self.primary: Primary | None = None
+        self.replica: Replica | None = None
+        self.server: grpc.aio.Server | None = None
+        self.address = ""
+        self._replica_task: asyncio.Task[None] | None = None
+        self._lock_fd: int | None = None
+
+    async def start(self) -> str:
+        cfg = self.cfg
+        self._lock_fd = lock_data_dir(cfg.data_dir)
+        if cfg.node.role == "primary":
+            self.primary = Primary(cfg, self.registry, self.pm)
+        else:
+            self.replica = Replica(cfg, self.registry, self.pm)
+        server = grpc.aio.server(options=server_options())
+        if self.primary is not None:
+            server.add_generic_rpc_handlers((replication_handler(self.primary),))
+        server.add_generic_rpc_handlers(
+            (node_handler(NodeService(cfg, self.primary, self.replica)),)
+        )
+        try:
+            port = server.add_insecure_port(cfg.node.listen)
+        except RuntimeError as exc:
+            raise KevoReplError(f"cannot listen on {cfg.node.listen}: {exc}") from exc
+        if port == 0:
+            raise KevoReplError(f"cannot listen on {cfg.node.listen}")
+        self.server = server
+        await server.start()
+        host = cfg.node.listen.rpartition(":")[0]
+        self.address = f"{host}:{port}"
+        write_file_atomically(Path(cfg.data_dir) / ADDRESS_FILE, self.address.encode())
+        log.info("%s listening on %s (pid %d)", cfg.node.role, self.address, os.getpid())
+        if self.replica is not None:
+            self._replica_task = asyncio.create_task(self.replica.run(), name="replica")
+        return self.address
+
+    async def stop(self) -> None:
+        if self.replica is not None:
+            await self.replica.stop()
+        if self._replica_task is not None:
+            try:
+                await self._replica_task
+            except asyncio.CancelledError:
+                pass
+        if self.server is not None:
+            await self.server.stop(grace=1.0)
+        if self.primary is not None:
+            await self.primary.close()
+        if self.replica is not None:
+            self.replica.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        log.info("%s stopped", self.cfg.node.role)
+
+
+async def serve(cfg: Config, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run a node until SIGTERM or SIGINT, then shut it down cleanly."""
+    node = Node(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    address = await node.start()
+    if on_ready is not None:
+        on_ready(address)
+    try:
+        await stop.wait()
+        log.info("signal received, shutting down")
+    finally:
+        await node.stop()

@@ -1,0 +1,320 @@
+"""The LMDB applier: one environment, user data and replication metadata side by side.
+
+Data lives in the named database ``data`` and the position in ``meta``, so user keys can
+never collide with bookkeeping. Every ``apply`` writes the batch and the new position in one
+LMDB write transaction; LMDB commits are atomic, so after a crash at any instant the stored
+position names exactly the entries the store holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from kevo_repl.applier import ApplierFactory, Position
+from kevo_repl.codec import Entry, Op
+from kevo_repl.errors import StoreError
+
+from .options import LMDBOptions, parse_options
+
+log = logging.getLogger(__name__)
+
+_DATA_DB = b"data"
+_META_DB = b"meta"
+_META_POSITION = b"position"
+_META_HISTORY = b"history_id"
+_META_APPLIED = b"applied_entries"
+_U64 = struct.Struct("<Q")
+
+_PUT = int(Op.PUT)
+_DELETE = int(Op.DELETE)
+_MERGE = int(Op.MERGE)
+
+# C-level accessors keep per-entry Python work out of the hot path.
+_seq_of = itemgetter(0)
+_op_of = itemgetter(1)
+_key_value_of = itemgetter(2, 3)
+
+
+def _u64(raw: bytes | None, name: str) -> int:
+    if raw is None:
+        return 0
+    if len(raw) != _U64.size:
+        raise StoreError(f"LMDB meta key {name!r} holds {len(raw)} bytes, expected {_U64.size}")
+    value: int = _U64.unpack(raw)[0]
+    return value
+
+
+def _read_position(txn: lmdb.Transaction[bytes], meta: lmdb._Database) -> Position:
+    sequence = _u64(txn.get(_META_POSITION, db=meta), "position")
+    applied = _u64(txn.get(_META_APPLIED, db=meta), "applied_entries")
+    raw_history = txn.get(_META_HISTORY, db=meta)
+    try:
+        history = raw_history.decode("utf-8") if raw_history is not None else ""
+    except UnicodeDecodeError as exc:
+        raise StoreError(f"LMDB meta key 'history_id' is not UTF-8: {exc}") from exc
+    return Position(sequence, history, applied)
+
+
+def _check_sequences(entries: Sequence[Entry], current: int) -> None:
+    """Raise StoreError unless entries run current+1, current+2, ... without a gap."""
+    first = entries[0][0]
+    n = len(entries)
+    if first != current + 1:
+        raise StoreError(
+            f"LMDB applier expected entry {current + 1} next but the batch starts at {first}; "
+            "nothing was applied"
+        )
+    seqs = list(map(_seq_of, entries))
+    if seqs != list(range(first, first + n)):
+        # Slow path only on failure: find the first break to report it.
+        for i, seq in enumerate(seqs):
+            if seq != first + i:
+                raise StoreError(
+                    f"LMDB applier got a non-contiguous batch: entry {first + i} expected at "
+                    f"index {i} but found {seq}; nothing was applied"
+                )
+
+
+class LMDBSnapshot:
+    """A read transaction's view: the position and the data as of one instant."""
+
+    def __init__(
+        self, txn: lmdb.Transaction[bytes], data: lmdb._Database, position: Position
+    ) -> None:
+        self._txn = txn
+        self._data = data
+        self._position = position
+        self._open = True
+
+    @property
+    def position(self) -> Position:
+        return self._position
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every key and value of the data database in bytewise key order."""
+        if not self._open:
+            raise StoreError("LMDB snapshot used after its with-block ended")
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[tuple[bytes, bytes]]:
+        with self._txn.cursor(self._data) as cursor:
+            yield from cursor
+
+    def _close(self) -> None:
+        self._open = False
+        self._txn.abort()
+
+
+class LMDBApplier:
+    """An LMDB environment at `path` (a directory) that applies replicated batches."""
+
+    name = "lmdb"
+
+    def __init__(self, path: Path, options: LMDBOptions, durable: bool) -> None:
+        self.path = path
+        self.durable = durable
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the LMDB directory {path}: {exc}") from exc
+        try:
+            # durable: LMDB fsyncs every commit, so apply() returns only once it is on disk.
+            # Otherwise (a primary, whose WAL is its durability) commits skip fsync and
+            # sync() flushes on demand.
+            env = lmdb.open(
+                str(path),
+                map_size=options.map_size,
+                max_readers=options.max_readers,
+                max_dbs=2,
+                subdir=True,
+                sync=durable,
+                metasync=True,
+                lock=True,
+            )
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot open the LMDB environment at {path}: {exc}") from exc
+        try:
+            self._data = env.open_db(_DATA_DB)
+            self._meta = env.open_db(_META_DB)
+        except lmdb.Error as exc:
+            env.close()
+            raise StoreError(f"cannot open the LMDB databases at {path}: {exc}") from exc
+        self._env: lmdb.Environment | None = env
+        self.max_key_size: int = env.max_key_size()
+        log.info(
+            "opened LMDB store at %s (durable=%s, map_size=%s, max_readers=%s)",
+            path,
+            durable,
+            options.map_size,
+            options.max_readers,
+        )
+
+    def _require_env(self) -> lmdb.Environment:
+        env = self._env
+        if env is None:
+            raise StoreError(f"the LMDB store at {self.path} is closed")
+        return env
+
+    def position(self) -> Position:
+        env = self._require_env()
+        try:
+            with env.begin() as txn:
+                return _read_position(txn, self._meta)
+        except lmdb.Error as exc:
+            raise StoreError(
+                f"cannot read the position of the LMDB store at {self.path}: {exc}"
+            ) from exc
+
+    def apply(self, entries: Sequence[Entry], history_id: str) -> Position:
+        if not entries:
+            return self.position()
+        env = self._require_env()
+        n = len(entries)
+        first = entries[0][0]
+        last = first + n - 1
+        current: Position | None = None
+        try:
+            # The context manager commits on success and aborts on any exception, so a
+            # failure anywhere below leaves data and position untouched.
+            with env.begin(write=True) as txn:
+                current = _read_position(txn, self._meta)
+                _check_sequences(entries, current.sequence)
+                self._write_data(txn, entries)
+                applied = current.applied_entries + n
+                meta = self._meta
+                txn.put(_META_POSITION, _U64.pack(last), db=meta)
+                txn.put(_META_HISTORY, history_id.encode("utf-8"), db=meta)
+                txn.put(_META_APPLIED, _U64.pack(applied), db=meta)
+        except lmdb.Error as exc:
+            raise StoreError(self._describe_failure(entries, current, exc)) from exc
+        return Position(last, history_id, applied)
+
+    def _write_data(self, txn: lmdb.Transaction[bytes], entries: Sequence[Entry]) -> None:
+        data = self._data
+        n = len(entries)
+        ops = list(map(_op_of, entries))
+        puts = ops.count(_PUT) + ops.count(_MERGE)
+        cursor = txn.cursor(data)
+        if puts == n:
+            # The common case, a batch of only puts: one C-level call for the whole batch.
+            self._put_run(cursor, entries, 0, n)
+            return
+        if puts + ops.count(_DELETE) != n:
+            bad = next(e for e in entries if e[1] not in (_PUT, _DELETE, _MERGE))
+            raise StoreError(f"LMDB applier got entry {bad[0]} with unknown op {bad[1]}")
+        max_key = self.max_key_size
+        start = 0
+        for i, op in enumerate(ops):
+            if op != _DELETE:
+                continue
+            if start < i:
+                self._put_run(cursor, entries, start, i)
+            key = entries[i][2]
+            # LMDB reports a missing over-long key as "not found" rather than an error;
+            # check here so a bad delete fails the batch like a bad put does.
+            if not key or len(key) > max_key:
+                raise lmdb.BadValsizeError(f"delete of a {len(key)}-byte key")
+            txn.delete(key, db=data)
+            start = i + 1
+        if start < n:
+            self._put_run(cursor, entries, start, n)
+
+    @staticmethod
+    def _put_run(
+        cursor: lmdb.Cursor[bytes], entries: Sequence[Entry], start: int, stop: int
+    ) -> None:
+        run = entries if start == 0 and stop == len(entries) else entries[start:stop]
+        consumed, _added = cursor.putmulti(map(_key_value_of, run), overwrite=True)
+        if consumed != stop - start:
+            # With overwrite=True every item must be stored; anything else is a bug.
+            raise StoreError(
+                f"LMDB stored {consumed} of the {stop - start} puts from entry {entries[start][0]}"
+            )
+
+    def _describe_failure(
+        self, entries: Sequence[Entry], current: Position | None, exc: lmdb.Error
+    ) -> str:
+        first = entries[0][0]
+        last = entries[-1][0]
+        where = f"LMDB applier could not apply entries {first}..{last}"
+        tail = "nothing was applied"
+        if current is not None:
+            tail += f"; the position stays at {current.sequence}"
+        if isinstance(exc, lmdb.BadValsizeError):
+            max_key = self.max_key_size
+            for entry in entries:
+                if not entry[2] or len(entry[2]) > max_key:
+                    return (
+                        f"{where}: entry {entry[0]} has a {len(entry[2])}-byte key, but LMDB keys "
+                        f"must be 1..{max_key} bytes; {tail}"
+                    )
+        if isinstance(exc, lmdb.MapFullError):
+            size = self._env.info()["map_size"] if self._env is not None else "?"
+            return (
+                f"{where}: the LMDB map is full ({size} bytes); raise map_size in "
+                f"[applier.options]; {tail}"
+            )
+        return f"{where}: {type(exc).__name__}: {exc}; {tail}"
+
+    def sync(self) -> None:
+        env = self._require_env()
+        if self.durable:
+            return  # every commit was already fsynced by LMDB
+        try:
+            env.sync(True)
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot sync the LMDB store at {self.path}: {exc}") from exc
+
+    def get(self, key: bytes) -> bytes | None:
+        env = self._require_env()
+        if not key or len(key) > self.max_key_size:
+            return None  # LMDB could never have stored it
+        try:
+            with env.begin(db=self._data) as txn:
+                return txn.get(key)
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot read from the LMDB store at {self.path}: {exc}") from exc
+
+    @contextmanager
+    def snapshot(self) -> Iterator[LMDBSnapshot]:
+        env = self._require_env()
+        try:
+            txn = env.begin()
+        except lmdb.Error as exc:
+            raise StoreError(
+                f"cannot open a snapshot of the LMDB store at {self.path}: {exc}"
+            ) from exc
+        try:
+            # Read in the snapshot's own transaction so position and data agree.
+            position = _read_position(txn, self._meta)
+        except BaseException:
+            txn.abort()
+            raise
+        snap = LMDBSnapshot(txn, self._data, position)
+        try:
+            yield snap
+        finally:
+            snap._close()
+
+    def close(self) -> None:
+        env, self._env = self._env, None
+        if env is not None:
+            env.close()
+            log.info("closed LMDB store at %s", self.path)
+
+
+def open_applier(path: Path, options: Mapping[str, Any], durable: bool) -> LMDBApplier:
+    """Open (creating if needed) the LMDB store at `path`; the ApplierFactory of this plugin."""
+    return LMDBApplier(Path(path), parse_options(options), durable)
+
+
+# mypy checks here that LMDBApplier meets the Applier protocol.
+_factory: ApplierFactory = open_applier

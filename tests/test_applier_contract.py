@@ -1,0 +1,482 @@
+"""The Applier contract, checked against every applier plugin named in APPLIERS.
+
+Factories come from the plugin registry (never by importing a plugin module), and every test
+uses real store files under tmp_path.
+"""
+
+from __future__ import annotations
+
+import inspect
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from kevo_repl.applier import Applier, ApplierFactory, Position
+from kevo_repl.codec import Entry, Op
+from kevo_repl.errors import ConfigError, StoreError
+from kevo_repl.plugins import build_registry
+
+#: Applier plugins under test; add "leveldb" here once its plugin exists.
+APPLIERS = ["lmdb"]
+
+#: Per applier: options it must accept, and one known option with a value of the wrong type.
+VALID_OPTIONS: dict[str, dict[str, Any]] = {
+    "lmdb": {"map_size": 1 << 30, "max_readers": 16},
+}
+WRONG_TYPED_OPTIONS: dict[str, list[tuple[str, Any]]] = {
+    "lmdb": [("map_size", "64GiB"), ("map_size", True), ("map_size", 0), ("max_readers", 1.5)],
+}
+
+HISTORY = "history-a"
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers and fixtures
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=APPLIERS)
+def applier_name(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def factory(applier_name: str) -> ApplierFactory:
+    found: ApplierFactory = build_registry().get("applier", applier_name)
+    return found
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def store(factory: ApplierFactory, store_path: Path) -> Iterator[Applier]:
+    applier = factory(store_path, {}, True)
+    try:
+        yield applier
+    finally:
+        applier.close()
+
+
+def put(seq: int, key: bytes, value: bytes) -> Entry:
+    return Entry(seq, Op.PUT, key, value)
+
+
+def delete(seq: int, key: bytes) -> Entry:
+    return Entry(seq, Op.DELETE, key, b"")
+
+
+def puts(first: int, count: int, prefix: str = "key") -> list[Entry]:
+    return [
+        put(s, f"{prefix}{s:06d}".encode(), f"value-{s}".encode())
+        for s in range(first, first + count)
+    ]
+
+
+def state(applier: Applier) -> tuple[Position, list[tuple[bytes, bytes]]]:
+    """The position and every item, read in one snapshot."""
+    with applier.snapshot() as snap:
+        return snap.position, list(snap.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# basic behaviour
+# ---------------------------------------------------------------------------------------------
+
+
+def test_meets_the_protocol(store: Applier, applier_name: str) -> None:
+    assert isinstance(store, Applier)
+    assert store.name == applier_name
+    assert store.max_key_size > 0
+
+
+def test_fresh_store_is_at_zero(store: Applier) -> None:
+    assert store.position() == Position(0, "", 0)
+    assert store.get(b"anything") is None
+    assert state(store) == (Position(0, "", 0), [])
+
+
+def test_apply_get_position_round_trip(store: Applier) -> None:
+    entries = [put(1, b"b", b"2"), put(2, b"a", b"1"), put(3, b"c", b"")]
+    returned = store.apply(entries, HISTORY)
+    assert returned == Position(3, HISTORY, 3)
+    assert store.position() == returned
+    assert store.get(b"a") == b"1"
+    assert store.get(b"b") == b"2"
+    assert store.get(b"c") == b""  # an empty value is a value, not a missing key
+    assert store.get(b"d") is None
+
+
+def test_later_put_overwrites(store: Applier) -> None:
+    store.apply([put(1, b"k", b"old"), put(2, b"k", b"new")], HISTORY)
+    assert store.get(b"k") == b"new"
+    store.apply([put(3, b"k", b"newer")], HISTORY)
+    assert store.get(b"k") == b"newer"
+
+
+def test_deletes(store: Applier) -> None:
+    store.apply([put(1, b"a", b"1"), put(2, b"b", b"2"), put(3, b"c", b"3")], HISTORY)
+    pos = store.apply([delete(4, b"b"), delete(5, b"never-written"), put(6, b"d", b"4")], HISTORY)
+    assert pos == Position(6, HISTORY, 6)
+    assert store.get(b"b") is None
+    assert state(store)[1] == [(b"a", b"1"), (b"c", b"3"), (b"d", b"4")]
+    # put, delete and put again of one key inside a single batch: the last one wins
+    store.apply(
+        [put(7, b"x", b"1"), delete(8, b"x"), put(9, b"x", b"2"), delete(10, b"a")], HISTORY
+    )
+    assert store.get(b"x") == b"2"
+    assert store.get(b"a") is None
+
+
+def test_merge_is_applied_as_put(store: Applier) -> None:
+    store.apply([put(1, b"k", b"base"), Entry(2, Op.MERGE, b"k", b"merged")], HISTORY)
+    assert store.get(b"k") == b"merged"
+    store.apply([Entry(3, Op.MERGE, b"fresh", b"m")], HISTORY)
+    assert store.get(b"fresh") == b"m"
+
+
+def test_applied_entries_counts_every_entry(store: Applier) -> None:
+    store.apply(puts(1, 10), HISTORY)
+    store.apply([delete(11, b"key000001")], HISTORY)
+    pos = store.apply(puts(12, 5), "history-b")
+    assert pos == Position(16, "history-b", 16)
+    assert store.position() == pos
+
+
+def test_empty_batch_changes_nothing(store: Applier) -> None:
+    assert store.apply([], HISTORY) == Position(0, "", 0)
+    store.apply(puts(1, 3), HISTORY)
+    before = state(store)
+    assert store.apply([], "another-history") == before[0]
+    assert state(store) == before
+
+
+def test_position_and_data_survive_reopen(factory: ApplierFactory, store_path: Path) -> None:
+    first = factory(store_path, {}, True)
+    first.apply(puts(1, 100), HISTORY)
+    first.apply([delete(101, b"key000050")], HISTORY)
+    expected = state(first)
+    first.close()
+    first.close()  # idempotent
+
+    second = factory(store_path, {}, True)
+    try:
+        assert state(second) == expected
+        assert second.position() == Position(101, HISTORY, 101)
+        assert second.get(b"key000050") is None
+        assert second.get(b"key000051") == b"value-51"
+        # and it carries on from where it stopped
+        assert second.apply(puts(102, 1), HISTORY) == Position(102, HISTORY, 102)
+    finally:
+        second.close()
+
+
+def test_valid_options_are_accepted(
+    factory: ApplierFactory, applier_name: str, store_path: Path
+) -> None:
+    applier = factory(store_path, VALID_OPTIONS[applier_name], True)
+    try:
+        applier.apply(puts(1, 3), HISTORY)
+        assert applier.position() == Position(3, HISTORY, 3)
+    finally:
+        applier.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# sequence checks: nothing is applied out of order
+# ---------------------------------------------------------------------------------------------
+
+BAD_SEQUENCES = {
+    "starts-too-far": [12, 13, 14],
+    "replays-applied": [10, 11, 12],
+    "starts-too-early": [5, 6],
+    "gap": [11, 12, 14],
+    "out-of-order": [11, 13, 12],
+    "duplicate": [11, 11, 12],
+}
+
+
+@pytest.mark.parametrize("seqs", BAD_SEQUENCES.values(), ids=BAD_SEQUENCES.keys())
+def test_bad_sequences_are_rejected(store: Applier, seqs: list[int]) -> None:
+    store.apply(puts(1, 10), HISTORY)
+    before = state(store)
+    batch = [put(s, f"new{i}".encode(), b"x") for i, s in enumerate(seqs)]
+    with pytest.raises(StoreError):
+        store.apply(batch, "other-history")
+    assert state(store) == before
+    assert store.position() == Position(10, HISTORY, 10)
+
+
+def test_fresh_store_must_start_at_one(store: Applier) -> None:
+    with pytest.raises(StoreError):
+        store.apply(puts(2, 3), HISTORY)
+    assert state(store) == (Position(0, "", 0), [])
+    assert store.apply(puts(1, 3), HISTORY) == Position(3, HISTORY, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# atomicity of one batch
+# ---------------------------------------------------------------------------------------------
+
+
+def _bad_key(store: Applier, kind: str) -> bytes:
+    return b"" if kind == "empty" else b"k" * (store.max_key_size + 1)
+
+
+@pytest.mark.parametrize("kind", ["empty", "too-long"])
+@pytest.mark.parametrize("op", [Op.PUT, Op.MERGE, Op.DELETE])
+def test_invalid_entry_mid_batch_applies_nothing(store: Applier, kind: str, op: Op) -> None:
+    store.apply(puts(1, 10), HISTORY)
+    before = state(store)
+    batch = [
+        put(11, b"key000001", b"overwritten"),
+        delete(12, b"key000002"),
+        put(13, b"brand-new", b"x"),
+        Entry(14, op, _bad_key(store, kind), b"bad"),
+        put(15, b"after", b"y"),
+        delete(16, b"key000003"),
+    ]
+    with pytest.raises(StoreError):
+        store.apply(batch, "other-history")
+    assert state(store) == before
+    assert store.position() == Position(10, HISTORY, 10)
+    # the store is still usable, from the same sequence
+    assert store.apply(puts(11, 2, prefix="ok"), HISTORY) == Position(12, HISTORY, 12)
+
+
+def test_longest_key_is_accepted(store: Applier) -> None:
+    key = b"m" * store.max_key_size
+    store.apply([put(1, key, b"v")], HISTORY)
+    assert store.get(key) == b"v"
+    store.apply([delete(2, key)], HISTORY)
+    assert store.get(key) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# snapshots
+# ---------------------------------------------------------------------------------------------
+
+
+def test_snapshot_is_consistent_while_writes_continue(store: Applier) -> None:
+    first = [put(1, b"m", b"1"), put(2, b"c", b"2"), put(3, b"x", b"3"), put(4, b"a", b"4")]
+    store.apply(first, HISTORY)
+    expected_items = [(b"a", b"4"), (b"c", b"2"), (b"m", b"1"), (b"x", b"3")]
+    with store.snapshot() as snap:
+        assert snap.position == Position(4, HISTORY, 4)
+        store.apply([put(5, b"m", b"changed"), delete(6, b"a"), put(7, b"b", b"new")], HISTORY)
+        store.apply(puts(8, 50), "history-b")
+        assert store.position() == Position(57, "history-b", 57)
+        # the snapshot still shows the old instant, and iterates more than once
+        assert snap.position == Position(4, HISTORY, 4)
+        assert list(snap.items()) == expected_items
+        assert list(snap.items()) == expected_items
+    position, items = state(store)
+    assert position == Position(57, "history-b", 57)
+    keys = [k for k, _ in items]
+    assert keys == sorted(keys)
+    assert dict(items)[b"m"] == b"changed"
+    assert b"a" not in dict(items)
+    assert len(items) == 3 + 1 + 50
+
+
+def test_snapshot_items_are_in_bytewise_key_order(store: Applier) -> None:
+    keys = [b"\xff", b"b", b"a\x00", b"a", b"\x00", b"B", b"ab"]
+    store.apply([put(i + 1, k, k) for i, k in enumerate(keys)], HISTORY)
+    with store.snapshot() as snap:
+        assert [k for k, _ in snap.items()] == sorted(keys)
+
+
+# ---------------------------------------------------------------------------------------------
+# options
+# ---------------------------------------------------------------------------------------------
+
+
+def test_unknown_option_is_a_config_error(
+    factory: ApplierFactory, applier_name: str, store_path: Path
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        factory(store_path, {"no_such_option": 1}, True)
+    message = str(info.value)
+    assert "no_such_option" in message
+    for valid in VALID_OPTIONS[applier_name]:
+        assert valid in message  # lists what would have been accepted
+
+
+def test_wrong_typed_option_is_a_config_error(
+    factory: ApplierFactory, applier_name: str, store_path: Path
+) -> None:
+    for option, value in WRONG_TYPED_OPTIONS[applier_name]:
+        with pytest.raises(ConfigError, match=option):
+            factory(store_path, {option: value}, True)
+
+
+# ---------------------------------------------------------------------------------------------
+# durability
+# ---------------------------------------------------------------------------------------------
+
+
+def test_non_durable_store_after_sync_reopens_with_everything(
+    factory: ApplierFactory, store_path: Path
+) -> None:
+    applier = factory(store_path, {}, False)
+    for first in range(1, 1001, 100):
+        applier.apply(puts(first, 100), HISTORY)
+    applier.apply([delete(1001, b"key000007")], HISTORY)
+    applier.sync()
+    expected = state(applier)
+    applier.close()
+
+    reopened = factory(store_path, {}, False)
+    try:
+        assert state(reopened) == expected
+        assert reopened.position() == Position(1001, HISTORY, 1001)
+        assert reopened.get(b"key000007") is None
+    finally:
+        reopened.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# crash atomicity with a real process killed by SIGKILL
+# ---------------------------------------------------------------------------------------------
+
+CRASH_BATCH = 100
+CRASH_KEYS = 500
+CRASH_ROUNDS = 4
+LINE_TIMEOUT_S = 60.0
+
+
+def crash_entry(seq: int) -> Entry:
+    """The entry the crash child writes at `seq`; the test replays the same rule."""
+    key = f"k{seq % CRASH_KEYS}".encode()
+    if seq % 7 == 0:
+        return Entry(seq, Op.DELETE, key, b"")
+    op = Op.MERGE if seq % 11 == 0 else Op.PUT
+    return Entry(seq, op, key, f"v{seq}:".encode() * (1 + seq % 5))
+
+
+_CRASH_CHILD = """
+import sys
+from pathlib import Path
+
+from kevo_repl.codec import Entry, Op
+from kevo_repl.plugins import build_registry
+
+CRASH_KEYS = {keys}
+{rule}
+
+name, path, batch = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+applier = build_registry().get("applier", name)(path, {{}}, True)
+seq = applier.position().sequence
+print("start", seq, flush=True)
+while True:
+    seq = applier.apply([crash_entry(s) for s in range(seq + 1, seq + batch + 1)], "crash").sequence
+    print(seq, flush=True)
+"""
+
+
+def _expected_after(sequence: int) -> dict[bytes, bytes]:
+    data: dict[bytes, bytes] = {}
+    for seq in range(1, sequence + 1):
+        entry = crash_entry(seq)
+        if entry.op == Op.DELETE:
+            data.pop(entry.key, None)
+        else:
+            data[entry.key] = entry.value
+    return data
+
+
+def _pump_lines(stream: IO[str], lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def _run_child_and_kill(name: str, path: Path, kill_after: int, stderr_path: Path) -> int:
+    """Start the writer, SIGKILL it after `kill_after` applied batches; return the last
+    position it reported."""
+    script = _CRASH_CHILD.format(keys=CRASH_KEYS, rule=inspect.getsource(crash_entry))
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, name, str(path), str(CRASH_BATCH)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    try:
+        assert proc.stdout is not None
+        lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=_pump_lines, args=(proc.stdout, lines), daemon=True).start()
+        last = -1
+        applied = 0
+        while applied < kill_after:
+            try:
+                line = lines.get(timeout=LINE_TIMEOUT_S)
+            except queue.Empty:
+                pytest.fail(f"crash child reported nothing for {LINE_TIMEOUT_S}s")
+            if line is None:
+                pytest.fail(f"crash child exited early:\n{stderr_path.read_text()}")
+            if line.startswith("start"):
+                last = int(line.split()[1])
+                continue
+            last = int(line)
+            applied += 1
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+        return last
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _check_recovered(applier: Applier, last_reported: int) -> Position:
+    position, items = state(applier)
+    assert position.sequence >= last_reported
+    assert position.sequence % CRASH_BATCH == 0  # whole batches only
+    assert position.applied_entries == position.sequence  # each entry applied exactly once
+    assert position.history_id == "crash"
+    assert dict(items) == _expected_after(position.sequence)
+    keys = [k for k, _ in items]
+    assert keys == sorted(keys)
+    return position
+
+
+@pytest.mark.crash
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("kill_after", [3, 30, 150])
+def test_sigkill_leaves_data_matching_position(
+    factory: ApplierFactory, applier_name: str, tmp_path: Path, kill_after: int
+) -> None:
+    path = tmp_path / "store"
+    previous = 0
+    # A crash on a fresh store, then crashes after resuming from each recovered one: more
+    # kills land inside more in-flight transactions.
+    for round_no in range(CRASH_ROUNDS):
+        last = _run_child_and_kill(
+            applier_name, path, kill_after, tmp_path / f"child{round_no}.err"
+        )
+        applier = factory(path, {}, True)
+        try:
+            position = _check_recovered(applier, last)
+            assert position.sequence >= previous + kill_after * CRASH_BATCH
+            previous = position.sequence
+        finally:
+            applier.close()
+
+
+def test_crash_workload_covers_every_op() -> None:
+    # keeps the crash rule honest: each batch mixes every op the contract knows
+    assert {crash_entry(s).op for s in range(1, CRASH_BATCH + 1)} == set(Op)
