@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 _STREAM = "/kevo.replication.WALReplicationService/StreamWAL"
 _ACK = "/kevo.replication.WALReplicationService/Acknowledge"
 _NACK = "/kevo.replication.WALReplicationService/NegativeAcknowledge"
-# A gap that the primary has not repaired after this many more responses ends the session.
-_GAP_PATIENCE = 4
+# A re-send the primary has not started this many seconds after a nack ends the session
+# (a reconnect from the durable position repairs it too).
+_NACK_PATIENCE_S = 5.0
 
 
 class _RestartSession(Exception):
@@ -128,8 +129,11 @@ class Replica:
                     self._fatal(str(exc))
                     return
                 except asyncio.CancelledError:
+                    me = asyncio.current_task()
+                    if me is not None and me.cancelling():
+                        raise  # run() itself is being cancelled: never swallow that
                     if self._stopping:
-                        raise
+                        break  # stop() ended the session
                     self._error("session restarted")
                 finally:
                     await self._close_channel()
@@ -209,31 +213,35 @@ class Replica:
             self.replica_id, self.cfg.replica.primary, start, self._session_id,
         )
         self._move(State.STREAMING_ENTRIES, f"connected, streaming from {start}")
-        gap_for: tuple[int, int] = (0, 0)  # (expected sequence, responses since the nack)
+        loop = asyncio.get_running_loop()
+        nacked: tuple[int, float] | None = None  # (sequence asked for, when)
         async for resp in call:
             if resp.history_id:
                 self._check_history(resp.history_id)
             if resp.head_sequence:
                 self.stats.head_sequence = resp.head_sequence
-            if not resp.entries:
-                continue
-            batch, problem = self._verify(resp)
+            corrupt_before = self.stats.corrupt_entries
+            batch, problem = self._verify(resp) if resp.entries else ([], None)
             if batch:
+                nacked = None
                 if self.sm.state is State.WAITING_FOR_DATA:
                     self._progress(State.STREAMING_ENTRIES, "entries arrived")
                 await self._queue.put(batch)
                 self._received = batch[-1].seq
-            if problem is None:
-                gap_for = (0, 0)
-                continue
             expected = self._received + 1
-            if gap_for[0] != expected:
-                gap_for = (expected, 0)
+            if problem is not None and (
+                # a corrupt entry is asked for every time (bounded by max_corrupt_retries);
+                # a gap once: what was already in flight before the re-send shows the same gap
+                self.stats.corrupt_entries > corrupt_before
+                or nacked is None
+                or nacked[0] != expected
+            ):
                 await self._nack(expected, problem)
-            else:
-                gap_for = (expected, gap_for[1] + 1)
-                if gap_for[1] >= _GAP_PATIENCE:
-                    raise _RestartSession(f"{problem}; the primary did not re-send, reconnecting")
+                nacked = (expected, loop.time())
+            elif nacked is not None and loop.time() - nacked[1] > _NACK_PATIENCE_S:
+                raise _RestartSession(
+                    f"the primary did not re-send from {nacked[0]}; reconnecting"
+                )
 
     def _check_history(self, history_id: str) -> None:
         mine = self.position.history_id
