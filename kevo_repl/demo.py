@@ -16,7 +16,7 @@ def run_demo(args: argparse.Namespace) -> int:
     work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="kevo-demo-"))
     if args.dir and work.exists():
         shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
     print(f"work directory: {work}")
     primary = NodeProcess("primary", work / "primary")
     replica = NodeProcess("replica", work / "replica", replica_id="r1")
