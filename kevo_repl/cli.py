@@ -179,6 +179,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, not {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, not {text!r}")
+    return values
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    defaults = bench.BenchOptions()
+    seconds = args.seconds
+    if seconds is None:
+        seconds = 3.0 if args.scenario == "write" else defaults.seconds
+    opts = bench.BenchOptions(
+        applier=args.applier,
+        codec=args.codec,
+        count=args.count,
+        rate=args.rate,
+        seconds=seconds,
+        dir=args.dir,
+        writers=args.writers,
+        batches=args.batches,
+        stalled=not args.no_stalled,
+        raw_batch=args.raw_batch,
+        lag_batch=args.lag_batch,
+        vs_redis=args.vs_redis,
+        timeout=args.timeout,
+    )
+    result = bench.run(args.scenario, opts, runs=args.runs)
+    bench.print_result(result, args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kevo-repl", description=__doc__)
     p.add_argument("--log-level", default=os.environ.get("KEVO_REPL_LOG_LEVEL", "INFO"),
@@ -238,6 +277,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--count", type=int, default=10_000)
     s.add_argument("--timeout", type=float, default=120.0)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("bench", help="measure catch-up, live lag or write throughput")
+    s.add_argument("scenario", choices=["catchup", "lag", "write"])
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--count", type=int, default=500_000, help="catchup: entries (16 B keys, "
+                   "100 B values)")
+    s.add_argument("--applier", default="lmdb", help="store backend of every node")
+    s.add_argument("--codec", default="none", help="compressor name of every node")
+    s.add_argument("--rate", type=int, default=20_000, help="lag: entries per second")
+    s.add_argument("--seconds", type=float, default=None,
+                   help="lag: seconds of writing (default 10); write: seconds per cell "
+                   "(default 3)")
+    s.add_argument("--dir", default=None, help="work directory (default: a temp dir, removed)")
+    s.add_argument("--writers", type=_int_list, default=[1, 8, 64],
+                   help="write: concurrent writers per cell, comma-separated")
+    s.add_argument("--batches", type=_int_list, default=[1, 1000],
+                   help="write: entries per write, comma-separated")
+    s.add_argument("--no-stalled", action="store_true",
+                   help="write: skip the cells with a stalled replica")
+    s.add_argument("--raw-batch", type=int, default=1000,
+                   help="catchup: entries per synced batch of the raw baseline")
+    s.add_argument("--lag-batch", type=int, default=100, help="lag: entries per write")
+    s.add_argument("--runs", type=int, default=1, help="repeat; report medians")
+    s.add_argument("--vs-redis", action="store_true",
+                   help="catchup: also through a Redis primary/replica (needs redis-server)")
+    s.add_argument("--timeout", type=float, default=600.0, help="bound on any single wait")
+    s.set_defaults(func=cmd_bench)
     return p
 
 

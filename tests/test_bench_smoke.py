@@ -1,0 +1,93 @@
+"""`kevo-repl bench` runs end to end with tiny parameters: the output, not the speed."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import cli
+
+from kevo_repl.bench import _median_of, _percentile, batch_lags_ms, format_table
+
+pytestmark = pytest.mark.crash  # starts real node processes
+
+
+def bench(*args: str) -> dict[str, Any]:
+    res = cli("bench", *args, "--json", timeout=240.0)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stdout
+    result = json.loads(lines[0])
+    assert isinstance(result, dict)
+    return result
+
+
+def positive(result: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        value = result[key]
+        assert isinstance(value, int | float) and not isinstance(value, bool), (key, value)
+        assert value > 0 and math.isfinite(value), (key, value)
+
+
+def test_catchup(tmp_path: Path) -> None:
+    r = bench("catchup", "--count", "2000", "--dir", str(tmp_path))
+    assert r["scenario"] == "catchup"
+    assert r["applier"] == "lmdb" and r["codec"] == "none"
+    assert r["count"] == 2000
+    assert r["applied_entries"] == 2000
+    positive(r, "seconds", "entries_per_s", "raw_entries_per_s", "ratio",
+             "replica_rss_mb", "primary_rss_mb")
+    assert r["entries_per_s"] == pytest.approx(2000 / r["seconds"], rel=1e-3)
+    assert r["ratio"] == pytest.approx(r["entries_per_s"] / r["raw_entries_per_s"], rel=1e-2)
+
+
+def test_lag(tmp_path: Path) -> None:
+    r = bench("lag", "--seconds", "2", "--rate", "2000", "--dir", str(tmp_path))
+    assert r["scenario"] == "lag"
+    positive(r, "entries", "achieved_rate", "primary_batches", "replica_batches",
+             "replica_rss_mb", "primary_rss_mb")
+    assert r["entries"] % r["write_batch"] == 0
+    for key in ("lag_p50_ms", "lag_p99_ms", "lag_max_ms"):
+        assert r[key] >= 0 and math.isfinite(r[key])
+    assert r["lag_p50_ms"] <= r["lag_p99_ms"] <= r["lag_max_ms"]
+
+
+def test_write(tmp_path: Path) -> None:
+    r = bench("write", "--seconds", "0.3", "--writers", "1,4", "--batches", "1,50",
+              "--dir", str(tmp_path))
+    assert r["scenario"] == "write"
+    cells = r["cells"]
+    got = {(c["writers"], c["batch"], c["stalled_replica"]) for c in cells}
+    assert got == {(w, b, s) for w in (1, 4) for b in (1, 50) for s in (False, True)}
+    for c in cells:
+        positive(c, "writes", "writes_per_s", "entries_per_s")
+        assert c["entries_per_s"] == pytest.approx(c["writes_per_s"] * c["batch"], rel=1e-3)
+    positive(r, "replica_rss_mb", "primary_rss_mb", "writes_per_s_4_writers_single")
+
+
+def test_unknown_applier_is_a_clear_error(tmp_path: Path) -> None:
+    res = cli("bench", "catchup", "--count", "10", "--applier", "nope", "--dir", str(tmp_path))
+    assert res.returncode == 2
+    assert "nope" in res.stderr and "lmdb" in res.stderr
+
+
+def test_lag_join_and_percentiles() -> None:
+    primary = [(10, 1_000_000), (20, 2_000_000), (30, 3_000_000)]
+    replica = [(15, 2_500_000), (30, 4_000_000)]  # 10 is durable at 2.5 ms, 20 and 30 at 4 ms
+    assert batch_lags_ms(primary, replica) == [1.5, 2.0, 1.0]
+    assert _percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
+    assert _percentile([float(i) for i in range(1, 101)], 99) == 99.0
+    assert _percentile([], 99) == 0.0
+
+
+def test_median_and_table() -> None:
+    runs = [{"scenario": "x", "count": 5, "ratio": r, "seconds": s}
+            for r, s in ((0.5, 3.0), (0.7, 1.0), (0.6, 2.0))]
+    m = _median_of(runs)
+    assert m["ratio"] == 0.6 and m["seconds"] == 2.0 and m["count"] == 5
+    assert m["runs"] == runs
+    table = format_table(m)
+    assert "ratio" in table and "0.6" in table
