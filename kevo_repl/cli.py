@@ -50,6 +50,7 @@ def _node_config(args: argparse.Namespace, role: str) -> config_mod.Config:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
+    from .runtime import tune_gc
     from .server import serve
 
     cfg = _node_config(args, args.command)
@@ -58,6 +59,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         # one machine-readable line on stdout: launchers wait for it instead of polling
         print(json.dumps({"listening": address, "pid": os.getpid()}), flush=True)
 
+    tune_gc()
     asyncio.run(serve(cfg, on_ready=ready))
     return 0
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 import enum
 import struct
 import zlib
+from collections.abc import Sequence
+from functools import partial
+from itertools import repeat
+from operator import add, getitem, itemgetter
 from typing import NamedTuple
 
 _HEADER = struct.Struct("<BQI")
@@ -77,3 +81,111 @@ def decode(payload: bytes, expected_seq: int | None = None) -> Entry:
             f"value length {vlen} does not match the {size - vstart} bytes of entry {seq}"
         )
     return Entry(seq, op, key, payload[vstart:])
+
+
+# -- whole batches ------------------------------------------------------------------------------
+# decode_batch does per entry only C-level work (map over struct/slice/bytes builtins), so a
+# batch of thousands of entries costs a handful of Python operations, not thousands.
+
+_first = itemgetter(0)
+_second = itemgetter(1)
+_third = itemgetter(2)
+#: build an Entry from a 4-tuple without going through its Python-level __new__
+_make_entry = partial(tuple.__new__, Entry)
+_PUT = int(Op.PUT)
+_DELETE = int(Op.DELETE)
+_MERGE = int(Op.MERGE)
+
+
+_fixed_layouts: dict[tuple[int, int], struct.Struct] = {}
+_entry_fields = itemgetter(1, 0, 3, 5)  # (seq, op, key, value) of a fixed-layout unpack
+_fourth = itemgetter(4)
+
+
+def _decode_fixed(
+    payloads: Sequence[bytes], seqs: Sequence[int], klen: int, size: int
+) -> list[Entry] | None:
+    """Puts and merges that all have one key size and one value size: one struct unpack per
+    payload yields every field. None when the batch does not have that shape (or is bad)."""
+    vlen = size - HEADER_SIZE - klen - 4
+    if vlen < 0:
+        return None
+    layout = _fixed_layouts.get((klen, vlen))
+    if layout is None:
+        if len(_fixed_layouts) >= 64:
+            _fixed_layouts.clear()
+        layout = _fixed_layouts[(klen, vlen)] = struct.Struct(f"<BQI{klen}sI{vlen}s")
+    fields = list(map(layout.unpack, payloads))
+    n = len(fields)
+    ops = list(map(_first, fields))
+    if (
+        ops.count(_PUT) + ops.count(_MERGE) != n
+        or list(map(_third, fields)).count(klen) != n
+        or list(map(_fourth, fields)).count(vlen) != n
+        or list(map(_second, fields)) != list(seqs)
+    ):
+        return None
+    return list(map(tuple.__new__, repeat(Entry), map(_entry_fields, fields)))
+
+
+def decode_batch(payloads: Sequence[bytes], seqs: Sequence[int]) -> list[Entry] | None:
+    """Decode many payloads, payload i carrying sequence seqs[i].
+
+    Returns the entries, exactly as decode() would, when every payload is well formed;
+    None when any is not (the caller then decodes one by one to find and report the first
+    bad one). Never raises for bad input.
+    """
+    n = len(payloads)
+    if n != len(seqs):
+        return None
+    if n == 0:
+        return []
+    sizes = list(map(len, payloads))
+    size = sizes[0]
+    if size >= HEADER_SIZE and sizes.count(size) == n:
+        fixed = _decode_fixed(payloads, seqs, _HEADER.unpack_from(payloads[0])[2], size)
+        if fixed is not None:
+            return fixed
+    try:
+        heads = list(map(_HEADER.unpack_from, payloads))
+    except struct.error:
+        return None  # a payload shorter than the header
+    ops = list(map(_first, heads))
+    if list(map(_second, heads)) != list(seqs):
+        return None
+    kends = list(map(add, map(_third, heads), repeat(HEADER_SIZE)))
+    deletes = ops.count(_DELETE)
+    if deletes + ops.count(_PUT) + ops.count(_MERGE) != n:
+        return None  # an unknown op
+    if deletes == 0 and kends.count(kends[0]) == n:
+        # one key size throughout (the common case): one slice object serves every entry
+        kend = kends[0]
+        try:
+            vlens = list(map(_first, map(_VALUE_LEN.unpack_from, payloads, repeat(kend))))
+        except struct.error:
+            return None
+        if list(map(add, vlens, repeat(kend + 4))) != sizes:
+            return None
+        keys = list(map(getitem, payloads, repeat(slice(HEADER_SIZE, kend))))
+        values = list(map(getitem, payloads, repeat(slice(kend + 4, None))))
+        return list(map(_make_entry, zip(seqs, ops, keys, values, strict=True)))
+    keys = list(map(getitem, payloads, map(slice, repeat(HEADER_SIZE), kends)))
+    if deletes == 0:
+        try:
+            vlens = list(map(_first, map(_VALUE_LEN.unpack_from, payloads, kends)))
+        except struct.error:
+            return None  # key past the end, or no room for the value length
+        vstarts = list(map(add, kends, repeat(4)))
+        if list(map(add, vstarts, vlens)) != sizes:
+            return None
+        values = list(map(getitem, payloads, map(slice, vstarts, repeat(None))))
+        return list(map(_make_entry, zip(seqs, ops, keys, values, strict=True)))
+    if deletes == n:
+        if kends != sizes:
+            return None
+        return list(map(_make_entry, zip(seqs, ops, keys, repeat(b""), strict=False)))
+    # a mix: rare enough that a per-entry loop is fine; decode() validates each payload
+    try:
+        return [decode(p, s) for p, s in zip(payloads, seqs, strict=True)]
+    except CodecError:
+        return None
