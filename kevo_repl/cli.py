@@ -67,7 +67,13 @@ def cmd_node(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> Any:
     from .client import Client
 
-    return Client(args.target, timeout=args.timeout)
+    # the [connector] table of --config, with flags overriding it
+    conn = config_mod.load(args.config).connector
+    for flag in ("tls_ca", "tls_cert", "tls_key", "tls_server_name", "token"):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(conn, flag, value)
+    return Client(args.target, timeout=args.timeout, connector=conn)
 
 
 def cmd_put(args: argparse.Namespace) -> int:
@@ -243,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help)
         s.add_argument("--target", required=True, help="a node's HOST:PORT")
         s.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+        s.add_argument("--config", help="TOML file whose [connector] table says how to connect")
+        s.add_argument("--tls-ca", help="CA file to verify the node's certificate (TLS)")
+        s.add_argument("--tls-cert", help="client certificate (mutual TLS)")
+        s.add_argument("--tls-key", help="client key (mutual TLS)")
+        s.add_argument("--tls-server-name", help="name to expect in the node's certificate")
+        s.add_argument("--token", default=os.environ.get("KEVO_REPL_TOKEN"),
+                       help="shared token (default: $KEVO_REPL_TOKEN)")
         return s
 
     s = client_cmd("put", "write one key (primary only)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
@@ -10,22 +11,28 @@ import grpc
 from google.protobuf.message import Message
 
 from .codec import Op
+from .config import ConnectorConfig
 from .proto import node_pb2 as npb
-from .transport import channel_options
+from .transport import call_metadata, open_channel
 
 
 class Client:
-    def __init__(self, target: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self, target: str, timeout: float = 30.0, connector: ConnectorConfig | None = None
+    ) -> None:
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target, options=channel_options())
+        cfg = connector or ConnectorConfig()
+        self._channel = open_channel(target, cfg)
+        metadata = call_metadata(cfg)
 
         def unary(name: str, req: Any, resp: Any) -> Any:
-            return self._channel.unary_unary(
+            call = self._channel.unary_unary(
                 f"/kevo.repl.Node/{name}",
                 request_serializer=req.SerializeToString,
                 response_deserializer=resp.FromString,
             )
+            return functools.partial(call, metadata=metadata) if metadata else call
 
         self._write = unary("Write", npb.WriteRequest, npb.WriteResponse)
         self._get = unary("Get", npb.GetRequest, npb.GetResponse)

@@ -48,10 +48,37 @@ class CompressorConfig:
 
 @dataclass
 class ConnectorConfig:
+    """How this node (a replica) or a CLI client reaches a server."""
+
     name: str = "grpc"
+    #: CA file that verifies the server's certificate; empty means plaintext
     tls_ca: str = ""
+    #: client certificate and key, for servers that require one (mutual TLS)
     tls_cert: str = ""
     tls_key: str = ""
+    #: name to check in the server's certificate instead of the address's host
+    tls_server_name: str = ""
+    #: shared token sent with every call
+    token: str = ""
+    #: gRPC keepalive ping interval; a peer that does not answer within keepalive_timeout_s
+    #: is dead
+    keepalive_s: float = 10.0
+    keepalive_timeout_s: float = 5.0
+
+
+@dataclass
+class ServerConfig:
+    """How this node serves (both the replication service and the node API)."""
+
+    #: server certificate and key; empty means plaintext
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: when set, clients must present a certificate signed by this CA (mutual TLS)
+    tls_client_ca: str = ""
+    #: when set, every call must carry this token
+    token: str = ""
+    keepalive_s: float = 10.0
+    keepalive_timeout_s: float = 5.0
 
 
 @dataclass
@@ -65,6 +92,8 @@ class StreamConfig:
     max_batch_bytes: int = 1024 * 1024
     #: an idle stream gets an empty heartbeat response this often
     heartbeat_s: float = 1.0
+    #: a replica that is behind and has not advanced for this long is reported as stalled
+    stall_after_s: float = 5.0
 
 
 @dataclass
@@ -74,6 +103,7 @@ class Config:
     applier: ApplierConfig = field(default_factory=ApplierConfig)
     compressor: CompressorConfig = field(default_factory=CompressorConfig)
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     wal: WALConfig = field(default_factory=WALConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
 
@@ -99,8 +129,24 @@ class Config:
         ):
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, not {value}")
-        if self.stream.heartbeat_s <= 0:
-            raise ConfigError("[stream] heartbeat_s must be positive")
+        for name, fvalue in (
+            ("[stream] heartbeat_s", self.stream.heartbeat_s),
+            ("[stream] stall_after_s", self.stream.stall_after_s),
+            ("[connector] keepalive_s", self.connector.keepalive_s),
+            ("[connector] keepalive_timeout_s", self.connector.keepalive_timeout_s),
+            ("[server] keepalive_s", self.server.keepalive_s),
+            ("[server] keepalive_timeout_s", self.server.keepalive_timeout_s),
+        ):
+            if fvalue <= 0:
+                raise ConfigError(f"{name} must be positive, not {fvalue}")
+        if bool(self.server.tls_cert) != bool(self.server.tls_key):
+            raise ConfigError("[server] tls_cert and tls_key go together")
+        if self.server.tls_client_ca and not self.server.tls_cert:
+            raise ConfigError("[server] tls_client_ca needs tls_cert and tls_key")
+        if bool(self.connector.tls_cert) != bool(self.connector.tls_key):
+            raise ConfigError("[connector] tls_cert and tls_key go together")
+        if self.connector.tls_cert and not self.connector.tls_ca:
+            raise ConfigError("[connector] a client certificate needs tls_ca (TLS) as well")
 
 
 def parse_address(address: str, what: str = "address") -> tuple[str, int]:

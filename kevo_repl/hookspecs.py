@@ -4,6 +4,9 @@ Plugins implement these with ``@kevo_repl.hookimpl`` and are found through the `
 entry-point group (or the ``KEVO_REPL_PLUGINS`` environment variable, a comma-separated list
 of modules). Registration hooks receive a ``register`` callable; event hooks' results are
 ignored. The hot path calls the chosen backend directly, never a hook per entry.
+
+docs/plugins.md explains how to write, package and register each kind of plugin, with the
+applier contract and a working example of each.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ def kevo_repl_register_connectors(register: Any) -> None:
     """Register ways for a replica to reach its primary.
 
     :param register: call ``register(name, factory)``; ``factory(address, options)`` returns
-        a ``grpc.aio.Channel`` (or an object with the same unary/stream call methods).
+        a ``grpc.aio.Channel`` (or an object with the same unary/stream call methods);
+        ``options`` is the ``[connector]`` table as a dict (TLS files, token, keepalive).
     """
 
 

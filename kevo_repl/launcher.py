@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import Client
+from .config import ConnectorConfig
 from .errors import KevoReplError
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class NodeProcess:
         config: Path | None = None,
         env: Mapping[str, str] | None = None,
         log_level: str = "INFO",
+        client_config: ConnectorConfig | None = None,
     ) -> None:
         self.role = role
         self.data_dir = Path(data_dir)
@@ -45,6 +47,7 @@ class NodeProcess:
         self.config = config
         self.env = dict(env or {})
         self.log_level = log_level
+        self.client_config = client_config
         self.log_file = self.data_dir.parent / f"{self.data_dir.name}.log"
         self.stderr_file = self.data_dir.parent / f"{self.data_dir.name}.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -124,7 +127,7 @@ class NodeProcess:
             self.proc.stdout.close()
 
     def client(self, timeout: float = 30.0) -> Client:
-        return Client(self.address, timeout=timeout)
+        return Client(self.address, timeout=timeout, connector=self.client_config)
 
     def status(self) -> dict[str, Any]:
         with self.client(10.0) as c:

@@ -61,6 +61,7 @@ class Session:
     start: int
     sent: int = 0
     rewind: int | None = None
+    superseded_by: str | None = None  # peer of a newer stream with the same replica id
     opened_at: float = field(default_factory=time.time)
 
 
@@ -243,7 +244,15 @@ class Primary:
             uuid.uuid4().hex, request.replica_id or context.peer(), context.peer(),
             request.start_sequence,
         )
+        for old in self.sessions.values():
+            if request.replica_id and old.replica_id == session.replica_id:
+                # the newer stream wins: the old one is a zombie or a misconfigured twin
+                old.superseded_by = session.peer
         self.sessions[session.session_id] = session
+        if any(s.superseded_by for s in self.sessions.values()):
+            cond = self._condition()
+            async with cond:
+                cond.notify_all()
         if request.replica_id:
             self.slots.get(request.replica_id)
         await context.send_initial_metadata(((SESSION_HEADER, session.session_id),))
@@ -258,6 +267,16 @@ class Primary:
         first = True
         try:
             while True:
+                if session.superseded_by is not None:
+                    log.warning(
+                        "session %s of replica %r superseded by a newer stream from %s",
+                        session.session_id, session.replica_id, session.superseded_by,
+                    )
+                    await context.abort(
+                        grpc.StatusCode.ABORTED,
+                        f"superseded by a newer stream for replica_id {session.replica_id!r} "
+                        f"from {session.superseded_by}",
+                    )
                 if session.rewind is not None:
                     log.info("session %s rewinds to %d", session.session_id, session.rewind)
                     pos, session.rewind = session.rewind, None
@@ -277,7 +296,7 @@ class Primary:
                         await asyncio.wait_for(cond.wait_for(ready), heartbeat)
                     except TimeoutError:
                         pass
-                if self.head < pos and session.rewind is None:
+                if not self._has_work(session, pos):
                     yield self.trailer(first=first)  # heartbeat: head and clock, no entries
                     first = False
         finally:
@@ -285,7 +304,9 @@ class Primary:
             log.info("session %s of replica %r ended", session.session_id, session.replica_id)
 
     def _has_work(self, session: Session, pos: int) -> bool:
-        return self.head >= pos or session.rewind is not None
+        return (
+            self.head >= pos or session.rewind is not None or session.superseded_by is not None
+        )
 
     def _session_of(self, context: grpc.aio.ServicerContext) -> Session | None:
         for key, value in context.invocation_metadata() or ():

@@ -17,7 +17,8 @@ import logging
 import random
 import time
 import zlib
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import asdict, dataclass, field
 from operator import attrgetter
 from typing import Any
 
@@ -33,6 +34,7 @@ from .primary import PROTOCOL_VERSION, SESSION_HEADER
 from .proto import replication_pb2 as rpb
 from .state import TRANSITIONS, State, StateMachine
 from .store import open_store
+from .transport import call_metadata
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class ReplicaStats:
     duplicates_skipped: int = 0
     head_sequence: int = 0
     last_error: str = ""
+    backoff_history: deque[float] = field(default_factory=lambda: deque(maxlen=10))
 
 
 class Replica:
@@ -84,6 +87,13 @@ class Replica:
         self._primary_history = self.position.history_id
         self._resync = False  # an apply failed: re-stream from the durable position
         self._stopping = False
+        self._auth = call_metadata(cfg.connector)
+        # for lag and stall reporting (monotonic clock unless said otherwise)
+        self._connected = False
+        self._last_message_at: float | None = None
+        self._last_progress_at = time.monotonic()
+        self._behind_since_primary_ns: int | None = None  # primary clock: head passed us
+        self._clock_offset_ns = 0  # primary clock minus ours, from the latest response
 
     # -- events --------------------------------------------------------------------------------
 
@@ -125,12 +135,11 @@ class Replica:
                 except _RestartSession as exc:
                     self._error(str(exc))
                 except grpc.aio.AioRpcError as exc:
-                    code = exc.code()
-                    msg = f"{code.name}: {exc.details()}"
-                    if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE):
-                        self._fatal(f"primary refused the stream: {msg}")
+                    fatal, reason = self._explain(exc)
+                    if fatal:
+                        self._fatal(reason)
                         return
-                    self._error(f"stream from {self.cfg.replica.primary} failed: {msg}")
+                    self._error(reason)
                 except ReplicationError as exc:
                     self._fatal(str(exc))
                     return
@@ -142,6 +151,7 @@ class Replica:
                         break  # stop() ended the session
                     self._error("session restarted")
                 finally:
+                    self._connected = False
                     await self._close_channel()
                 if self._resync:
                     # the session is over, so nothing can queue behind this reset
@@ -153,7 +163,9 @@ class Replica:
                     break
                 attempt = 0 if made_progress else attempt + 1
                 self.stats.reconnects += 1
-                await asyncio.sleep(self._backoff(attempt))
+                delay = self._backoff(attempt)
+                self.stats.backoff_history.append(delay)
+                await asyncio.sleep(delay)
                 self._move(State.CONNECTING, "reconnecting")
         finally:
             for task in (apply_task, ack_task):
@@ -163,6 +175,29 @@ class Replica:
                     await task
                 except asyncio.CancelledError:
                     pass
+
+    def _explain(self, exc: grpc.aio.AioRpcError) -> tuple[bool, str]:
+        """Whether a failed stream is fatal, and a message an operator can act on."""
+        code, details = exc.code(), exc.details() or ""
+        primary = self.cfg.replica.primary
+        if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE):
+            return True, f"primary refused the stream: {code.name}: {details}"
+        if code == grpc.StatusCode.ABORTED and "superseded" in details:
+            return True, f"another replica with id {self.replica_id!r} took over: {details}"
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return False, (
+                f"primary {primary} refused our credentials ({details}); "
+                "check [connector] token"
+            )
+        lowered = details.lower()
+        if code == grpc.StatusCode.UNAVAILABLE and any(
+            w in lowered for w in ("ssl", "handshake", "certificate", "tls")
+        ):
+            return False, (
+                f"TLS handshake with {primary} failed ({details}); check [connector] tls_ca, "
+                "tls_cert/tls_key and tls_server_name"
+            )
+        return False, f"stream from {primary} failed: {code.name}: {details}"
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with jitter, capped; attempt 0 is the first retry."""
@@ -195,7 +230,7 @@ class Replica:
     # -- one connection ------------------------------------------------------------------------
 
     async def _session(self) -> None:
-        self._channel = self.connector(self.cfg.replica.primary, {"config": self.cfg.connector})
+        self._channel = self.connector(self.cfg.replica.primary, asdict(self.cfg.connector))
         stream = self._channel.unary_stream(
             _STREAM,
             request_serializer=rpb.WALStreamRequest.SerializeToString,
@@ -208,7 +243,7 @@ class Replica:
             replica_id=self.replica_id,
             history_id=self.position.history_id,
         )
-        call = stream(request)
+        call = stream(request, metadata=self._auth)
         metadata = await call.initial_metadata()
         self._session_id = ""
         for key, value in metadata or ():
@@ -218,14 +253,15 @@ class Replica:
             "replica %s connected to %s, streaming from %d (session %s)",
             self.replica_id, self.cfg.replica.primary, start, self._session_id,
         )
+        self._connected = True
+        self._last_message_at = self._last_progress_at = time.monotonic()
         self._move(State.STREAMING_ENTRIES, f"connected, streaming from {start}")
         loop = asyncio.get_running_loop()
         nacked: tuple[int, float] | None = None  # (sequence asked for, when)
         async for resp in call:
             if resp.history_id:
                 self._check_history(resp.history_id)
-            if resp.head_sequence:
-                self.stats.head_sequence = resp.head_sequence
+            self._observe(resp)
             corrupt_before = self.stats.corrupt_entries
             batch, problem = self._verify(resp) if resp.entries else ([], None)
             if batch:
@@ -339,7 +375,7 @@ class Replica:
         try:
             await nack(
                 rpb.Nack(missing_from_sequence=sequence),
-                metadata=((SESSION_HEADER, self._session_id),),
+                metadata=((SESSION_HEADER, self._session_id), *self._auth),
                 timeout=10,
             )
         except grpc.aio.AioRpcError as exc:
@@ -385,6 +421,7 @@ class Replica:
             self._progress(State.FSYNC_PENDING, f"committed through {new_pos.sequence}")
             await loop.run_in_executor(None, self.store.sync)
             self.position = new_pos
+            self._last_progress_at = time.monotonic()
             self._progress(State.ACKNOWLEDGING, f"durable through {new_pos.sequence}")
             self._durable_changed.set()
             try:
@@ -423,7 +460,7 @@ class Replica:
             try:
                 await ack(
                     rpb.Ack(acknowledged_up_to=seq),
-                    metadata=((SESSION_HEADER, self._session_id),),
+                    metadata=((SESSION_HEADER, self._session_id), *self._auth),
                     timeout=10,
                 )
                 acked = seq
@@ -433,7 +470,43 @@ class Replica:
 
     # -- observation -----------------------------------------------------------------------------
 
+    def _observe(self, resp: rpb.WALStreamResponse) -> None:
+        """Head and clock from a response (heartbeats included): the basis of lag."""
+        now = time.monotonic()
+        self._last_message_at = now
+        if resp.primary_time_ns:
+            self._clock_offset_ns = resp.primary_time_ns - time.time_ns()
+        if resp.head_sequence:
+            self.stats.head_sequence = resp.head_sequence
+            if resp.head_sequence <= self.position.sequence:
+                self._behind_since_primary_ns = None
+            elif self._behind_since_primary_ns is None:
+                self._behind_since_primary_ns = resp.primary_time_ns or (
+                    time.time_ns() + self._clock_offset_ns
+                )
+
+    def lag(self) -> tuple[int, float, bool]:
+        """(entries behind, seconds behind on the primary's clock, stalled)."""
+        head = max(self.stats.head_sequence, self.position.sequence)
+        entries = head - self.position.sequence
+        now = time.monotonic()
+        stall_after = self.cfg.stream.stall_after_s
+        # a connection that delivers not even heartbeats hides how far behind we are
+        silent = self._last_message_at is not None and now - self._last_message_at > max(
+            stall_after, 3 * self.cfg.stream.heartbeat_s
+        )
+        if entries == 0:
+            self._behind_since_primary_ns = None
+            return 0, 0.0, self._connected and silent
+        seconds = 0.0
+        if self._behind_since_primary_ns is not None:
+            primary_now = time.time_ns() + self._clock_offset_ns
+            seconds = max(0.0, (primary_now - self._behind_since_primary_ns) / 1e9)
+        stuck = now - self._last_progress_at > stall_after
+        return entries, seconds, self._connected and (stuck or silent)
+
     def status(self) -> dict[str, Any]:
+        lag_entries, lag_seconds, stalled = self.lag()
         return {
             "role": "replica",
             "state": self.sm.state.value,
@@ -448,5 +521,12 @@ class Replica:
             "corrupt_entries": self.stats.corrupt_entries,
             "gaps": self.stats.gaps,
             "duplicates_skipped": self.stats.duplicates_skipped,
-            "updated_at": time.time(),
+            "lag_entries": lag_entries,
+            "lag_seconds": lag_seconds,
+            "stalled": stalled,
+            "connected": self._connected,
+            "last_message_age_s": (
+                time.monotonic() - self._last_message_at if self._last_message_at else -1.0
+            ),
+            "backoff_history_s": list(self.stats.backoff_history),
         }

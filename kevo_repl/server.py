@@ -22,7 +22,7 @@ from .proto import node_pb2 as npb
 from .proto import replication_pb2 as rpb
 from .replica import Replica
 from .store import lock_data_dir, write_file_atomically
-from .transport import server_options
+from .transport import TokenInterceptor, server_credentials, server_options
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,12 @@ class NodeService:
         live = {s.replica_id: s for s in p.sessions.values()}
         slots = []
         now = time.time()
+        stall_after = self.cfg.stream.stall_after_s
         for rid, slot in sorted(p.slots.slots.items()):
             sess = live.get(rid)
+            lag = max(0, p.head - slot.acked)
+            # behind, connected, and no ack (or no stream start) for stall_after_s
+            quiet_since = max(slot.last_ack_at, sess.opened_at) if sess else 0.0
             slots.append(
                 npb.ReplicaSlot(
                     replica_id=rid,
@@ -124,6 +128,8 @@ class NodeService:
                     session_id=sess.session_id if sess else "",
                     peer=sess.peer if sess else "",
                     last_ack_age_s=now - slot.last_ack_at if slot.last_ack_at else -1.0,
+                    lag_entries=lag,
+                    stalled=sess is not None and lag > 0 and now - quiet_since > stall_after,
                 )
             )
         return {
@@ -185,14 +191,21 @@ class Node:
             self.primary = Primary(cfg, self.registry, self.pm)
         else:
             self.replica = Replica(cfg, self.registry, self.pm)
-        server = grpc.aio.server(options=server_options())
+        interceptors = [TokenInterceptor(cfg.server.token)] if cfg.server.token else []
+        server = grpc.aio.server(
+            options=server_options(cfg.server), interceptors=interceptors
+        )
         if self.primary is not None:
             server.add_generic_rpc_handlers((replication_handler(self.primary),))
         server.add_generic_rpc_handlers(
             (node_handler(NodeService(cfg, self.primary, self.replica)),)
         )
+        creds = server_credentials(cfg.server)
         try:
-            port = server.add_insecure_port(cfg.node.listen)
+            if creds is None:
+                port = server.add_insecure_port(cfg.node.listen)
+            else:
+                port = server.add_secure_port(cfg.node.listen, creds)
         except RuntimeError as exc:
             raise KevoReplError(f"cannot listen on {cfg.node.listen}: {exc}") from exc
         if port == 0:
@@ -202,7 +215,12 @@ class Node:
         host = cfg.node.listen.rpartition(":")[0]
         self.address = f"{host}:{port}"
         write_file_atomically(Path(cfg.data_dir) / ADDRESS_FILE, self.address.encode())
-        log.info("%s listening on %s (pid %d)", cfg.node.role, self.address, os.getpid())
+        log.info(
+            "%s listening on %s (pid %d, %s%s)",
+            cfg.node.role, self.address, os.getpid(),
+            "mutual TLS" if cfg.server.tls_client_ca else "TLS" if creds else "plaintext",
+            ", token required" if cfg.server.token else "",
+        )
         if self.replica is not None:
             self._replica_task = asyncio.create_task(self.replica.run(), name="replica")
         return self.address

@@ -1,4 +1,5 @@
-"""The built-in ``grpc`` connector: how a replica opens a channel to its primary."""
+"""The built-in ``grpc`` connector: how a replica opens a channel to its primary
+(plaintext, TLS verified against a CA, or mutual TLS; see `[connector]`)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from typing import Any
 import grpc
 
 from ..plugins import hookimpl
-from ..transport import channel_options
+from ..transport import connector_config, open_aio_channel
 
 
 def open_channel(address: str, options: Mapping[str, Any]) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=channel_options())
+    return open_aio_channel(address, connector_config(options))
 
 
 @hookimpl(trylast=True)

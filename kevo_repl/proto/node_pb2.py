@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akevo_repl/proto/node.proto\x12\tkevo.repl\"A\n\x08Mutation\x12\x19\n\x02op\x18\x01 \x01(\x0e\x32\r.kevo.repl.Op\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\r\n\x05value\x18\x03 \x01(\x0c\"6\n\x0cWriteRequest\x12&\n\tmutations\x18\x01 \x03(\x0b\x32\x13.kevo.repl.Mutation\">\n\rWriteResponse\x12\x16\n\x0e\x66irst_sequence\x18\x01 \x01(\x04\x12\x15\n\rlast_sequence\x18\x02 \x01(\x04\"\x19\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"=\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"\x0f\n\rStatusRequest\"\x86\x01\n\x0bReplicaSlot\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63ked_sequence\x18\x02 \x01(\x04\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x16\n\x0elast_ack_age_s\x18\x06 \x01(\x01\"\xea\x02\n\x0eStatusResponse\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x14\n\x0clast_applied\x18\x03 \x01(\x04\x12\x15\n\rhead_sequence\x18\x04 \x01(\x04\x12\x16\n\x0e\x66irst_sequence\x18\x05 \x01(\x04\x12\x12\n\nhistory_id\x18\x06 \x01(\t\x12\x0f\n\x07\x61pplier\x18\x07 \x01(\t\x12\x17\n\x0f\x61pplied_entries\x18\x08 \x01(\x04\x12(\n\x08replicas\x18\t \x03(\x0b\x32\x16.kevo.repl.ReplicaSlot\x12\x0f\n\x07primary\x18\n \x01(\t\x12\x12\n\nreplica_id\x18\x0b \x01(\t\x12\x12\n\nlast_error\x18\x0c \x01(\t\x12\x12\n\nreconnects\x18\r \x01(\x04\x12\x17\n\x0f\x63orrupt_entries\x18\x0e \x01(\x04\x12\x0c\n\x04gaps\x18\x0f \x01(\x04\x12\x1a\n\x12\x64uplicates_skipped\x18\x10 \x01(\x04\"\x0f\n\rDigestRequest\"@\n\x0e\x44igestResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04keys\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t*8\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\x07\n\x03PUT\x10\x01\x12\n\n\x06\x44\x45LETE\x10\x02\x12\t\n\x05MERGE\x10\x03\x32\xf6\x01\n\x04Node\x12:\n\x05Write\x12\x17.kevo.repl.WriteRequest\x1a\x18.kevo.repl.WriteResponse\x12\x34\n\x03Get\x12\x15.kevo.repl.GetRequest\x1a\x16.kevo.repl.GetResponse\x12=\n\x06Status\x12\x18.kevo.repl.StatusRequest\x1a\x19.kevo.repl.StatusResponse\x12=\n\x06\x44igest\x12\x18.kevo.repl.DigestRequest\x1a\x19.kevo.repl.DigestResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akevo_repl/proto/node.proto\x12\tkevo.repl\"A\n\x08Mutation\x12\x19\n\x02op\x18\x01 \x01(\x0e\x32\r.kevo.repl.Op\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\r\n\x05value\x18\x03 \x01(\x0c\"6\n\x0cWriteRequest\x12&\n\tmutations\x18\x01 \x03(\x0b\x32\x13.kevo.repl.Mutation\">\n\rWriteResponse\x12\x16\n\x0e\x66irst_sequence\x18\x01 \x01(\x04\x12\x15\n\rlast_sequence\x18\x02 \x01(\x04\"\x19\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"=\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"\x0f\n\rStatusRequest\"\xac\x01\n\x0bReplicaSlot\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63ked_sequence\x18\x02 \x01(\x04\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x16\n\x0elast_ack_age_s\x18\x06 \x01(\x01\x12\x13\n\x0blag_entries\x18\x07 \x01(\x04\x12\x0f\n\x07stalled\x18\x08 \x01(\x08\"\xef\x03\n\x0eStatusResponse\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x14\n\x0clast_applied\x18\x03 \x01(\x04\x12\x15\n\rhead_sequence\x18\x04 \x01(\x04\x12\x16\n\x0e\x66irst_sequence\x18\x05 \x01(\x04\x12\x12\n\nhistory_id\x18\x06 \x01(\t\x12\x0f\n\x07\x61pplier\x18\x07 \x01(\t\x12\x17\n\x0f\x61pplied_entries\x18\x08 \x01(\x04\x12(\n\x08replicas\x18\t \x03(\x0b\x32\x16.kevo.repl.ReplicaSlot\x12\x0f\n\x07primary\x18\n \x01(\t\x12\x12\n\nreplica_id\x18\x0b \x01(\t\x12\x12\n\nlast_error\x18\x0c \x01(\t\x12\x12\n\nreconnects\x18\r \x01(\x04\x12\x17\n\x0f\x63orrupt_entries\x18\x0e \x01(\x04\x12\x0c\n\x04gaps\x18\x0f \x01(\x04\x12\x1a\n\x12\x64uplicates_skipped\x18\x10 \x01(\x04\x12\x13\n\x0blag_entries\x18\x11 \x01(\x04\x12\x13\n\x0blag_seconds\x18\x12 \x01(\x01\x12\x0f\n\x07stalled\x18\x13 \x01(\x08\x12\x11\n\tconnected\x18\x14 \x01(\x08\x12\x1a\n\x12last_message_age_s\x18\x15 \x01(\x01\x12\x19\n\x11\x62\x61\x63koff_history_s\x18\x16 \x03(\x01\"\x0f\n\rDigestRequest\"@\n\x0e\x44igestResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04keys\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t*8\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\x07\n\x03PUT\x10\x01\x12\n\n\x06\x44\x45LETE\x10\x02\x12\t\n\x05MERGE\x10\x03\x32\xf6\x01\n\x04Node\x12:\n\x05Write\x12\x17.kevo.repl.WriteRequest\x1a\x18.kevo.repl.WriteResponse\x12\x34\n\x03Get\x12\x15.kevo.repl.GetRequest\x1a\x16.kevo.repl.GetResponse\x12=\n\x06Status\x12\x18.kevo.repl.StatusRequest\x1a\x19.kevo.repl.StatusResponse\x12=\n\x06\x44igest\x12\x18.kevo.repl.DigestRequest\x1a\x19.kevo.repl.DigestResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kevo_repl.proto.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OP']._serialized_start=920
-  _globals['_OP']._serialized_end=976
+  _globals['_OP']._serialized_start=1091
+  _globals['_OP']._serialized_end=1147
   _globals['_MUTATION']._serialized_start=41
   _globals['_MUTATION']._serialized_end=106
   _globals['_WRITEREQUEST']._serialized_start=108
@@ -46,13 +46,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_start=318
   _globals['_STATUSREQUEST']._serialized_end=333
   _globals['_REPLICASLOT']._serialized_start=336
-  _globals['_REPLICASLOT']._serialized_end=470
-  _globals['_STATUSRESPONSE']._serialized_start=473
-  _globals['_STATUSRESPONSE']._serialized_end=835
-  _globals['_DIGESTREQUEST']._serialized_start=837
-  _globals['_DIGESTREQUEST']._serialized_end=852
-  _globals['_DIGESTRESPONSE']._serialized_start=854
-  _globals['_DIGESTRESPONSE']._serialized_end=918
-  _globals['_NODE']._serialized_start=979
-  _globals['_NODE']._serialized_end=1225
+  _globals['_REPLICASLOT']._serialized_end=508
+  _globals['_STATUSRESPONSE']._serialized_start=511
+  _globals['_STATUSRESPONSE']._serialized_end=1006
+  _globals['_DIGESTREQUEST']._serialized_start=1008
+  _globals['_DIGESTREQUEST']._serialized_end=1023
+  _globals['_DIGESTRESPONSE']._serialized_start=1025
+  _globals['_DIGESTRESPONSE']._serialized_end=1089
+  _globals['_NODE']._serialized_start=1150
+  _globals['_NODE']._serialized_end=1396
 # @@protoc_insertion_point(module_scope)

@@ -63,23 +63,27 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaSlot(_message.Message):
-    __slots__ = ("replica_id", "acked_sequence", "connected", "session_id", "peer", "last_ack_age_s")
+    __slots__ = ("replica_id", "acked_sequence", "connected", "session_id", "peer", "last_ack_age_s", "lag_entries", "stalled")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     ACKED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
     LAST_ACK_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    LAG_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    STALLED_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     acked_sequence: int
     connected: bool
     session_id: str
     peer: str
     last_ack_age_s: float
-    def __init__(self, replica_id: _Optional[str] = ..., acked_sequence: _Optional[int] = ..., connected: _Optional[bool] = ..., session_id: _Optional[str] = ..., peer: _Optional[str] = ..., last_ack_age_s: _Optional[float] = ...) -> None: ...
+    lag_entries: int
+    stalled: bool
+    def __init__(self, replica_id: _Optional[str] = ..., acked_sequence: _Optional[int] = ..., connected: _Optional[bool] = ..., session_id: _Optional[str] = ..., peer: _Optional[str] = ..., last_ack_age_s: _Optional[float] = ..., lag_entries: _Optional[int] = ..., stalled: _Optional[bool] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("role", "state", "last_applied", "head_sequence", "first_sequence", "history_id", "applier", "applied_entries", "replicas", "primary", "replica_id", "last_error", "reconnects", "corrupt_entries", "gaps", "duplicates_skipped")
+    __slots__ = ("role", "state", "last_applied", "head_sequence", "first_sequence", "history_id", "applier", "applied_entries", "replicas", "primary", "replica_id", "last_error", "reconnects", "corrupt_entries", "gaps", "duplicates_skipped", "lag_entries", "lag_seconds", "stalled", "connected", "last_message_age_s", "backoff_history_s")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LAST_APPLIED_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +100,12 @@ class StatusResponse(_message.Message):
     CORRUPT_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     GAPS_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    LAG_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STALLED_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    LAST_MESSAGE_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_HISTORY_S_FIELD_NUMBER: _ClassVar[int]
     role: str
     state: str
     last_applied: int
@@ -112,7 +122,13 @@ class StatusResponse(_message.Message):
     corrupt_entries: int
     gaps: int
     duplicates_skipped: int
-    def __init__(self, role: _Optional[str] = ..., state: _Optional[str] = ..., last_applied: _Optional[int] = ..., head_sequence: _Optional[int] = ..., first_sequence: _Optional[int] = ..., history_id: _Optional[str] = ..., applier: _Optional[str] = ..., applied_entries: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaSlot, _Mapping]]] = ..., primary: _Optional[str] = ..., replica_id: _Optional[str] = ..., last_error: _Optional[str] = ..., reconnects: _Optional[int] = ..., corrupt_entries: _Optional[int] = ..., gaps: _Optional[int] = ..., duplicates_skipped: _Optional[int] = ...) -> None: ...
+    lag_entries: int
+    lag_seconds: float
+    stalled: bool
+    connected: bool
+    last_message_age_s: float
+    backoff_history_s: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, role: _Optional[str] = ..., state: _Optional[str] = ..., last_applied: _Optional[int] = ..., head_sequence: _Optional[int] = ..., first_sequence: _Optional[int] = ..., history_id: _Optional[str] = ..., applier: _Optional[str] = ..., applied_entries: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaSlot, _Mapping]]] = ..., primary: _Optional[str] = ..., replica_id: _Optional[str] = ..., last_error: _Optional[str] = ..., reconnects: _Optional[int] = ..., corrupt_entries: _Optional[int] = ..., gaps: _Optional[int] = ..., duplicates_skipped: _Optional[int] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., stalled: _Optional[bool] = ..., connected: _Optional[bool] = ..., last_message_age_s: _Optional[float] = ..., backoff_history_s: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class DigestRequest(_message.Message):
     __slots__ = ()
