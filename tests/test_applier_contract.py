@@ -23,15 +23,36 @@ from kevo_repl.codec import Entry, Op
 from kevo_repl.errors import ConfigError, StoreError
 from kevo_repl.plugins import build_registry
 
-#: Applier plugins under test; add "leveldb" here once its plugin exists.
-APPLIERS = ["lmdb"]
+#: Applier plugins under test.
+APPLIERS = ["lmdb", "leveldb"]
 
 #: Per applier: options it must accept, and one known option with a value of the wrong type.
 VALID_OPTIONS: dict[str, dict[str, Any]] = {
     "lmdb": {"map_size": 1 << 30, "max_readers": 16},
+    "leveldb": {
+        "write_buffer_size": 1 << 20,
+        "lru_cache_size": 1 << 20,
+        "max_open_files": 64,
+        "block_size": 8192,
+        "bloom_filter_bits": 0,
+        "compression": "none",
+        "paranoid_checks": True,
+    },
 }
 WRONG_TYPED_OPTIONS: dict[str, list[tuple[str, Any]]] = {
     "lmdb": [("map_size", "64GiB"), ("map_size", True), ("map_size", 0), ("max_readers", 1.5)],
+    "leveldb": [
+        ("write_buffer_size", "32MiB"),
+        ("write_buffer_size", True),
+        ("lru_cache_size", 0),
+        ("max_open_files", 1.5),
+        ("block_size", -1),
+        ("bloom_filter_bits", -1),
+        ("bloom_filter_bits", False),
+        ("compression", "zstd"),
+        ("compression", 1),
+        ("paranoid_checks", "yes"),
+    ],
 }
 
 HISTORY = "history-a"
@@ -318,6 +339,86 @@ def test_wrong_typed_option_is_a_config_error(
     for option, value in WRONG_TYPED_OPTIONS[applier_name]:
         with pytest.raises(ConfigError, match=option):
             factory(store_path, {option: value}, True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the store directory and the store's lifetime
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("applier_name", "other"), [(a, b) for a in APPLIERS for b in APPLIERS if a != b]
+)
+def test_directory_of_another_applier_is_refused(
+    factory: ApplierFactory, store_path: Path, other: str
+) -> None:
+    made_by_other = build_registry().get("applier", other)(store_path, {}, True)
+    made_by_other.apply(puts(1, 5), HISTORY)
+    expected = state(made_by_other)
+    made_by_other.close()
+
+    with pytest.raises(StoreError, match="another applier"):
+        factory(store_path, {}, True)
+    # and the refusal left the other store untouched
+    reopened = build_registry().get("applier", other)(store_path, {}, True)
+    try:
+        assert state(reopened) == expected
+    finally:
+        reopened.close()
+
+
+def test_closed_store_raises_store_error(factory: ApplierFactory, store_path: Path) -> None:
+    applier = factory(store_path, {}, True)
+    applier.apply(puts(1, 3), HISTORY)
+    applier.close()
+    for call in (
+        applier.position,
+        lambda: applier.get(b"key000001"),
+        lambda: applier.apply(puts(4, 1), HISTORY),
+        lambda: applier.snapshot().__enter__(),
+    ):
+        with pytest.raises(StoreError):
+            call()
+
+
+def test_reads_and_snapshots_from_other_threads_while_applying(store: Applier) -> None:
+    """A node applies in one worker thread and serves gets and digests from others."""
+    batches, batch_size = 60, 50
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def writer() -> None:
+        try:
+            for b in range(batches):
+                first = b * batch_size + 1
+                store.apply([crash_entry(s) for s in range(first, first + batch_size)], HISTORY)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    def reader() -> None:
+        try:
+            while not done.is_set():
+                position, items = state(store)
+                # every snapshot is a whole number of batches, with exactly their data
+                assert position.sequence % batch_size == 0
+                assert dict(items) == _expected_after(position.sequence)
+                store.get(b"k1")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer)] + [
+        threading.Thread(target=reader) for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a thread did not finish"
+    assert not errors, errors
+    assert store.position() == Position(batches * batch_size, HISTORY, batches * batch_size)
+    assert dict(state(store)[1]) == _expected_after(batches * batch_size)
 
 
 # ---------------------------------------------------------------------------------------------

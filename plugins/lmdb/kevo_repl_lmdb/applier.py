@@ -32,6 +32,8 @@ _META_POSITION = b"position"
 _META_HISTORY = b"history_id"
 _META_APPLIED = b"applied_entries"
 _U64 = struct.Struct("<Q")
+#: The files LMDB keeps in an environment directory; anything else means another store made it.
+_LMDB_FILE_NAMES = frozenset({"data.mdb", "lock.mdb"})
 
 _PUT = int(Op.PUT)
 _DELETE = int(Op.DELETE)
@@ -83,6 +85,22 @@ def _check_sequences(entries: Sequence[Entry], current: int) -> None:
                 )
 
 
+def _check_directory(path: Path) -> None:
+    """Refuse a directory holding files LMDB did not write (another applier's store): opening
+    it would silently present an empty store."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise StoreError(f"the LMDB store path {path} exists and is not a directory")
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in _LMDB_FILE_NAMES)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise StoreError(
+            f"{path} is not an LMDB environment (it holds {shown}); it was probably created by "
+            "another applier: open it with that applier or use an empty directory"
+        )
+
+
 class LMDBSnapshot:
     """A read transaction's view: the position and the data as of one instant."""
 
@@ -121,6 +139,7 @@ class LMDBApplier:
     def __init__(self, path: Path, options: LMDBOptions, durable: bool) -> None:
         self.path = path
         self.durable = durable
+        _check_directory(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
