@@ -12,12 +12,19 @@ from kevo_repl.launcher import NodeProcess
 HERE = Path(__file__).parent
 TEST_PLUGINS = HERE / "plugins"
 
+#: Every replication test that uses the `cluster` fixture runs once per applier.
+APPLIERS = ("lmdb", "leveldb")
+
 
 class Cluster:
-    """Node processes started by one test; all are killed at teardown."""
+    """Node processes started by one test; all are killed at teardown.
 
-    def __init__(self, root: Path) -> None:
+    Nodes use `applier` unless a test passes another one (`applier=` to primary/replica).
+    """
+
+    def __init__(self, root: Path, applier: str = "lmdb") -> None:
         self.root = root
+        self.applier = applier
         self.nodes: list[NodeProcess] = []
 
     def env(self, apply_log: Path | None = None) -> dict[str, str]:
@@ -29,6 +36,7 @@ class Cluster:
 
     def primary(self, name: str = "primary", **kw: object) -> NodeProcess:
         kw.setdefault("env", self.env())
+        kw.setdefault("applier", self.applier)
         node = NodeProcess("primary", self.root / name, **kw)  # type: ignore[arg-type]
         self.nodes.append(node)
         node.start()
@@ -38,6 +46,7 @@ class Cluster:
         self, primary: NodeProcess, name: str = "replica", replica_id: str = "r1", **kw: object
     ) -> NodeProcess:
         kw.setdefault("env", self.env())
+        kw.setdefault("applier", self.applier)
         node = NodeProcess(
             "replica", self.root / name, primary=primary.address, replica_id=replica_id,
             **kw,  # type: ignore[arg-type]
@@ -51,9 +60,16 @@ class Cluster:
             node.kill()
 
 
+@pytest.fixture(params=APPLIERS)
+def applier(request: pytest.FixtureRequest) -> str:
+    """The applier of the test's nodes; a test may override it with its own parametrize."""
+    name: str = request.param
+    return name
+
+
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
+def cluster(tmp_path: Path, applier: str) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, applier)
     try:
         yield c
     finally:

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+from itertools import pairwise
+from pathlib import Path
 
-from helpers import assert_same_digest, cli, load, wait_caught_up
+import pytest
+from helpers import assert_same_digest, cli, load, read_apply_log, wait_caught_up
+
+from kevo_repl.codec import Op
+from kevo_repl.launcher import wait_until
 
 
 def test_load_and_deletes_replicate(cluster) -> None:
@@ -68,3 +74,84 @@ def test_second_node_on_same_data_dir_is_refused(cluster) -> None:
               timeout=30)
     assert res.returncode == 2
     assert "in use by another kevo-repl process" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("applier", "replica_applier"), [("lmdb", "leveldb"), ("leveldb", "lmdb")]
+)
+def test_mixed_backends_converge_to_equal_digests(
+    cluster, applier: str, replica_applier: str
+) -> None:
+    primary = cluster.primary()
+    replica = cluster.replica(primary, applier=replica_applier)
+    load(primary.address, 5_000, batch=500)
+    longest = b"L" * 511  # the longest key both stores take
+    with primary.client() as c:
+        c.write([
+            (Op.PUT, b"\x00", b"zero"),
+            (Op.PUT, b"\xff\xfe", b"high bytes sort last"),
+            (Op.PUT, b"a\x00b", b""),
+            (Op.MERGE, b"key0000000000007", b"merged"),
+            (Op.DELETE, b"key0000000000008", b""),
+            (Op.PUT, longest, b"long"),
+        ])
+        head = c.put(b"last", b"write")
+        assert c.get(longest) == b"long"
+
+    wait_caught_up(primary, replica)
+    digest = assert_same_digest(primary, replica)
+    assert digest["sequence"] == head
+    assert digest["keys"] == 5_000 + 4 + 1 - 1
+    assert primary.status()["applier"] == applier
+    st = replica.status()
+    assert st["applier"] == replica_applier
+    assert st["applied_entries"] == head
+    with replica.client() as c:
+        assert c.get(longest) == b"long"
+        assert c.get(b"key0000000000007") == b"merged"
+        assert c.get(b"key0000000000008") is None
+
+
+def test_data_dir_of_another_applier_is_refused(cluster, applier: str) -> None:
+    other = "leveldb" if applier == "lmdb" else "lmdb"
+    primary = cluster.primary()
+    load(primary.address, 100)
+    before = primary.digest()
+    assert primary.terminate() == 0
+
+    res = cli("primary", "--data-dir", str(primary.data_dir), "--listen", "127.0.0.1:0",
+              "--applier", other, timeout=30)
+    assert res.returncode == 2
+    assert str(primary.data_dir) in res.stderr
+    assert f"{applier!r} applier" in res.stderr and f"{other!r} applier" in res.stderr
+
+    # the refusal changed nothing: with its own applier the node has every entry
+    primary.start()
+    assert primary.digest() == before
+
+
+def test_event_hooks_reach_plugins_in_node_processes(cluster, tmp_path: Path) -> None:
+    """kevo_repl_batch_applied fires on the primary and the replica for every batch, and
+    kevo_repl_state_changed reports the replica's states (tests/plugins/apply_log_plugin)."""
+    log_path = tmp_path / "events.log"
+    primary = cluster.primary(env=cluster.env(log_path))
+    replica = cluster.replica(primary, env=cluster.env(log_path))
+    load(primary.address, 3_000, batch=300)
+    wait_caught_up(primary, replica)
+
+    def logged_through(node: str) -> int:
+        ranges = read_apply_log(log_path, node)
+        return ranges[-1][1] if ranges else 0
+
+    for node in ("primary", "r1"):
+        # the hook runs right after the position advances; give the last line its moment
+        wait_until(lambda n=node: logged_through(n) == 3_000, 30, f"{node}'s last batch event")
+        ranges = read_apply_log(log_path, node)
+        assert ranges[0][0] == 1
+        # contiguous: every sequence in exactly one logged batch
+        assert all(b[0] == a[1] + 1 for a, b in pairwise(ranges))
+    states = [line.split()[3:] for line in log_path.read_text().splitlines()
+              if line.startswith("# state r1 ")]
+    assert states[0][0] == "CONNECTING"  # where every replica starts
+    reached = {new for _old, new in states}
+    assert {"STREAMING_ENTRIES", "APPLYING_ENTRIES", "ACKNOWLEDGING"} <= reached
