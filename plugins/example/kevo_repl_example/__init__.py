@@ -1,0 +1,21 @@
+"""kevo-repl-example: a third-party plugin registering the ``memory`` applier.
+
+It exists to show (and to test) how a separately installed distribution plugs into
+kevo-repl: its ``pyproject.toml`` declares this module under the ``kevo_repl`` entry-point
+group, and ``kevo_repl.get_plugin_manager()`` finds it there; nothing imports it by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kevo_repl import hookimpl
+
+from .memory import MemoryApplier, open_applier
+
+__all__ = ["MemoryApplier", "kevo_repl_register_appliers", "open_applier"]
+
+
+@hookimpl
+def kevo_repl_register_appliers(register: Any) -> None:
+    register("memory", open_applier)

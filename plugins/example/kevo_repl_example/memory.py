@@ -1,0 +1,148 @@
+"""The ``memory`` applier: a store that lives in the process's memory.
+
+It meets the applier contract except for durability: nothing survives the process, so a
+restarted node starts from an empty store at position 0 (a replica then streams everything
+again from its primary). That makes it handy for tests and demos, and a compact reference
+for plugin authors; use ``lmdb`` or ``leveldb`` for anything that must outlive the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kevo_repl.applier import ApplierFactory, Position
+from kevo_repl.codec import Entry, Op
+from kevo_repl.errors import ConfigError, StoreError
+
+log = logging.getLogger(__name__)
+
+#: the same limit as the shipped appliers, so a memory node can replicate to or from them
+DEFAULT_MAX_KEY_SIZE = 511
+_VALID_OPTIONS = ("max_key_size",)
+
+
+class MemorySnapshot:
+    """A frozen copy of the data and its position, taken under the store's lock."""
+
+    def __init__(self, data: dict[bytes, bytes], position: Position) -> None:
+        self._data = data
+        self._position = position
+        self._open = True
+
+    @property
+    def position(self) -> Position:
+        return self._position
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        if not self._open:
+            raise StoreError("memory snapshot used after its with-block ended")
+        return iter(sorted(self._data.items()))  # bytes sort bytewise
+
+
+class MemoryApplier:
+    """A dict and a position behind one lock: each apply swaps both in one step."""
+
+    name = "memory"
+
+    def __init__(self, max_key_size: int = DEFAULT_MAX_KEY_SIZE) -> None:
+        self.max_key_size = max_key_size
+        self._lock = threading.Lock()
+        self._data: dict[bytes, bytes] = {}
+        self._position = Position()
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the memory store is closed")
+
+    def position(self) -> Position:
+        with self._lock:
+            self._check_open()
+            return self._position
+
+    def apply(self, entries: Sequence[Entry], history_id: str) -> Position:
+        with self._lock:
+            self._check_open()
+            if not entries:
+                return self._position
+            current = self._position
+            first = current.sequence + 1
+            if [e.seq for e in entries] != list(range(first, first + len(entries))):
+                raise StoreError(
+                    f"memory applier expected entries {first}.. in order but got "
+                    f"{entries[0].seq}..{entries[-1].seq}; nothing was applied"
+                )
+            # Build the changes aside and only then publish them: a bad entry anywhere in
+            # the batch leaves data and position as they were.
+            changes: dict[bytes, bytes | None] = {}
+            for entry in entries:
+                if not entry.key or len(entry.key) > self.max_key_size:
+                    raise StoreError(
+                        f"memory applier: entry {entry.seq} has a {len(entry.key)}-byte key; "
+                        f"keys must be 1..{self.max_key_size} bytes; nothing was applied"
+                    )
+                if entry.op == Op.DELETE:
+                    changes[entry.key] = None
+                elif entry.op in (Op.PUT, Op.MERGE):  # no merge operator: merge is a put
+                    changes[entry.key] = entry.value
+                else:
+                    raise StoreError(f"memory applier: entry {entry.seq} has unknown op {entry.op}")
+            for key, value in changes.items():
+                if value is None:
+                    self._data.pop(key, None)
+                else:
+                    self._data[key] = value
+            self._position = Position(
+                entries[-1].seq, history_id, current.applied_entries + len(entries)
+            )
+            return self._position
+
+    def sync(self) -> None:
+        self.position()  # nothing to flush; still an error on a closed store
+
+    def get(self, key: bytes) -> bytes | None:
+        with self._lock:
+            self._check_open()
+            return self._data.get(key)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[MemorySnapshot]:
+        with self._lock:
+            self._check_open()
+            snap = MemorySnapshot(dict(self._data), self._position)
+        try:
+            yield snap
+        finally:
+            snap._open = False
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._data = {}
+
+
+def open_applier(path: Path, options: Mapping[str, Any], durable: bool) -> MemoryApplier:
+    """The factory kevo-repl calls. `path` and `durable` are unused: nothing is stored on disk."""
+    unknown = sorted(str(k) for k in options if k not in _VALID_OPTIONS)
+    if unknown:
+        raise ConfigError(
+            f"unknown memory applier option(s) {', '.join(map(repr, unknown))} in "
+            f"[applier.options]; valid options: {', '.join(_VALID_OPTIONS)}"
+        )
+    max_key_size = options.get("max_key_size", DEFAULT_MAX_KEY_SIZE)
+    if isinstance(max_key_size, bool) or not isinstance(max_key_size, int) or max_key_size <= 0:
+        raise ConfigError(
+            f"memory applier option 'max_key_size' must be a positive integer, "
+            f"not {max_key_size!r}"
+        )
+    log.info("opened an in-memory store (nothing is written under %s)", path)
+    return MemoryApplier(max_key_size)
+
+
+# mypy checks here that MemoryApplier meets the Applier protocol.
+_factory: ApplierFactory = open_applier
