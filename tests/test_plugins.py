@@ -7,12 +7,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kevo_repl import hookspecs
 from kevo_repl.errors import ConfigError, PluginError
-from kevo_repl.plugins import build_registry, get_plugin_manager
+from kevo_repl.plugins import build_registry, get_plugin_manager, hookimpl
 
 PLUGINS = str(Path(__file__).parent / "plugins")
 
@@ -81,3 +82,66 @@ def test_every_hookspec_is_documented_with_its_parameters() -> None:
         doc = inspect.getdoc(spec) or ""
         for param in inspect.signature(spec).parameters:
             assert f":param {param}:" in doc, f"{spec.__name__} does not document {param}"
+
+
+class _ThreeKinds:
+    """A plugin object (not a module) implementing every registration hook."""
+
+    @staticmethod
+    def factory(path: Path, options: object, durable: bool) -> None:
+        return None
+
+    @hookimpl
+    def kevo_repl_register_appliers(self, register: Any) -> None:
+        register("test-store", self.factory)
+
+    @hookimpl
+    def kevo_repl_register_compressors(self, register: Any) -> None:
+        register("none", "a replacement for the built-in")
+        register("test-codec", "codec")
+
+    @hookimpl
+    def kevo_repl_register_connectors(self, register: Any) -> None:
+        register("test-link", "connector")
+
+
+def test_registration_hooks_register_named_backends_of_each_kind() -> None:
+    """kevo_repl_register_appliers, kevo_repl_register_compressors and
+    kevo_repl_register_connectors each fill their own kind; later registrations win."""
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.register(_ThreeKinds(), name="three-kinds")
+    reg = build_registry(pm)
+    assert reg.get("applier", "test-store") is _ThreeKinds.factory
+    assert reg.get("compressor", "test-codec") == "codec"
+    assert reg.get("compressor", "none") == "a replacement for the built-in"
+    assert reg.get("connector", "test-link") == "connector"
+    assert "grpc" in reg.names("connector")
+    plugins = {(r.kind, r.name): r.plugin for r in reg.all()}
+    assert plugins[("applier", "test-store")] == "three-kinds"
+    assert plugins[("compressor", "none")] == "three-kinds"
+
+
+def test_registration_hook_that_raises_is_named() -> None:
+    class Failing:
+        @hookimpl
+        def kevo_repl_register_connectors(self, register: Any) -> None:
+            raise RuntimeError("cannot find libssh")
+
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.register(Failing(), name="failing-plugin")
+    with pytest.raises(
+        PluginError, match=r"'failing-plugin'.*kevo_repl_register_connectors: cannot find libssh"
+    ):
+        build_registry(pm)
+
+
+def test_registering_without_a_name_is_refused() -> None:
+    class Nameless:
+        @hookimpl
+        def kevo_repl_register_appliers(self, register: Any) -> None:
+            register("", object())
+
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.register(Nameless(), name="nameless")
+    with pytest.raises(PluginError, match=r"'nameless' registered .*with no name"):
+        build_registry(pm)
