@@ -41,6 +41,8 @@ def _node_config(args: argparse.Namespace, role: str) -> config_mod.Config:
         cfg.node.listen = args.listen
     if args.applier is not None:
         cfg.applier.name = args.applier
+    if args.metrics is not None:
+        cfg.node.metrics = args.metrics
     if role == "replica":
         if args.primary is not None:
             cfg.replica.primary = args.primary
@@ -55,9 +57,12 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     cfg = _node_config(args, args.command)
 
-    def ready(address: str) -> None:
+    def ready(node: Any) -> None:
         # one machine-readable line on stdout: launchers wait for it instead of polling
-        print(json.dumps({"listening": address, "pid": os.getpid()}), flush=True)
+        line = {"listening": node.address, "pid": os.getpid()}
+        if node.metrics_address:
+            line["metrics"] = node.metrics_address
+        print(json.dumps(line), flush=True)
 
     tune_gc()
     asyncio.run(serve(cfg, on_ready=ready))
@@ -240,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--listen", help="HOST:PORT to serve on (port 0 picks a free one; "
                        "the bound address is written to DATA_DIR/node.addr)")
         s.add_argument("--applier", help="store backend by registered name (default lmdb)")
+        s.add_argument("--metrics", help="HOST:PORT to serve Prometheus /metrics on")
         if role == "replica":
             s.add_argument("--primary", help="the primary's HOST:PORT")
             s.add_argument("--replica-id", help="this replica's durable name on the primary")

@@ -18,6 +18,8 @@ class NodeConfig:
     role: str = "primary"
     data_dir: str = "./data"
     listen: str = "127.0.0.1:50052"
+    #: HOST:PORT for a Prometheus /metrics endpoint; empty = none
+    metrics: str = ""
 
 
 @dataclass
@@ -117,6 +119,8 @@ class Config:
                 f"[node] role must be one of {', '.join(ROLES)}, not {self.node.role!r}"
             )
         parse_address(self.node.listen, "[node] listen")
+        if self.node.metrics:
+            parse_address(self.node.metrics, "[node] metrics")
         if self.node.role == "replica":
             parse_address(self.replica.primary, "[replica] primary")
             if not self.replica.replica_id:

@@ -37,6 +37,7 @@ class NodeProcess:
         env: Mapping[str, str] | None = None,
         log_level: str = "INFO",
         client_config: ConnectorConfig | None = None,
+        metrics: str | None = None,
     ) -> None:
         self.role = role
         self.data_dir = Path(data_dir)
@@ -48,10 +49,12 @@ class NodeProcess:
         self.env = dict(env or {})
         self.log_level = log_level
         self.client_config = client_config
+        self.metrics = metrics
         self.log_file = self.data_dir.parent / f"{self.data_dir.name}.log"
         self.stderr_file = self.data_dir.parent / f"{self.data_dir.name}.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
+        self.metrics_address = ""
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "kevo_repl", "--log-level", self.log_level,
@@ -59,6 +62,8 @@ class NodeProcess:
                "--data-dir", str(self.data_dir), "--listen", self.listen]
         if self.applier:
             cmd += ["--applier", self.applier]
+        if self.metrics:
+            cmd += ["--metrics", self.metrics]
         if self.config:
             cmd += ["--config", str(self.config)]
         if self.role == "replica":
@@ -85,7 +90,9 @@ class NodeProcess:
             raise KevoReplError(
                 f"{self.role} did not start within {timeout}s:\n{self.log_tail()}"
             )
-        self.address = json.loads(line)["listening"]
+        ready = json.loads(line)
+        self.address = ready["listening"]
+        self.metrics_address = ready.get("metrics", "")
         # later restarts reuse the port, so peers configured with it find the node again
         self.listen = self.address
         return self.address

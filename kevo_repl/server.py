@@ -16,6 +16,7 @@ import grpc
 from . import store as store_mod
 from .config import Config
 from .errors import KevoReplError
+from .metrics import serve_metrics
 from .plugins import build_registry, get_plugin_manager
 from .primary import Primary, PrimaryUnavailable, WriteRejected
 from .proto import node_pb2 as npb
@@ -183,6 +184,8 @@ class Node:
         self.address = ""
         self._replica_task: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
+        self._metrics: Any = None
+        self.metrics_address = ""
 
     async def start(self) -> str:
         cfg = self.cfg
@@ -197,9 +200,8 @@ class Node:
         )
         if self.primary is not None:
             server.add_generic_rpc_handlers((replication_handler(self.primary),))
-        server.add_generic_rpc_handlers(
-            (node_handler(NodeService(cfg, self.primary, self.replica)),)
-        )
+        self.service = NodeService(cfg, self.primary, self.replica)
+        server.add_generic_rpc_handlers((node_handler(self.service),))
         creds = server_credentials(cfg.server)
         try:
             if creds is None:
@@ -221,6 +223,10 @@ class Node:
             "mutual TLS" if cfg.server.tls_client_ca else "TLS" if creds else "plaintext",
             ", token required" if cfg.server.token else "",
         )
+        if cfg.node.metrics:
+            self._metrics, self.metrics_address = serve_metrics(
+                cfg.node.metrics, self.service.status
+            )
         if self.replica is not None:
             self._replica_task = asyncio.create_task(self.replica.run(), name="replica")
         return self.address
@@ -233,6 +239,9 @@ class Node:
                 await self._replica_task
             except asyncio.CancelledError:
                 pass
+        if self._metrics is not None:
+            self._metrics[0].shutdown()
+            self._metrics = None
         if self.server is not None:
             await self.server.stop(grace=1.0)
         if self.primary is not None:
@@ -245,16 +254,16 @@ class Node:
         log.info("%s stopped", self.cfg.node.role)
 
 
-async def serve(cfg: Config, on_ready: Callable[[str], None] | None = None) -> None:
+async def serve(cfg: Config, on_ready: Callable[[Node], None] | None = None) -> None:
     """Run a node until SIGTERM or SIGINT, then shut it down cleanly."""
     node = Node(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    address = await node.start()
+    await node.start()
     if on_ready is not None:
-        on_ready(address)
+        on_ready(node)
     try:
         await stop.wait()
         log.info("signal received, shutting down")
