@@ -402,9 +402,11 @@ class Replica:
                 continue
             self._progress(State.APPLYING_ENTRIES, f"{len(batch)} entries")
             history = self._primary_history or self.position.history_id
-            fut = loop.run_in_executor(None, self.store.apply, batch, history)
+            # apply and sync in one trip to the worker thread: a second trip would wait for
+            # the event loop (busy verifying the next response) while the store sits idle
+            fut = loop.run_in_executor(None, self._apply_durably, batch, history)
             try:
-                new_pos = await asyncio.shield(fut)
+                new_pos, sync_error = await asyncio.shield(fut)
             except asyncio.CancelledError:
                 await fut  # never leave a commit running under a closing store
                 raise
@@ -419,7 +421,8 @@ class Replica:
                     self._session_task.cancel()
                 continue
             self._progress(State.FSYNC_PENDING, f"committed through {new_pos.sequence}")
-            await loop.run_in_executor(None, self.store.sync)
+            if sync_error is not None:
+                raise sync_error
             self.position = new_pos
             self._last_progress_at = time.monotonic()
             self._progress(State.ACKNOWLEDGING, f"durable through {new_pos.sequence}")
@@ -437,6 +440,18 @@ class Replica:
                 self._progress(State.WAITING_FOR_DATA, "caught up with what was received")
             else:
                 self._progress(State.APPLYING_ENTRIES, "more entries queued")
+
+    def _apply_durably(
+        self, batch: list[Entry], history: str
+    ) -> tuple[Position, BaseException | None]:
+        """In a worker thread: apply (raising if that fails), then sync; a failed sync is
+        returned, to be raised by the apply loop as before."""
+        new_pos = self.store.apply(batch, history)
+        try:
+            self.store.sync()
+        except Exception as exc:
+            return new_pos, exc
+        return new_pos, None
 
     def _drain_queue(self) -> None:
         while not self._queue.empty():
