@@ -169,6 +169,32 @@ def cmd_digest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .client import Client
+    from .verify import verify
+
+    conn = config_mod.load(args.config).connector
+    if args.token is not None:
+        conn.token = args.token
+    with (
+        Client(args.primary, args.timeout, conn) as p,
+        Client(args.replica, args.timeout, conn) as r,
+    ):
+        result = verify(p, r, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(result.as_dict(), sort_keys=True))
+    elif result.equal:
+        print(f"equal at sequence {result.sequence}: {result.primary_digest}")
+    else:
+        print(f"DIFFERENT at sequence {result.sequence}: primary {result.primary_digest}, "
+              f"replica {result.replica_digest}")
+        for rng in result.ranges:
+            d = rng.as_dict()
+            print(f"  keys {d['first_key']!r} .. {d['last_key']!r}: "
+                  f"{d['primary_keys']} on the primary, {d['replica_keys']} on the replica")
+    return 0 if result.equal else 1
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .plugins import build_registry
 
@@ -288,6 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = client_cmd("digest", "digest of a node's store at one consistent position")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_digest)
+
+    s = sub.add_parser("verify", help="compare a primary and a replica at a common position; "
+                       "exit 1 and print the differing key ranges when they differ")
+    s.add_argument("--primary", required=True, help="the primary's HOST:PORT")
+    s.add_argument("--replica", required=True, help="the replica's HOST:PORT")
+    s.add_argument("--timeout", type=float, default=60.0)
+    s.add_argument("--config", help="TOML file whose [connector] table says how to connect")
+    s.add_argument("--token", default=os.environ.get("KEVO_REPL_TOKEN"))
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("plugins", help="list every registered plugin")
     s.add_argument("--json", action="store_true")

@@ -66,6 +66,13 @@ class Client:
         resp = self._digest(npb.DigestRequest(), timeout=self.timeout)
         return {"sequence": resp.sequence, "keys": resp.keys, "digest": resp.digest}
 
+    def digest_buckets(self, prefix: bytes) -> npb.DigestResponse:
+        """Digests of the keys under `prefix`, one bucket per next byte."""
+        resp: npb.DigestResponse = self._digest(
+            npb.DigestRequest(prefix=prefix, split=True), timeout=self.timeout
+        )
+        return resp
+
     def wait_ready(self, timeout: float) -> None:
         grpc.channel_ready_future(self._channel).result(timeout=timeout)
 

@@ -149,8 +149,19 @@ class NodeService:
     async def Digest(
         self, request: npb.DigestRequest, context: grpc.aio.ServicerContext
     ) -> npb.DigestResponse:
-        d = await asyncio.to_thread(store_mod.digest, self.store)
-        return npb.DigestResponse(sequence=d.sequence, keys=d.keys, digest=d.digest)
+        d = await asyncio.to_thread(
+            store_mod.digest, self.store, bytes(request.prefix), request.split
+        )
+        return npb.DigestResponse(
+            sequence=d.sequence,
+            keys=d.keys,
+            digest=d.digest,
+            buckets=[
+                npb.DigestBucket(prefix=b.prefix, keys=b.keys, digest=b.digest,
+                                 first_key=b.first_key, last_key=b.last_key, exact=b.exact)
+                for b in d.buckets
+            ],
+        )
 
 
 def node_handler(service: NodeService) -> grpc.GenericRpcHandler:

@@ -8,8 +8,9 @@ import json
 import logging
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .applier import Applier, ApplierFactory
 from .config import Config
@@ -77,23 +78,61 @@ def open_store(cfg: Config, registry: Registry, *, durable: bool) -> Applier:
     return store
 
 
+@dataclass
+class Bucket:
+    """Digest of the keys sharing one prefix."""
+
+    prefix: bytes
+    exact: bool = False
+    keys: int = 0
+    first_key: bytes = b""
+    last_key: bytes = b""
+    _hash: Any = field(default_factory=hashlib.sha256, repr=False)
+
+    def add(self, key: bytes, value: bytes) -> None:
+        h = self._hash
+        h.update(_LEN.pack(len(key)))
+        h.update(key)
+        h.update(_LEN.pack(len(value)))
+        h.update(value)
+        if not self.keys:
+            self.first_key = key
+        self.last_key = key
+        self.keys += 1
+
+    @property
+    def digest(self) -> str:
+        return str(self._hash.hexdigest())
+
+
 @dataclass(frozen=True)
 class Digest:
     sequence: int
     keys: int
     digest: str
+    buckets: tuple[Bucket, ...] = ()
 
 
-def digest(store: Applier) -> Digest:
+def digest(store: Applier, prefix: bytes = b"", split: bool = False) -> Digest:
     """SHA-256 over every live key and value (length-prefixed, in key order), read in one
-    consistent snapshot together with the position it belongs to."""
-    h = hashlib.sha256()
-    keys = 0
+    consistent snapshot together with the position it belongs to. With `prefix`, only keys
+    that start with it; with `split`, also one digest per next byte after the prefix (how
+    `verify` narrows a difference down to key ranges)."""
+    total = Bucket(prefix)
+    buckets: dict[bytes, Bucket] = {}
+    depth = len(prefix)
     with store.snapshot() as snap:
         for key, value in snap.items():
-            h.update(_LEN.pack(len(key)))
-            h.update(key)
-            h.update(_LEN.pack(len(value)))
-            h.update(value)
-            keys += 1
-        return Digest(snap.position.sequence, keys, h.hexdigest())
+            if prefix and not key.startswith(prefix):
+                # keys are in order: past the prefix's range, nothing more can match
+                if key > prefix:
+                    break
+                continue
+            total.add(key, value)
+            if split:
+                sub = key[: depth + 1]
+                bucket = buckets.get(sub)
+                if bucket is None:
+                    bucket = buckets[sub] = Bucket(sub, exact=len(key) == depth)
+                bucket.add(key, value)
+        return Digest(snap.position.sequence, total.keys, total.digest, tuple(buckets.values()))

@@ -131,15 +131,37 @@ class StatusResponse(_message.Message):
     def __init__(self, role: _Optional[str] = ..., state: _Optional[str] = ..., last_applied: _Optional[int] = ..., head_sequence: _Optional[int] = ..., first_sequence: _Optional[int] = ..., history_id: _Optional[str] = ..., applier: _Optional[str] = ..., applied_entries: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaSlot, _Mapping]]] = ..., primary: _Optional[str] = ..., replica_id: _Optional[str] = ..., last_error: _Optional[str] = ..., reconnects: _Optional[int] = ..., corrupt_entries: _Optional[int] = ..., gaps: _Optional[int] = ..., duplicates_skipped: _Optional[int] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., stalled: _Optional[bool] = ..., connected: _Optional[bool] = ..., last_message_age_s: _Optional[float] = ..., backoff_history_s: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class DigestRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("prefix", "split")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    prefix: bytes
+    split: bool
+    def __init__(self, prefix: _Optional[bytes] = ..., split: _Optional[bool] = ...) -> None: ...
+
+class DigestBucket(_message.Message):
+    __slots__ = ("prefix", "keys", "digest", "first_key", "last_key", "exact")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    FIRST_KEY_FIELD_NUMBER: _ClassVar[int]
+    LAST_KEY_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    prefix: bytes
+    keys: int
+    digest: str
+    first_key: bytes
+    last_key: bytes
+    exact: bool
+    def __init__(self, prefix: _Optional[bytes] = ..., keys: _Optional[int] = ..., digest: _Optional[str] = ..., first_key: _Optional[bytes] = ..., last_key: _Optional[bytes] = ..., exact: _Optional[bool] = ...) -> None: ...
 
 class DigestResponse(_message.Message):
-    __slots__ = ("sequence", "keys", "digest")
+    __slots__ = ("sequence", "keys", "digest", "buckets")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     keys: int
     digest: str
-    def __init__(self, sequence: _Optional[int] = ..., keys: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
+    buckets: _containers.RepeatedCompositeFieldContainer[DigestBucket]
+    def __init__(self, sequence: _Optional[int] = ..., keys: _Optional[int] = ..., digest: _Optional[str] = ..., buckets: _Optional[_Iterable[_Union[DigestBucket, _Mapping]]] = ...) -> None: ...
