@@ -150,12 +150,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     _print_table([(k, v) for k, v in st.items() if v not in ("", None)])
     if replicas:
         print()
-        print(f"{'replica':<16} {'acked':>12} {'connected':>9}  peer")
-        for r in replicas:
-            print(
-                f"{r['replica_id']:<16} {r['acked_sequence']:>12} "
-                f"{'yes' if r['connected'] else 'no':>9}  {r['peer']}"
-            )
+        _print_slots(replicas)
+    return 0
+
+
+def _print_slots(replicas: list[dict[str, Any]]) -> None:
+    print(f"{'replica':<16} {'state':<8} {'acked':>12} {'lag':>10} {'lag bytes':>12}  "
+          f"{'oldest':<6}  peer")
+    for r in replicas:
+        print(
+            f"{r['replica_id']:<16} {r['slot_state']:<8} {r['acked_sequence']:>12} "
+            f"{r['lag_entries']:>10} {r['lag_bytes']:>12}  "
+            f"{'yes' if r['holds_oldest_segment'] else '':<6}  {r['peer']}"
+        )
+
+
+def cmd_slots_list(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        st = c.status()
+    if st["role"] != "primary":
+        raise KevoReplError(f"{args.target} is a replica; slots live on its primary "
+                            f"{st['primary']}")
+    if args.json:
+        print(json.dumps(st["replicas"], sort_keys=True))
+    elif st["replicas"]:
+        _print_slots(st["replicas"])
+    else:
+        print("no slots")
+    return 0
+
+
+def cmd_slots_drop(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        acked = c.drop_slot(args.replica_id)
+    print(json.dumps({"dropped": args.replica_id, "acked_sequence": acked}))
     return 0
 
 
@@ -277,8 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--replica-id", help="this replica's durable name on the primary")
         s.set_defaults(func=cmd_node)
 
-    def client_cmd(name: str, help: str) -> argparse.ArgumentParser:
-        s = sub.add_parser(name, help=help)
+    def client_cmd(
+        name: str, help: str, parent: Any = None
+    ) -> argparse.ArgumentParser:
+        s = (parent or sub).add_parser(name, help=help)
         s.add_argument("--target", required=True, help="a node's HOST:PORT")
         s.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
         s.add_argument("--config", help="TOML file whose [connector] table says how to connect")
@@ -315,6 +345,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_digest)
 
+    slots = sub.add_parser("slots", help="the primary's replica slots (WAL retention)")
+    slots_sub = slots.add_subparsers(dest="slots_command", required=True)
+    s = client_cmd("list", "every slot: acked position, lag, state", slots_sub)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_slots_list)
+    s = client_cmd("drop", "forget a slot (its replica must not be streaming); the WAL it "
+                   "held is pruned, and the replica bootstraps from a snapshot if it returns",
+                   slots_sub)
+    s.add_argument("replica_id", help="the slot's replica id")
+    s.set_defaults(func=cmd_slots_drop)
+
     s = sub.add_parser("verify", help="compare a primary and a replica at a common position; "
                        "exit 1 and print the differing key ranges when they differ")
     s.add_argument("--primary", required=True, help="the primary's HOST:PORT")
@@ -329,10 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_plugins)
 
-    s = sub.add_parser("demo", help="a local primary and replica, 10,000 entries, digests")
-    s.add_argument("--dir", default=None, help="work directory (default: a fresh temp dir)")
-    s.add_argument("--count", type=int, default=10_000)
-    s.add_argument("--timeout", type=float, default=120.0)
+    s = sub.add_parser("demo", help="a primary and two replicas on loopback: writes, a "
+                       "replica killed and resumed, digests compared")
+    from .demo import add_arguments
+
+    add_arguments(s)
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("bench", help="measure catch-up, live lag or write throughput")
