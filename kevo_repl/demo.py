@@ -268,7 +268,7 @@ def _restart(victim: DemoNode, killed_at: int, reporter: Reporter, events: list[
     resumed = st["last_applied"]
     # its position is the one it had durably stored: at least what it reported before the
     # kill, and every entry counted once
-    ok = resumed >= killed_at and st["applied_entries"] == resumed
+    ok = bool(resumed >= killed_at and st["applied_entries"] == resumed)
     msg = (
         f"restarted {victim.name} (pid {victim.proc.pid}): resumes from its stored position "
         f"{resumed} (was >= {killed_at} before the kill), "
