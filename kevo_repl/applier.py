@@ -7,7 +7,7 @@ the stored position names exactly the entries the store holds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +35,9 @@ class StoreSnapshot(Protocol):
     @property
     def position(self) -> Position: ...
 
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every live key and value, in bytewise key order."""
+    def items(self, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Every live key and value, in bytewise key order; with `after`, only the keys
+        greater than it (where a resumed snapshot transfer picks up)."""
         ...
 
 
@@ -68,6 +69,23 @@ class Applier(Protocol):
 
     def snapshot(self) -> AbstractContextManager[StoreSnapshot]:
         """A consistent view: position and data read at one instant."""
+        ...
+
+    def load(self, items: Iterable[tuple[bytes, bytes]]) -> int:
+        """Bulk-write `items` into a store being built from a snapshot; return how many.
+
+        Only for a store at position 0 (a fresh one): anything else is a StoreError and
+        nothing is written. Keys must be strictly ascending (bytewise), within one call and
+        across calls; a key out of order, empty or too long fails the call with StoreError,
+        and nothing of that call is written. One call is one transaction. The position is
+        not touched; durability comes with `sync()`.
+        """
+        ...
+
+    def set_position(self, position: Position) -> None:
+        """Finish an install: set the position (sequence, history_id, applied_entries) of a
+        store filled with `load`, in one transaction. Only for a store at position 0; the
+        position must have a positive sequence. Durable after `sync()`."""
         ...
 
     def close(self) -> None: ...

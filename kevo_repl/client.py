@@ -38,6 +38,7 @@ class Client:
         self._get = unary("Get", npb.GetRequest, npb.GetResponse)
         self._status = unary("Status", npb.StatusRequest, npb.StatusResponse)
         self._digest = unary("Digest", npb.DigestRequest, npb.DigestResponse)
+        self._drop_slot = unary("DropSlot", npb.DropSlotRequest, npb.DropSlotResponse)
 
     def write(self, mutations: Iterable[tuple[int, bytes, bytes]]) -> tuple[int, int]:
         req = npb.WriteRequest(
@@ -65,6 +66,12 @@ class Client:
     def digest(self) -> dict[str, Any]:
         resp = self._digest(npb.DigestRequest(), timeout=self.timeout)
         return {"sequence": resp.sequence, "keys": resp.keys, "digest": resp.digest}
+
+    def drop_slot(self, replica_id: str) -> int:
+        """Drop a replica's slot on a primary; return the sequence it had acknowledged."""
+        resp = self._drop_slot(npb.DropSlotRequest(replica_id=replica_id), timeout=self.timeout)
+        acked: int = resp.acked_sequence
+        return acked
 
     def digest_buckets(self, prefix: bytes) -> npb.DigestResponse:
         """Digests of the keys under `prefix`, one bucket per next byte."""

@@ -34,6 +34,11 @@ class ReplicaConfig:
     backoff_max_s: float = 5.0
     #: how often to re-request the same corrupt sequence before giving up in ERROR
     max_corrupt_retries: int = 5
+    #: when the primary no longer retains our position (OUT_OF_RANGE), install a snapshot
+    #: of its store into a fresh store and switch to it; false: stop with an error instead
+    bootstrap: bool = True
+    #: largest snapshot chunk to ask for (the primary caps it at [snapshot] max_chunk_bytes)
+    snapshot_chunk_bytes: int = 1024 * 1024
 
 
 @dataclass
@@ -99,6 +104,38 @@ class StreamConfig:
 
 
 @dataclass
+class RetentionConfig:
+    """How much WAL the primary keeps for its replicas' slots (see docs/retention.md)."""
+
+    #: cap on WAL bytes on disk: past it the oldest segments are deleted even when a slot
+    #: still needs them (the slot is marked lost; its replica bootstraps from a snapshot)
+    max_retained_bytes: int = 64 * 1024**3
+    #: cap on the age of a full segment (seconds since its last write); 0 = no age cap
+    max_retained_age_s: float = 0.0
+    #: forget a slot whose replica has not been connected for this long; 0 = never
+    drop_inactive_after_s: float = 0.0
+    #: how often the age cap and inactive slots are checked (only when one of them is set)
+    check_interval_s: float = 5.0
+
+
+@dataclass
+class SnapshotConfig:
+    """Snapshots of its store the primary serves to bootstrapping replicas."""
+
+    #: largest chunk of snapshot data in one message
+    max_chunk_bytes: int = 4 * 1024 * 1024
+    #: a snapshot nobody streams is kept this long for a replica to resume it, then released
+    hold_s: float = 60.0
+    #: most snapshots held at once (each one is an open read transaction / LevelDB snapshot)
+    max_held: int = 4
+
+
+#: bounds of a snapshot chunk's size, on either side
+MIN_CHUNK_BYTES = 1024
+MAX_CHUNK_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     replica: ReplicaConfig = field(default_factory=ReplicaConfig)
@@ -108,6 +145,8 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     wal: WALConfig = field(default_factory=WALConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -151,6 +190,38 @@ class Config:
             raise ConfigError("[connector] tls_cert and tls_key go together")
         if self.connector.tls_cert and not self.connector.tls_ca:
             raise ConfigError("[connector] a client certificate needs tls_ca (TLS) as well")
+        self._validate_retention()
+
+    def _validate_retention(self) -> None:
+        ret, snap = self.retention, self.snapshot
+        if ret.max_retained_bytes < 2 * self.wal.segment_bytes:
+            raise ConfigError(
+                f"[retention] max_retained_bytes ({ret.max_retained_bytes}) must be at least "
+                f"twice [wal] segment_bytes ({self.wal.segment_bytes}): the segment being "
+                "written is never deleted"
+            )
+        for name, fvalue in (
+            ("[retention] max_retained_age_s", ret.max_retained_age_s),
+            ("[retention] drop_inactive_after_s", ret.drop_inactive_after_s),
+        ):
+            if fvalue < 0:
+                raise ConfigError(f"{name} must be 0 (off) or positive, not {fvalue}")
+        for name, fvalue in (
+            ("[retention] check_interval_s", ret.check_interval_s),
+            ("[snapshot] hold_s", snap.hold_s),
+        ):
+            if fvalue <= 0:
+                raise ConfigError(f"{name} must be positive, not {fvalue}")
+        if snap.max_held < 1:
+            raise ConfigError(f"[snapshot] max_held must be at least 1, not {snap.max_held}")
+        for name, value in (
+            ("[snapshot] max_chunk_bytes", snap.max_chunk_bytes),
+            ("[replica] snapshot_chunk_bytes", self.replica.snapshot_chunk_bytes),
+        ):
+            if not MIN_CHUNK_BYTES <= value <= MAX_CHUNK_BYTES:
+                raise ConfigError(
+                    f"{name} must be from {MIN_CHUNK_BYTES} to {MAX_CHUNK_BYTES}, not {value}"
+                )
 
 
 def parse_address(address: str, what: str = "address") -> tuple[str, int]:

@@ -19,6 +19,7 @@ from .config import Config
 from .errors import KevoReplError, StoreError
 from .plugins import Registry
 from .proto import replication_pb2 as rpb
+from .retention import Retention
 from .slots import SlotTable
 from .store import open_store
 from .wal import WAL, Record, SequenceNotRetained
@@ -92,6 +93,8 @@ class Primary:
         self._broken: str | None = None
         self._advanced: asyncio.Condition | None = None
         self._replay_store()
+        # WAL retention for the slots, within the caps, and snapshots for bootstrapping replicas
+        self.retention = Retention(self)
 
     # -- start-up ----------------------------------------------------------------------------
 
@@ -191,6 +194,7 @@ class Primary:
                 log.exception("a batch_applied hook failed")
 
     def _commit(self, group: list[_Pending]) -> None:
+        self.retention.before_append(sum(len(p.record.body) for p in group), len(group))
         self.wal.append([p.record for p in group])
         entries = [e for p in group for e in p.entries]
         self.store.apply(entries, self.history_id)
@@ -359,6 +363,7 @@ class Primary:
     async def close(self) -> None:
         if self._flusher is not None:
             await self._flusher
+        await self.retention.close()
         await self.slots.close()
         self.wal.close()
         self.store.sync()

@@ -26,6 +26,7 @@ import grpc
 import pluggy
 
 from .applier import Applier, Position
+from .bootstrap import Bootstrap, recover_install
 from .codec import CodecError, Entry, checksum, decode, decode_batch
 from .config import Config
 from .errors import ReplicationError
@@ -70,8 +71,10 @@ class Replica:
         self.cfg = cfg
         self.pm = pm
         self.replica_id = cfg.replica.replica_id
+        recover_install(cfg.data_dir)  # finish, or discard, a snapshot install cut short
         self.store: Applier = open_store(cfg, registry, durable=True)
         self.connector = registry.get("connector", cfg.connector.name)
+        self.bootstrap = Bootstrap(self, registry)  # for when our position is not retained
         self.position: Position = self.store.position()
         self.stats = ReplicaStats()
         self.sm = StateMachine(on_change=self._state_changed)
@@ -128,6 +131,7 @@ class Replica:
             while not self._stopping:
                 made_progress = False
                 before = self.position.sequence
+                bootstrap = False
                 try:
                     self._session_task = asyncio.create_task(self._session())
                     await self._session_task
@@ -139,7 +143,9 @@ class Replica:
                     if fatal:
                         self._fatal(reason)
                         return
-                    self._error(reason)
+                    bootstrap = self.bootstrap.wanted(exc)
+                    if not bootstrap:
+                        self._error(reason)
                 except ReplicationError as exc:
                     self._fatal(str(exc))
                     return
@@ -158,6 +164,10 @@ class Replica:
                     self._resync = False
                     self._drain_queue()
                     self._received = self.position.sequence
+                if bootstrap:
+                    apply_task, ack_task = await self.bootstrap.install(apply_task, ack_task)
+                    if self.fatal:
+                        return
                 made_progress = self.position.sequence > before or self._received > before
                 if self._stopping:
                     break
@@ -180,6 +190,8 @@ class Replica:
         """Whether a failed stream is fatal, and a message an operator can act on."""
         code, details = exc.code(), exc.details() or ""
         primary = self.cfg.replica.primary
+        if code == grpc.StatusCode.OUT_OF_RANGE and self.bootstrap.enabled:
+            return False, f"primary no longer retains our position ({details}); bootstrapping"
         if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE):
             return True, f"primary refused the stream: {code.name}: {details}"
         if code == grpc.StatusCode.ABORTED and "superseded" in details:
@@ -256,6 +268,7 @@ class Replica:
         self._connected = True
         self._last_message_at = self._last_progress_at = time.monotonic()
         self._move(State.STREAMING_ENTRIES, f"connected, streaming from {start}")
+        self.bootstrap.stream_started()  # after an install: ack the new position at once
         loop = asyncio.get_running_loop()
         nacked: tuple[int, float] | None = None  # (sequence asked for, when)
         async for resp in call:

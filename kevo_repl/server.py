@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from . import store as store_mod
+from .applier import Applier
 from .config import Config
 from .errors import KevoReplError
 from .metrics import serve_metrics
@@ -22,6 +23,7 @@ from .primary import Primary, PrimaryUnavailable, WriteRejected
 from .proto import node_pb2 as npb
 from .proto import replication_pb2 as rpb
 from .replica import Replica
+from .retention import SlotBusy
 from .store import lock_data_dir, write_file_atomically
 from .transport import TokenInterceptor, server_credentials, server_options
 
@@ -55,6 +57,11 @@ def replication_handler(primary: Primary) -> grpc.GenericRpcHandler:
                 request_deserializer=rpb.Nack.FromString,
                 response_serializer=rpb.NackResponse.SerializeToString,
             ),
+            "Snapshot": grpc.unary_stream_rpc_method_handler(
+                primary.retention.snapshots.serve,
+                request_deserializer=rpb.SnapshotRequest.FromString,
+                response_serializer=rpb.SnapshotChunk.SerializeToString,
+            ),
         },
     )
 
@@ -66,9 +73,15 @@ class NodeService:
         self.cfg = cfg
         self.primary = primary
         self.replica = replica
-        node = primary or replica
-        assert node is not None
-        self.store = node.store
+        assert primary is not None or replica is not None
+
+    @property
+    def store(self) -> Applier:
+        """The node's store now: a replica switches stores when it installs a snapshot."""
+        if self.replica is not None:
+            return self.replica.store
+        assert self.primary is not None
+        return self.primary.store
 
     async def Write(  # gRPC method names are CamelCase
         self, request: npb.WriteRequest, context: grpc.aio.ServicerContext
@@ -108,6 +121,7 @@ class NodeService:
             st = self.replica.status()
             st.pop("updated_at", None)
             st["applier"] = self.cfg.applier.name
+            st.update(self.replica.bootstrap.status())
             return st
         assert self.primary is not None
         p = self.primary
@@ -116,6 +130,7 @@ class NodeService:
         slots = []
         now = time.time()
         stall_after = self.cfg.stream.stall_after_s
+        retention = p.retention.status()
         for rid, slot in sorted(p.slots.slots.items()):
             sess = live.get(rid)
             lag = max(0, p.head - slot.acked)
@@ -131,6 +146,9 @@ class NodeService:
                     last_ack_age_s=now - slot.last_ack_at if slot.last_ack_at else -1.0,
                     lag_entries=lag,
                     stalled=sess is not None and lag > 0 and now - quiet_since > stall_after,
+                    **p.retention.slot_status(
+                        slot, sess is not None, retention["oldest_segment_held_by"]
+                    ),
                 )
             )
         return {
@@ -144,7 +162,29 @@ class NodeService:
             "applied_entries": pos.applied_entries,
             "replicas": slots,
             "last_error": p._broken or "",
+            **retention,
         }
+
+    async def DropSlot(
+        self, request: npb.DropSlotRequest, context: grpc.aio.ServicerContext
+    ) -> npb.DropSlotResponse:
+        if self.primary is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"slots live on the primary ({self.cfg.replica.primary}), not on a replica",
+            )
+            raise AssertionError("unreachable")
+        try:
+            slot = self.primary.retention.drop(request.replica_id)
+        except SlotBusy as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise AssertionError("unreachable") from exc
+        if slot is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"no slot for replica {request.replica_id!r}"
+            )
+            raise AssertionError("unreachable")
+        return npb.DropSlotResponse(acked_sequence=slot.acked)
 
     async def Digest(
         self, request: npb.DigestRequest, context: grpc.aio.ServicerContext
@@ -177,6 +217,7 @@ def node_handler(service: NodeService) -> grpc.GenericRpcHandler:
             "Get": unary(service.Get, npb.GetRequest, npb.GetResponse),
             "Status": unary(service.Status, npb.StatusRequest, npb.StatusResponse),
             "Digest": unary(service.Digest, npb.DigestRequest, npb.DigestResponse),
+            "DropSlot": unary(service.DropSlot, npb.DropSlotRequest, npb.DropSlotResponse),
         },
     )
 
@@ -258,6 +299,7 @@ class Node:
         if self.primary is not None:
             await self.primary.close()
         if self.replica is not None:
+            self.replica.bootstrap.close()
             self.replica.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)

@@ -1,4 +1,5 @@
-"""The replica's state machine: KevoDB's seven states, with validated transitions."""
+"""The replica's state machine: KevoDB's seven states plus BOOTSTRAPPING, with validated
+transitions."""
 
 from __future__ import annotations
 
@@ -20,22 +21,29 @@ class State(enum.Enum):
     ACKNOWLEDGING = "ACKNOWLEDGING"
     WAITING_FOR_DATA = "WAITING_FOR_DATA"
     ERROR = "ERROR"
+    #: kevo-repl's own: installing a snapshot of the primary's store (its position was no
+    #: longer retained), into a fresh store next to the live one
+    BOOTSTRAPPING = "BOOTSTRAPPING"
 
 
 S = State
 # Receive and apply overlap, so after an ack the replica may find more entries already
 # received (back to APPLYING) or none yet (WAITING). ERROR is reachable from everywhere and
-# leads only back to CONNECTING.
+# leads only back to CONNECTING. BOOTSTRAPPING is entered when the primary answers
+# OUT_OF_RANGE, which can happen in any state but ERROR (at connect, or mid-stream when the
+# WAL was pruned under a cap); it ends in CONNECTING (installed) or ERROR (failed).
+_B = S.BOOTSTRAPPING
 TRANSITIONS: dict[State, frozenset[State]] = {
-    S.CONNECTING: frozenset({S.STREAMING_ENTRIES, S.WAITING_FOR_DATA, S.ERROR}),
-    S.STREAMING_ENTRIES: frozenset({S.APPLYING_ENTRIES, S.WAITING_FOR_DATA, S.ERROR}),
-    S.APPLYING_ENTRIES: frozenset({S.FSYNC_PENDING, S.ERROR}),
-    S.FSYNC_PENDING: frozenset({S.ACKNOWLEDGING, S.ERROR}),
+    S.CONNECTING: frozenset({S.STREAMING_ENTRIES, S.WAITING_FOR_DATA, S.ERROR, _B}),
+    S.STREAMING_ENTRIES: frozenset({S.APPLYING_ENTRIES, S.WAITING_FOR_DATA, S.ERROR, _B}),
+    S.APPLYING_ENTRIES: frozenset({S.FSYNC_PENDING, S.ERROR, _B}),
+    S.FSYNC_PENDING: frozenset({S.ACKNOWLEDGING, S.ERROR, _B}),
     S.ACKNOWLEDGING: frozenset(
-        {S.STREAMING_ENTRIES, S.APPLYING_ENTRIES, S.WAITING_FOR_DATA, S.ERROR}
+        {S.STREAMING_ENTRIES, S.APPLYING_ENTRIES, S.WAITING_FOR_DATA, S.ERROR, _B}
     ),
-    S.WAITING_FOR_DATA: frozenset({S.STREAMING_ENTRIES, S.APPLYING_ENTRIES, S.ERROR}),
+    S.WAITING_FOR_DATA: frozenset({S.STREAMING_ENTRIES, S.APPLYING_ENTRIES, S.ERROR, _B}),
     S.ERROR: frozenset({S.CONNECTING}),
+    S.BOOTSTRAPPING: frozenset({S.CONNECTING, S.ERROR}),
 }
 
 

@@ -81,6 +81,16 @@ class Record:
         return self.first_seq + self.count - 1
 
 
+@dataclass(frozen=True)
+class SegmentInfo:
+    """What retention needs to know of one segment."""
+
+    path: Path
+    first_seq: int
+    last_seq: int  # first_seq - 1 while it holds no record
+    size: int  # bytes of header and durable records
+
+
 class _Segment:
     """One segment file, its descriptor, and the index of its records.
 
@@ -684,6 +694,39 @@ class WAL:
                 self._segments[0].first_seq,
             )
             return freed
+
+    def segments(self) -> list[SegmentInfo]:
+        """Every segment, oldest first; the last one is the one being written."""
+        with self._lock:
+            self._check_open()
+            return [
+                SegmentInfo(seg.path, seg.first_seq, seg.last_seq, seg.size)
+                for seg in self._segments
+            ]
+
+    def oldest_segment_end(self) -> int | None:
+        """The last sequence of the oldest segment, None when that segment is the one being
+        written (then nothing can be pruned)."""
+        with self._lock:
+            if len(self._segments) < 2:
+                return None
+            return self._segments[0].last_seq
+
+    def bytes_from(self, seq: int) -> int:
+        """Bytes of the durable records holding `seq` and everything after it (all retained
+        bytes when `seq` is no longer retained, 0 when it is past the end)."""
+        with self._lock:
+            self._check_open()
+            total = 0
+            for seg in self._segments:
+                if seg.last_seq < seq:
+                    continue
+                if seg.first_seq >= seq or not seg.firsts:
+                    total += seg.size
+                else:
+                    i = bisect.bisect_right(seg.firsts, seq) - 1
+                    total += seg.size - seg.offsets[i]
+            return total
 
     def _check_open(self) -> None:
         if self._closed:

@@ -317,6 +317,111 @@ def test_snapshot_items_are_in_bytewise_key_order(store: Applier) -> None:
         assert [k for k, _ in snap.items()] == sorted(keys)
 
 
+def test_snapshot_items_after_a_key(store: Applier) -> None:
+    keys = [b"a", b"ab", b"b", b"c\x00", b"c\xff", b"d"]
+    store.apply([put(i + 1, k, k.upper()) for i, k in enumerate(keys)], HISTORY)
+    with store.snapshot() as snap:
+        assert [k for k, _ in snap.items(after=None)] == keys
+        assert list(snap.items(after=b"b")) == [(k, k.upper()) for k in keys[3:]]
+        assert [k for k, _ in snap.items(after=b"a")] == keys[1:]  # a key in the store
+        assert [k for k, _ in snap.items(after=b"bb")] == keys[3:]  # a key not in it
+        assert [k for k, _ in snap.items(after=b"\x00")] == keys  # before everything
+        assert list(snap.items(after=b"d")) == []  # the last key
+        assert list(snap.items(after=b"zzz")) == []  # past the end
+        # resuming from where each prefix of the iteration stopped gives the rest, exactly
+        for n in range(len(keys)):
+            assert [k for k, _ in snap.items(after=keys[n])] == keys[n + 1 :]
+
+
+# ---------------------------------------------------------------------------------------------
+# installing a snapshot: load and set_position
+# ---------------------------------------------------------------------------------------------
+
+
+def test_load_and_set_position_build_a_store(
+    factory: ApplierFactory, store_path: Path
+) -> None:
+    source = factory(store_path.with_name("source"), {}, True)
+    try:
+        source.apply(puts(1, 500), HISTORY)
+        source.apply([delete(501, b"key000007"), put(502, b"key000008", b"changed")], HISTORY)
+        with source.snapshot() as snap:
+            expected_items = list(snap.items())
+            position = snap.position
+    finally:
+        source.close()
+
+    target = factory(store_path, {}, False)  # an install is not synced per transaction
+    try:
+        assert target.load(expected_items[:100]) == 100
+        assert target.load([]) == 0
+        assert target.load(iter(expected_items[100:])) == len(expected_items) - 100
+        assert target.position() == Position()  # load never touches the position
+        target.set_position(Position(position.sequence, HISTORY, position.sequence))
+        target.sync()
+        assert target.position() == Position(502, HISTORY, 502)
+        # once it has a position the store is live: no more snapshot data, no second position
+        with pytest.raises(StoreError):
+            target.load([(b"zzz", b"late")])
+        with pytest.raises(StoreError):
+            target.set_position(Position(600, HISTORY, 600))
+        target.apply(puts(503, 2), HISTORY)  # and it carries on from the snapshot's position
+    finally:
+        target.close()
+
+    reopened = factory(store_path, {}, True)
+    try:
+        position, items = state(reopened)
+        assert position == Position(504, HISTORY, 504)
+        assert items == sorted([*expected_items, *((e.key, e.value) for e in puts(503, 2))])
+        assert reopened.get(b"key000007") is None
+        assert reopened.get(b"key000008") == b"changed"
+    finally:
+        reopened.close()
+
+
+def test_load_refuses_a_store_with_a_position(store: Applier) -> None:
+    store.apply(puts(1, 3), HISTORY)
+    before = state(store)
+    with pytest.raises(StoreError, match="position"):
+        store.load([(b"zzz", b"v")])
+    with pytest.raises(StoreError):
+        store.set_position(Position(10, HISTORY, 10))
+    assert state(store) == before
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        [(b"b", b"2"), (b"a", b"1")],  # descending within a call
+        [(b"c", b"3"), (b"c", b"4")],  # a duplicate within a call
+        [(b"a", b"9")],  # not after the last key of an earlier call
+        [(b"m", b"1"), (b"", b"2")],  # an empty key
+        [(b"m", b"1"), (b"n" * 10_000, b"2")],  # a key too long for any shipped store
+    ],
+    ids=["descending", "duplicate", "behind-earlier-call", "empty-key", "long-key"],
+)
+def test_load_refuses_bad_keys_and_writes_nothing_of_the_call(
+    factory: ApplierFactory, store_path: Path, second: list[tuple[bytes, bytes]]
+) -> None:
+    target = factory(store_path, {}, False)
+    try:
+        target.load([(b"a", b"1"), (b"b", b"2")])
+        with pytest.raises(StoreError):
+            target.load(second)
+        with target.snapshot() as snap:
+            assert list(snap.items()) == [(b"a", b"1"), (b"b", b"2")]
+        assert target.load([(b"z", b"26")]) == 1  # still usable
+    finally:
+        target.close()
+
+
+def test_set_position_needs_a_sequence(store: Applier) -> None:
+    with pytest.raises(StoreError):
+        store.set_position(Position(0, HISTORY, 0))
+    assert store.position() == Position()
+
+
 # ---------------------------------------------------------------------------------------------
 # options
 # ---------------------------------------------------------------------------------------------

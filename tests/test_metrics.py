@@ -7,6 +7,8 @@ import urllib.request
 from helpers import load, wait_caught_up
 from prometheus_client.parser import text_string_to_metric_families
 
+from kevo_repl.state import State
+
 
 def scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as resp:
@@ -39,5 +41,5 @@ def test_metrics_endpoint_on_primary_and_replica(cluster) -> None:
     assert r[("kevo_repl_replica_reconnects_total", ())] == 0
     states = {labels[0][1]: v for (name, labels), v in r.items()
               if name == "kevo_repl_replica_state"}
-    assert sum(states.values()) == 1 and len(states) == 7
+    assert sum(states.values()) == 1 and len(states) == len(State)
     assert states["WAITING_FOR_DATA"] == 1 or states["ACKNOWLEDGING"] == 1

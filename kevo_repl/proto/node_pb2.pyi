@@ -63,7 +63,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaSlot(_message.Message):
-    __slots__ = ("replica_id", "acked_sequence", "connected", "session_id", "peer", "last_ack_age_s", "lag_entries", "stalled")
+    __slots__ = ("replica_id", "acked_sequence", "connected", "session_id", "peer", "last_ack_age_s", "lag_entries", "stalled", "slot_state", "lag_bytes", "holds_oldest_segment", "inactive_s", "lost_age_s")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     ACKED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,11 @@ class ReplicaSlot(_message.Message):
     LAST_ACK_AGE_S_FIELD_NUMBER: _ClassVar[int]
     LAG_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     STALLED_FIELD_NUMBER: _ClassVar[int]
+    SLOT_STATE_FIELD_NUMBER: _ClassVar[int]
+    LAG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HOLDS_OLDEST_SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    INACTIVE_S_FIELD_NUMBER: _ClassVar[int]
+    LOST_AGE_S_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     acked_sequence: int
     connected: bool
@@ -80,10 +85,15 @@ class ReplicaSlot(_message.Message):
     last_ack_age_s: float
     lag_entries: int
     stalled: bool
-    def __init__(self, replica_id: _Optional[str] = ..., acked_sequence: _Optional[int] = ..., connected: _Optional[bool] = ..., session_id: _Optional[str] = ..., peer: _Optional[str] = ..., last_ack_age_s: _Optional[float] = ..., lag_entries: _Optional[int] = ..., stalled: _Optional[bool] = ...) -> None: ...
+    slot_state: str
+    lag_bytes: int
+    holds_oldest_segment: bool
+    inactive_s: float
+    lost_age_s: float
+    def __init__(self, replica_id: _Optional[str] = ..., acked_sequence: _Optional[int] = ..., connected: _Optional[bool] = ..., session_id: _Optional[str] = ..., peer: _Optional[str] = ..., last_ack_age_s: _Optional[float] = ..., lag_entries: _Optional[int] = ..., stalled: _Optional[bool] = ..., slot_state: _Optional[str] = ..., lag_bytes: _Optional[int] = ..., holds_oldest_segment: _Optional[bool] = ..., inactive_s: _Optional[float] = ..., lost_age_s: _Optional[float] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("role", "state", "last_applied", "head_sequence", "first_sequence", "history_id", "applier", "applied_entries", "replicas", "primary", "replica_id", "last_error", "reconnects", "corrupt_entries", "gaps", "duplicates_skipped", "lag_entries", "lag_seconds", "stalled", "connected", "last_message_age_s", "backoff_history_s")
+    __slots__ = ("role", "state", "last_applied", "head_sequence", "first_sequence", "history_id", "applier", "applied_entries", "replicas", "primary", "replica_id", "last_error", "reconnects", "corrupt_entries", "gaps", "duplicates_skipped", "lag_entries", "lag_seconds", "stalled", "connected", "last_message_age_s", "backoff_history_s", "bootstrap_state", "bootstrap_snapshot_id", "bootstrap_sequence", "bootstrap_chunks", "bootstrap_keys", "bootstrap_bytes", "bootstrap_total_keys", "bootstrap_total_bytes", "bootstrap_percent", "bootstraps", "wal_bytes", "wal_segments", "max_retained_bytes", "oldest_segment_held_by", "oldest_segment_age_s", "snapshots_held", "lost_slots")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LAST_APPLIED_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +116,23 @@ class StatusResponse(_message.Message):
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     LAST_MESSAGE_AGE_S_FIELD_NUMBER: _ClassVar[int]
     BACKOFF_HISTORY_S_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_STATE_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_KEYS_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_TOTAL_KEYS_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAPS_FIELD_NUMBER: _ClassVar[int]
+    WAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WAL_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_RETAINED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_SEGMENT_HELD_BY_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_SEGMENT_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOTS_HELD_FIELD_NUMBER: _ClassVar[int]
+    LOST_SLOTS_FIELD_NUMBER: _ClassVar[int]
     role: str
     state: str
     last_applied: int
@@ -128,7 +155,24 @@ class StatusResponse(_message.Message):
     connected: bool
     last_message_age_s: float
     backoff_history_s: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, role: _Optional[str] = ..., state: _Optional[str] = ..., last_applied: _Optional[int] = ..., head_sequence: _Optional[int] = ..., first_sequence: _Optional[int] = ..., history_id: _Optional[str] = ..., applier: _Optional[str] = ..., applied_entries: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaSlot, _Mapping]]] = ..., primary: _Optional[str] = ..., replica_id: _Optional[str] = ..., last_error: _Optional[str] = ..., reconnects: _Optional[int] = ..., corrupt_entries: _Optional[int] = ..., gaps: _Optional[int] = ..., duplicates_skipped: _Optional[int] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., stalled: _Optional[bool] = ..., connected: _Optional[bool] = ..., last_message_age_s: _Optional[float] = ..., backoff_history_s: _Optional[_Iterable[float]] = ...) -> None: ...
+    bootstrap_state: str
+    bootstrap_snapshot_id: str
+    bootstrap_sequence: int
+    bootstrap_chunks: int
+    bootstrap_keys: int
+    bootstrap_bytes: int
+    bootstrap_total_keys: int
+    bootstrap_total_bytes: int
+    bootstrap_percent: float
+    bootstraps: int
+    wal_bytes: int
+    wal_segments: int
+    max_retained_bytes: int
+    oldest_segment_held_by: str
+    oldest_segment_age_s: float
+    snapshots_held: int
+    lost_slots: int
+    def __init__(self, role: _Optional[str] = ..., state: _Optional[str] = ..., last_applied: _Optional[int] = ..., head_sequence: _Optional[int] = ..., first_sequence: _Optional[int] = ..., history_id: _Optional[str] = ..., applier: _Optional[str] = ..., applied_entries: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaSlot, _Mapping]]] = ..., primary: _Optional[str] = ..., replica_id: _Optional[str] = ..., last_error: _Optional[str] = ..., reconnects: _Optional[int] = ..., corrupt_entries: _Optional[int] = ..., gaps: _Optional[int] = ..., duplicates_skipped: _Optional[int] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., stalled: _Optional[bool] = ..., connected: _Optional[bool] = ..., last_message_age_s: _Optional[float] = ..., backoff_history_s: _Optional[_Iterable[float]] = ..., bootstrap_state: _Optional[str] = ..., bootstrap_snapshot_id: _Optional[str] = ..., bootstrap_sequence: _Optional[int] = ..., bootstrap_chunks: _Optional[int] = ..., bootstrap_keys: _Optional[int] = ..., bootstrap_bytes: _Optional[int] = ..., bootstrap_total_keys: _Optional[int] = ..., bootstrap_total_bytes: _Optional[int] = ..., bootstrap_percent: _Optional[float] = ..., bootstraps: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., wal_segments: _Optional[int] = ..., max_retained_bytes: _Optional[int] = ..., oldest_segment_held_by: _Optional[str] = ..., oldest_segment_age_s: _Optional[float] = ..., snapshots_held: _Optional[int] = ..., lost_slots: _Optional[int] = ...) -> None: ...
 
 class DigestRequest(_message.Message):
     __slots__ = ("prefix", "split")
@@ -165,3 +209,15 @@ class DigestResponse(_message.Message):
     digest: str
     buckets: _containers.RepeatedCompositeFieldContainer[DigestBucket]
     def __init__(self, sequence: _Optional[int] = ..., keys: _Optional[int] = ..., digest: _Optional[str] = ..., buckets: _Optional[_Iterable[_Union[DigestBucket, _Mapping]]] = ...) -> None: ...
+
+class DropSlotRequest(_message.Message):
+    __slots__ = ("replica_id",)
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    def __init__(self, replica_id: _Optional[str] = ...) -> None: ...
+
+class DropSlotResponse(_message.Message):
+    __slots__ = ("acked_sequence",)
+    ACKED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    acked_sequence: int
+    def __init__(self, acked_sequence: _Optional[int] = ...) -> None: ...

@@ -54,6 +54,11 @@ class NodeStub:
                 request_serializer=kevo__repl_dot_proto_dot_node__pb2.DigestRequest.SerializeToString,
                 response_deserializer=kevo__repl_dot_proto_dot_node__pb2.DigestResponse.FromString,
                 _registered_method=True)
+        self.DropSlot = channel.unary_unary(
+                '/kevo.repl.Node/DropSlot',
+                request_serializer=kevo__repl_dot_proto_dot_node__pb2.DropSlotRequest.SerializeToString,
+                response_deserializer=kevo__repl_dot_proto_dot_node__pb2.DropSlotResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -86,6 +91,14 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DropSlot(self, request, context):
+        """Primary only: forget a replica's slot, so that it no longer holds WAL retention. A
+        connected replica's slot is refused (FAILED_PRECONDITION); an unknown one is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +121,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Digest,
                     request_deserializer=kevo__repl_dot_proto_dot_node__pb2.DigestRequest.FromString,
                     response_serializer=kevo__repl_dot_proto_dot_node__pb2.DigestResponse.SerializeToString,
+            ),
+            'DropSlot': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropSlot,
+                    request_deserializer=kevo__repl_dot_proto_dot_node__pb2.DropSlotRequest.FromString,
+                    response_serializer=kevo__repl_dot_proto_dot_node__pb2.DropSlotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +236,33 @@ class Node:
             '/kevo.repl.Node/Digest',
             kevo__repl_dot_proto_dot_node__pb2.DigestRequest.SerializeToString,
             kevo__repl_dot_proto_dot_node__pb2.DigestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropSlot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kevo.repl.Node/DropSlot',
+            kevo__repl_dot_proto_dot_node__pb2.DropSlotRequest.SerializeToString,
+            kevo__repl_dot_proto_dot_node__pb2.DropSlotResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -100,3 +100,41 @@ class NackResponse(_message.Message):
     success: bool
     message: str
     def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ("replica_id", "snapshot_id", "next_index", "after_key", "max_chunk_bytes")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    NEXT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    AFTER_KEY_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    snapshot_id: str
+    next_index: int
+    after_key: bytes
+    max_chunk_bytes: int
+    def __init__(self, replica_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., next_index: _Optional[int] = ..., after_key: _Optional[bytes] = ..., max_chunk_bytes: _Optional[int] = ...) -> None: ...
+
+class SnapshotChunk(_message.Message):
+    __slots__ = ("snapshot_id", "sequence", "history_id", "index", "data", "checksum", "count", "last", "total_keys", "total_bytes")
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_KEYS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    snapshot_id: str
+    sequence: int
+    history_id: str
+    index: int
+    data: bytes
+    checksum: int
+    count: int
+    last: bool
+    total_keys: int
+    total_bytes: int
+    def __init__(self, snapshot_id: _Optional[str] = ..., sequence: _Optional[int] = ..., history_id: _Optional[str] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ..., checksum: _Optional[int] = ..., count: _Optional[int] = ..., last: _Optional[bool] = ..., total_keys: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...

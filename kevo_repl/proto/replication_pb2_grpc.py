@@ -49,6 +49,11 @@ class WALReplicationServiceStub:
                 request_serializer=kevo__repl_dot_proto_dot_replication__pb2.Nack.SerializeToString,
                 response_deserializer=kevo__repl_dot_proto_dot_replication__pb2.NackResponse.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_stream(
+                '/kevo.replication.WALReplicationService/Snapshot',
+                request_serializer=kevo__repl_dot_proto_dot_replication__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=kevo__repl_dot_proto_dot_replication__pb2.SnapshotChunk.FromString,
+                _registered_method=True)
 
 
 class WALReplicationServiceServicer:
@@ -76,6 +81,15 @@ class WALReplicationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Snapshot(self, request, context):
+        """kevo-repl: a consistent copy of the primary's store at one position, in checksummed
+        chunks, for a replica whose position is no longer retained (OUT_OF_RANGE) or that starts
+        empty against a pruned WAL. Resumable while the primary still holds the snapshot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WALReplicationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +107,11 @@ def add_WALReplicationServiceServicer_to_server(servicer, server):
                     servicer.NegativeAcknowledge,
                     request_deserializer=kevo__repl_dot_proto_dot_replication__pb2.Nack.FromString,
                     response_serializer=kevo__repl_dot_proto_dot_replication__pb2.NackResponse.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=kevo__repl_dot_proto_dot_replication__pb2.SnapshotRequest.FromString,
+                    response_serializer=kevo__repl_dot_proto_dot_replication__pb2.SnapshotChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +195,33 @@ class WALReplicationService:
             '/kevo.replication.WALReplicationService/NegativeAcknowledge',
             kevo__repl_dot_proto_dot_replication__pb2.Nack.SerializeToString,
             kevo__repl_dot_proto_dot_replication__pb2.NackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kevo.replication.WALReplicationService/Snapshot',
+            kevo__repl_dot_proto_dot_replication__pb2.SnapshotRequest.SerializeToString,
+            kevo__repl_dot_proto_dot_replication__pb2.SnapshotChunk.FromString,
             options,
             channel_credentials,
             insecure,

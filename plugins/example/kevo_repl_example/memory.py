@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,13 @@ class MemorySnapshot:
     def position(self) -> Position:
         return self._position
 
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
+    def items(self, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         if not self._open:
             raise StoreError("memory snapshot used after its with-block ended")
-        return iter(sorted(self._data.items()))  # bytes sort bytewise
+        pairs = sorted(self._data.items())  # bytes sort bytewise
+        if after is not None:
+            pairs = [(k, v) for k, v in pairs if k > after]
+        return iter(pairs)
 
 
 class MemoryApplier:
@@ -119,6 +122,40 @@ class MemoryApplier:
             yield snap
         finally:
             snap._open = False
+
+    def load(self, items: Iterable[tuple[bytes, bytes]]) -> int:
+        with self._lock:
+            self._check_fresh()
+            pairs = list(items)
+            last = max(self._data) if self._data else None
+            for key, _ in pairs:
+                if not key or len(key) > self.max_key_size:
+                    raise StoreError(
+                        f"memory applier: a {len(key)}-byte snapshot key; keys must be "
+                        f"1..{self.max_key_size} bytes; nothing of this load was loaded"
+                    )
+                if last is not None and key <= last:
+                    raise StoreError(
+                        "memory applier: snapshot keys must be strictly ascending; nothing "
+                        "of this load was loaded"
+                    )
+                last = key
+            self._data.update(pairs)
+            return len(pairs)
+
+    def set_position(self, position: Position) -> None:
+        with self._lock:
+            self._check_fresh()
+            if position.sequence < 1:
+                raise StoreError(f"memory applier: cannot set position {position.sequence}")
+            self._position = position
+
+    def _check_fresh(self) -> None:
+        self._check_open()
+        if self._position != Position():
+            raise StoreError(
+                "memory applier: only a fresh store (position 0) takes snapshot data"
+            )
 
     def close(self) -> None:
         with self._lock:

@@ -13,8 +13,9 @@ import logging
 import struct
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from itertools import pairwise
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 DATA_PREFIX = b"d"
 META_PREFIX = b"m"
+#: the first key past the data range
+_DATA_END = bytes([DATA_PREFIX[0] + 1])
 _META_POSITION = META_PREFIX + b"position"
 _META_HISTORY = META_PREFIX + b"history_id"
 _META_APPLIED = META_PREFIX + b"applied_entries"
@@ -137,15 +140,22 @@ class LevelDBSnapshot:
     def position(self) -> Position:
         return self._position
 
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every user key and value in bytewise key order (the prefix keeps that order)."""
+    def items(self, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Every user key and value in bytewise key order (the prefix keeps that order);
+        with `after`, only the keys greater than it."""
         if not self._open:
             raise StoreError("LevelDB snapshot used after its with-block ended")
-        return self._iterate()
+        return self._iterate(after)
 
-    def _iterate(self) -> Iterator[tuple[bytes, bytes]]:
+    def _iterate(self, after: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         skip = len(DATA_PREFIX)
-        with self._snap.iterator(prefix=DATA_PREFIX) as it:
+        if after is None:
+            it = self._snap.iterator(prefix=DATA_PREFIX)
+        else:
+            it = self._snap.iterator(
+                start=DATA_PREFIX + after, include_start=False, stop=_DATA_END
+            )
+        with it:
             for key, value in it:
                 yield key[skip:], value
 
@@ -192,6 +202,8 @@ class LevelDBApplier:
         self._write_lock = threading.Lock()
         #: what the database holds; only apply() changes it, under _write_lock
         self._position = position
+        #: the greatest key load() wrote (found on first use), under _write_lock
+        self._loaded_last: bytes | None = None
         log.info(
             "opened LevelDB store at %s (durable=%s, position=%d, %s)",
             path,
@@ -299,6 +311,82 @@ class LevelDBApplier:
             raise StoreError(f"cannot sync the LevelDB store at {self.path}: {exc}") from exc
         finally:
             self._release()
+
+    def load(self, items: Iterable[tuple[bytes, bytes]]) -> int:
+        """Write ascending keys into a fresh store in one WriteBatch."""
+        db = self._acquire()
+        try:
+            with self._write_lock:
+                self._check_fresh("load snapshot data into")
+                pairs = list(items)
+                if not pairs:
+                    return 0
+                keys = [k for k, _ in pairs]
+                if min(map(len, keys)) == 0 or max(map(len, keys)) > MAX_KEY_SIZE:
+                    raise StoreError(
+                        f"LevelDB applier: a snapshot key is empty or longer than "
+                        f"{MAX_KEY_SIZE} bytes; nothing of this load was loaded"
+                    )
+                last = self._last_loaded_key(db)
+                if (last is not None and keys[0] <= last) or any(
+                    a >= b for a, b in pairwise(keys)
+                ):
+                    raise StoreError(
+                        "LevelDB applier: snapshot keys must be strictly ascending; nothing "
+                        "of this load was loaded"
+                    )
+                batch = db.write_batch(sync=self.durable)
+                deque(map(batch.put, map(_data_key, keys), (v for _, v in pairs)), maxlen=0)
+                try:
+                    batch.write()
+                except plyvel.Error as exc:
+                    raise StoreError(
+                        f"LevelDB applier could not load snapshot data at {self.path}: {exc}; "
+                        "nothing of this load was loaded"
+                    ) from exc
+                self._loaded_last = keys[-1]
+                return len(pairs)
+        finally:
+            self._release()
+
+    def _last_loaded_key(self, db: Any) -> bytes | None:
+        if self._loaded_last is None:
+            with db.iterator(
+                reverse=True, start=DATA_PREFIX, stop=_DATA_END, include_value=False
+            ) as it:
+                for key in it:
+                    self._loaded_last = key[len(DATA_PREFIX) :]
+                    break
+        return self._loaded_last
+
+    def set_position(self, position: Position) -> None:
+        if position.sequence < 1:
+            raise StoreError(f"LevelDB applier: cannot set position {position.sequence}")
+        db = self._acquire()
+        try:
+            with self._write_lock:
+                self._check_fresh("set the position of")
+                batch = db.write_batch(sync=self.durable)
+                batch.put(_META_POSITION, _U64.pack(position.sequence))
+                batch.put(_META_HISTORY, position.history_id.encode("utf-8"))
+                batch.put(_META_APPLIED, _U64.pack(position.applied_entries))
+                try:
+                    batch.write()
+                except plyvel.Error as exc:
+                    raise StoreError(
+                        f"LevelDB applier could not set the position at {self.path}: {exc}"
+                    ) from exc
+                self._position = position
+        finally:
+            self._release()
+
+    def _check_fresh(self, what: str) -> None:
+        if self._position != Position():
+            raise StoreError(
+                f"LevelDB applier: cannot {what} the store at {self.path}: it is at position "
+                f"{self._position.sequence}, and only a fresh store (position 0) takes a "
+                "snapshot"
+            )
 
     def get(self, key: bytes) -> bytes | None:
         if not key or len(key) > MAX_KEY_SIZE:

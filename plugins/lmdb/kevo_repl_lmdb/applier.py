@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from operator import itemgetter
 from pathlib import Path
@@ -116,15 +116,27 @@ class LMDBSnapshot:
     def position(self) -> Position:
         return self._position
 
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every key and value of the data database in bytewise key order."""
+    def items(self, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Every key and value of the data database in bytewise key order; with `after`,
+        only the keys greater than it."""
         if not self._open:
             raise StoreError("LMDB snapshot used after its with-block ended")
-        return self._iterate()
+        return self._iterate(after)
 
-    def _iterate(self) -> Iterator[tuple[bytes, bytes]]:
+    def _iterate(self, after: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         with self._txn.cursor(self._data) as cursor:
-            yield from cursor
+            if after is None:
+                yield from cursor
+                return
+            try:
+                # the first key >= after; skip it when it is `after` itself
+                found = cursor.set_range(after) if after else cursor.first()
+                if found and cursor.key() == after:
+                    found = cursor.next()
+            except lmdb.Error as exc:
+                raise StoreError(f"cannot position an LMDB snapshot after a key: {exc}") from exc
+            if found:
+                yield from cursor.iternext()
 
     def _close(self) -> None:
         self._open = False
@@ -322,6 +334,58 @@ class LMDBApplier:
             yield snap
         finally:
             snap._close()
+
+    def load(self, items: Iterable[tuple[bytes, bytes]]) -> int:
+        """Append ascending keys to a fresh store in one write transaction (LMDB's append
+        mode: no page splits, no searches)."""
+        env = self._require_env()
+        try:
+            with env.begin(write=True) as txn:
+                self._check_fresh(txn, "load snapshot data into")
+                cursor = txn.cursor(self._data)
+                consumed, added = cursor.putmulti(items, overwrite=True, append=True)
+                if added != consumed:
+                    # append mode refuses a key not greater than the last one
+                    raise StoreError(
+                        f"LMDB applier: snapshot keys must be strictly ascending, and "
+                        f"{consumed - added} of this load are not; nothing of it was loaded"
+                    )
+        except lmdb.BadValsizeError as exc:
+            raise StoreError(
+                f"LMDB applier: a snapshot key is empty or longer than {self.max_key_size} "
+                f"bytes; nothing of this load was loaded ({exc})"
+            ) from exc
+        except lmdb.Error as exc:
+            raise StoreError(
+                f"LMDB applier could not load snapshot data at {self.path}: "
+                f"{type(exc).__name__}: {exc}; nothing of this load was loaded"
+            ) from exc
+        loaded: int = added
+        return loaded
+
+    def set_position(self, position: Position) -> None:
+        if position.sequence < 1:
+            raise StoreError(f"LMDB applier: cannot set position {position.sequence}")
+        env = self._require_env()
+        try:
+            with env.begin(write=True) as txn:
+                self._check_fresh(txn, "set the position of")
+                meta = self._meta
+                txn.put(_META_POSITION, _U64.pack(position.sequence), db=meta)
+                txn.put(_META_HISTORY, position.history_id.encode("utf-8"), db=meta)
+                txn.put(_META_APPLIED, _U64.pack(position.applied_entries), db=meta)
+        except lmdb.Error as exc:
+            raise StoreError(
+                f"LMDB applier could not set the position at {self.path}: {exc}"
+            ) from exc
+
+    def _check_fresh(self, txn: lmdb.Transaction[bytes], what: str) -> None:
+        current = _read_position(txn, self._meta)
+        if current != Position():
+            raise StoreError(
+                f"LMDB applier: cannot {what} the store at {self.path}: it is at position "
+                f"{current.sequence}, and only a fresh store (position 0) takes a snapshot"
+            )
 
     def close(self) -> None:
         env, self._env = self._env, None
