@@ -22,11 +22,13 @@ class Position:
 
     `applied_entries` counts every entry the store has applied since it was created; it is
     written in the same transaction, so it proves (or disproves) exactly-once application.
+    `chain` is the log's hash chain after `sequence` (see kevo_repl.chain); 0 = unknown.
     """
 
     sequence: int = 0
     history_id: str = ""
     applied_entries: int = 0
+    chain: int = 0
 
 
 class StoreSnapshot(Protocol):
@@ -51,13 +53,14 @@ class Applier(Protocol):
         """The durable position, as last committed."""
         ...
 
-    def apply(self, entries: Sequence[Entry], history_id: str) -> Position:
+    def apply(self, entries: Sequence[Entry], history_id: str, chain: int = 0) -> Position:
         """Apply `entries` (contiguous, ascending, starting right after the current position)
         and the new position in one atomic transaction; return the new position.
 
         When the applier was opened with `durable=True` the transaction is durable (the store's
         own sync) when this returns. Merge entries are applied as Put unless the store has a
-        merge operator.
+        merge operator. `chain`, the hash chain after the last entry, is stored with the
+        position (0: unknown).
         """
         ...
 

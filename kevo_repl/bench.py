@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 
 from .bench_probe import ENV_PROBE_FILE
-from .client import Client
+from .client import AsyncStreamWriter, Client
 from .codec import Entry, Op
 from .errors import KevoReplError
 from .launcher import NodeProcess
@@ -442,6 +442,36 @@ def run_lag(opts: BenchOptions) -> dict[str, Any]:
 # -- write --------------------------------------------------------------------------------------
 
 
+async def _stream_cell(address: str, writers: int, batch: int, seconds: float) -> dict[str, Any]:
+    """The same load through one WriteStream shared by all writers (AsyncStreamWriter)."""
+    writes = 0
+    async with AsyncStreamWriter(address) as sw:
+        muts: list[list[tuple[int, bytes, bytes]]] = [
+            [(Op.PUT, f"s{w:07d}-{i:07d}".encode()[-16:], b"v" * 100) for i in range(batch)]
+            for w in range(writers)
+        ]
+        await sw.write(muts[0])  # warm the stream up
+        end = time.perf_counter() + seconds
+
+        async def writer(m: list[tuple[int, bytes, bytes]]) -> None:
+            nonlocal writes
+            while time.perf_counter() < end:
+                await sw.write(m)
+                writes += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(writer(m) for m in muts))
+        spent = time.perf_counter() - started
+    return {
+        "api": "stream",
+        "writers": writers,
+        "batch": batch,
+        "writes": writes,
+        "writes_per_s": round(writes / spent, 1),
+        "entries_per_s": round(writes * batch / spent, 1),
+    }
+
+
 async def _write_cell(address: str, writers: int, batch: int, seconds: float) -> dict[str, Any]:
     """`writers` concurrent writers, each sending `batch`-entry writes back to back."""
     # every writer owns its keys; its request is built once and re-sent as bytes
@@ -464,6 +494,7 @@ async def _write_cell(address: str, writers: int, batch: int, seconds: float) ->
         await asyncio.gather(*(writer(r) for r in requests))
         spent = time.perf_counter() - started
     return {
+        "api": "unary",
         "writers": writers,
         "batch": batch,
         "writes": writes,
@@ -496,11 +527,12 @@ def run_write(opts: BenchOptions) -> dict[str, Any]:
             try:
                 for writers in opts.writers:
                     for batch in opts.batches:
-                        cell = asyncio.run(
-                            _write_cell(primary.address, writers, batch, opts.seconds)
-                        )
-                        cell["stalled_replica"] = stalled
-                        cells.append(cell)
+                        for run_cell in (_write_cell, _stream_cell):
+                            cell = asyncio.run(
+                                run_cell(primary.address, writers, batch, opts.seconds)
+                            )
+                            cell["stalled_replica"] = stalled
+                            cells.append(cell)
             finally:
                 if replica is not None:
                     os.kill(replica.pid, signal.SIGCONT)
@@ -519,7 +551,9 @@ def run_write(opts: BenchOptions) -> dict[str, Any]:
         if cell["writers"] == max(opts.writers) and cell["batch"] == 1 and not cell[
             "stalled_replica"
         ]:
-            result[f"writes_per_s_{cell['writers']}_writers_single"] = cell["writes_per_s"]
+            suffix = "" if cell["api"] == "unary" else "_stream"
+            key = f"writes_per_s_{cell['writers']}_writers_single{suffix}"
+            result[key] = cell["writes_per_s"]
     return result
 
 
@@ -726,11 +760,13 @@ def format_table(result: dict[str, Any]) -> str:
     if cells:
         lines.append("")
         lines.append(
-            f"{'writers':>7} {'batch':>6} {'stalled':>8} {'writes/s':>12} {'entries/s':>12}"
+            f"{'api':>6} {'writers':>7} {'batch':>6} {'stalled':>8} {'writes/s':>12} "
+            f"{'entries/s':>12}"
         )
         for c in cells:
             lines.append(
-                f"{c['writers']:>7} {c['batch']:>6} {'yes' if c['stalled_replica'] else 'no':>8} "
+                f"{c.get('api', 'unary'):>6} {c['writers']:>7} {c['batch']:>6} "
+                f"{'yes' if c['stalled_replica'] else 'no':>8} "
                 f"{c['writes_per_s']:>12,.0f} {c['entries_per_s']:>12,.0f}"
             )
     redis = result.get("redis")

@@ -391,6 +391,9 @@ class Bootstrap:
         replica.store = store
         replica.position = store.position()
         replica._received = replica.position.sequence
+        # a snapshot carries no hash chain: the next response's chain value is adopted
+        replica._recv_chain = replica.position.chain
+        replica._chain_after.clear()
         replica._primary_history = replica.position.history_id
         replica.stats.head_sequence = max(replica.stats.head_sequence, position.sequence)
         replica._last_progress_at = time.monotonic()

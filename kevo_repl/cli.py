@@ -81,18 +81,31 @@ def _client(args: argparse.Namespace) -> Any:
     return Client(args.target, timeout=args.timeout, connector=conn)
 
 
-def cmd_put(args: argparse.Namespace) -> int:
+def _semisync(args: argparse.Namespace) -> Any:
+    from .client import SemiSync
+
+    if not args.wait_for:
+        return None
+    return SemiSync(args.wait_for, args.level == "durable", args.wait_timeout,
+                    args.on_timeout == "degrade")
+
+
+def _write_one(args: argparse.Namespace, op: int, value: bytes) -> int:
     with _client(args) as c:
-        seq = c.put(args.key.encode(), args.value.encode())
-    print(json.dumps({"sequence": seq}))
+        resp = c.write_full([(op, args.key.encode(), value)], _semisync(args))
+    out: dict[str, Any] = {"sequence": resp.last_sequence}
+    if args.wait_for:
+        out |= {"acked_by": list(resp.acked_by), "degraded": resp.degraded}
+    print(json.dumps(out))
     return 0
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    return _write_one(args, Op.PUT, args.value.encode())
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        seq = c.delete(args.key.encode())
-    print(json.dumps({"sequence": seq}))
-    return 0
+    return _write_one(args, Op.DELETE, b"")
 
 
 def cmd_get(args: argparse.Namespace) -> int:
@@ -123,9 +136,10 @@ def cmd_load(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     last = 0
     written = 0
+    sync = _semisync(args)
     with _client(args) as c:
         for muts in load_keys(args.count, args.start, args.key_size, args.value_size, args.batch):
-            _, last = c.write(muts)
+            last = c.write_full(muts, sync).last_sequence
             written += len(muts)
             if args.progress:
                 print(json.dumps({"written": written, "last_sequence": last}), flush=True)
@@ -285,6 +299,56 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _name_list(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, not {text!r}")
+    return names
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    import random
+    from pathlib import Path
+
+    from .chaos import ChaosOptions, run_chaos
+    from .chaos_report import print_report
+    from .chaos_schedule import DEFAULT_KINDS, format_schedule, generate_schedule
+
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    kinds = tuple(args.kinds) if args.kinds else DEFAULT_KINDS
+    targets = tuple(args.targets) if args.targets else None
+    try:
+        schedule = generate_schedule(seed, args.duration, kinds, targets)
+    except ValueError as exc:
+        raise KevoReplError(str(exc)) from None
+    if args.schedule_only:
+        print(f"schedule of seed {seed} ({args.duration:g}s):")
+        print(format_schedule(schedule) or "  (no faults)")
+        return 0
+    if args.seed is None and not args.json:
+        print(f"chaos: seed {seed}", flush=True)
+    opts = ChaosOptions(
+        seed=seed,
+        duration=args.duration,
+        dir=Path(args.dir) if args.dir else None,
+        kinds=kinds,
+        targets=targets,
+        writers=args.writers,
+        rate=args.rate,
+        converge_timeout=args.converge_timeout,
+    )
+    if args.replica_appliers:
+        if len(args.replica_appliers) != 2:
+            raise KevoReplError("--replica-appliers takes two names: r1's and r2's")
+        opts.replica_appliers = (args.replica_appliers[0], args.replica_appliers[1])
+    try:
+        report = run_chaos(opts)
+    except ValueError as exc:
+        raise KevoReplError(str(exc)) from None
+    print_report(report, args.json)
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kevo-repl", description=__doc__)
     p.add_argument("--log-level", default=os.environ.get("KEVO_REPL_LOG_LEVEL", "INFO"),
@@ -320,12 +384,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="shared token (default: $KEVO_REPL_TOKEN)")
         return s
 
+    def semisync_flags(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--wait-for", type=int, default=0, metavar="N",
+                       help="return only once N replicas acknowledged (semi-sync; default 0)")
+        s.add_argument("--level", choices=["durable", "received"], default="durable",
+                       help="what a replica's acknowledgement must mean")
+        s.add_argument("--wait-timeout", type=float, default=5.0, metavar="SECONDS")
+        s.add_argument("--on-timeout", choices=["raise", "degrade"], default="raise",
+                       help="fail the call, or return degraded (logged and counted)")
+
     s = client_cmd("put", "write one key (primary only)")
     s.add_argument("key")
     s.add_argument("value")
+    semisync_flags(s)
     s.set_defaults(func=cmd_put)
     s = client_cmd("delete", "delete one key (primary only)")
     s.add_argument("key")
+    semisync_flags(s)
     s.set_defaults(func=cmd_delete)
     s = client_cmd("get", "read one key from any node")
     s.add_argument("key")
@@ -337,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--value-size", type=int, default=100)
     s.add_argument("--batch", type=int, default=1000)
     s.add_argument("--progress", action="store_true", help="print a JSON line per batch")
+    semisync_flags(s)
     s.set_defaults(func=cmd_load)
     s = client_cmd("status", "role, state, positions and replicas of a node")
     s.add_argument("--json", action="store_true")
@@ -403,6 +479,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="catchup: also through a Redis primary/replica (needs redis-server)")
     s.add_argument("--timeout", type=float, default=600.0, help="bound on any single wait")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("chaos", help="seeded random faults (kill, freeze, cut, stall, delay, "
+                       "corrupt, disk errors) against a live cluster, checked against the "
+                       "guarantees; exit 1 on any violation")
+    s.add_argument("--seed", type=int, default=None,
+                   help="the schedule's seed (default: a random one, printed)")
+    s.add_argument("--duration", type=float, default=60.0, help="seconds of faults")
+    s.add_argument("--dir", default=None, help="make the run directory here and keep it "
+                   "(default: a temp dir, kept only when the run fails)")
+    s.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    s.add_argument("--kinds", type=_name_list, default=None,
+                   help="comma-separated fault kinds (default: every enabled kind)")
+    s.add_argument("--targets", type=_name_list, default=None,
+                   help="comma-separated nodes faults may hit: primary, r1, r2 (default all)")
+    s.add_argument("--writers", type=int, default=2, help="writer threads")
+    s.add_argument("--rate", type=int, default=3000,
+                   help="entries per second, all writers together")
+    s.add_argument("--replica-appliers", type=_name_list, default=None,
+                   help="appliers of r1,r2 (default faulty-lmdb,faulty-leveldb)")
+    s.add_argument("--converge-timeout", type=float, default=60.0,
+                   help="seconds the replicas get to reach the primary's digest")
+    s.add_argument("--schedule-only", action="store_true",
+                   help="print the seed's fault schedule and exit")
+    s.set_defaults(func=cmd_chaos)
     return p
 
 

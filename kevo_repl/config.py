@@ -11,12 +11,19 @@ from typing import Any
 from .errors import ConfigError
 
 ROLES = ("primary", "replica")
+#: the largest gRPC message either side accepts (kevo_repl.transport uses it)
+MESSAGE_LIMIT = 256 * 1024 * 1024
 
 
 @dataclass
 class NodeConfig:
+    """What this node is and where it lives."""
+
+    #: "primary" or "replica" (the `kevo-repl primary|replica` subcommand sets it)
     role: str = "primary"
+    #: the node's directory: its store, and on a primary its WAL and slots
     data_dir: str = "./data"
+    #: HOST:PORT to serve on; port 0 picks a free one (written to DATA_DIR/node.addr)
     listen: str = "127.0.0.1:50052"
     #: HOST:PORT for a Prometheus /metrics endpoint; empty = none
     metrics: str = ""
@@ -24,13 +31,19 @@ class NodeConfig:
 
 @dataclass
 class ReplicaConfig:
+    """How a replica follows its primary."""
+
+    #: the primary's HOST:PORT
     primary: str = "127.0.0.1:50052"
+    #: this replica's name; the primary keeps a durable slot (acked position) per name
     replica_id: str = "r1"
     #: responses buffered between receive and apply; bounds replica memory (flow control)
     queue_batches: int = 8
     #: most entries applied in one store transaction when batches queue up
     max_apply_entries: int = 50_000
+    #: first reconnect delay; it doubles per failed attempt, with jitter (x0.5..1)...
     backoff_initial_s: float = 0.05
+    #: ...up to this; it resets once a connection makes progress
     backoff_max_s: float = 5.0
     #: how often to re-request the same corrupt sequence before giving up in ERROR
     max_corrupt_retries: int = 5
@@ -43,13 +56,24 @@ class ReplicaConfig:
 
 @dataclass
 class ApplierConfig:
+    """The store this node applies entries into."""
+
+    #: a registered applier name: "lmdb", "leveldb", or a plugin's (`kevo-repl plugins`)
     name: str = "lmdb"
+    #: the `[applier.options]` table, passed to the applier, which validates it (lmdb:
+    #: map_size, max_readers; leveldb: write_buffer_size, lru_cache_size, max_open_files,
+    #: block_size, bloom_filter_bits, compression, paranoid_checks)
     options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class CompressorConfig:
+    """Replica: the codec it asks its primary to compress the stream with."""
+
+    #: a registered compressor: "none", "zstd" or "snappy" (block format); the primary
+    #: falls back to none when it does not know the codec
     name: str = "none"
+    #: compression level, for codecs that have levels
     level: int = 1
 
 
@@ -57,11 +81,13 @@ class CompressorConfig:
 class ConnectorConfig:
     """How this node (a replica) or a CLI client reaches a server."""
 
+    #: a registered connector; "grpc" is built in
     name: str = "grpc"
     #: CA file that verifies the server's certificate; empty means plaintext
     tls_ca: str = ""
-    #: client certificate and key, for servers that require one (mutual TLS)
+    #: client certificate, for servers that require one (mutual TLS)
     tls_cert: str = ""
+    #: the client certificate's private key
     tls_key: str = ""
     #: name to check in the server's certificate instead of the address's host
     tls_server_name: str = ""
@@ -70,6 +96,7 @@ class ConnectorConfig:
     #: gRPC keepalive ping interval; a peer that does not answer within keepalive_timeout_s
     #: is dead
     keepalive_s: float = 10.0
+    #: how long a keepalive ping may go unanswered
     keepalive_timeout_s: float = 5.0
 
 
@@ -77,30 +104,50 @@ class ConnectorConfig:
 class ServerConfig:
     """How this node serves (both the replication service and the node API)."""
 
-    #: server certificate and key; empty means plaintext
+    #: server certificate; empty means plaintext
     tls_cert: str = ""
+    #: the server certificate's private key
     tls_key: str = ""
     #: when set, clients must present a certificate signed by this CA (mutual TLS)
     tls_client_ca: str = ""
     #: when set, every call must carry this token
     token: str = ""
+    #: the server pings idle clients this often, so a vanished replica's session is freed
     keepalive_s: float = 10.0
+    #: how long a ping may go unanswered before the connection is closed
     keepalive_timeout_s: float = 5.0
 
 
 @dataclass
 class WALConfig:
+    """The primary's write-ahead log."""
+
+    #: a new segment file is started after this many bytes; retention deletes whole segments
     segment_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass
 class StreamConfig:
-    #: a response carries whole write batches up to this many bytes (one larger batch goes alone)
+    """How the primary streams its WAL."""
+
+    #: a response carries whole write batches up to this many bytes; a bigger batch is split
+    #: over several responses, and an entry bigger than this travels as fragments
     max_batch_bytes: int = 1024 * 1024
+    #: the largest entry (key, value and framing) a write may carry, and the largest write
+    #: batch; bigger writes are refused with a clear error
+    max_entry_bytes: int = 128 * 1024 * 1024
     #: an idle stream gets an empty heartbeat response this often
     heartbeat_s: float = 1.0
     #: a replica that is behind and has not advanced for this long is reported as stalled
     stall_after_s: float = 5.0
+
+
+@dataclass
+class SemiSyncConfig:
+    """Writes that wait for replicas (WriteRequest.wait_for > 0)."""
+
+    #: how long such a write waits when the request names no timeout
+    default_timeout_s: float = 5.0
 
 
 @dataclass
@@ -143,6 +190,7 @@ class Config:
     compressor: CompressorConfig = field(default_factory=CompressorConfig)
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    semisync: SemiSyncConfig = field(default_factory=SemiSyncConfig)
     wal: WALConfig = field(default_factory=WALConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
@@ -167,14 +215,24 @@ class Config:
         for name, value in (
             ("[wal] segment_bytes", self.wal.segment_bytes),
             ("[stream] max_batch_bytes", self.stream.max_batch_bytes),
+            ("[stream] max_entry_bytes", self.stream.max_entry_bytes),
             ("[replica] queue_batches", self.replica.queue_batches),
             ("[replica] max_apply_entries", self.replica.max_apply_entries),
         ):
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, not {value}")
+        # responses and writes must fit the gRPC message limit that both sides set
+        limit = MESSAGE_LIMIT - 1024 * 1024
+        for name, value in (
+            ("[stream] max_batch_bytes", self.stream.max_batch_bytes),
+            ("[stream] max_entry_bytes", self.stream.max_entry_bytes),
+        ):
+            if value > limit:
+                raise ConfigError(f"{name} must be at most {limit} (the gRPC message limit)")
         for name, fvalue in (
             ("[stream] heartbeat_s", self.stream.heartbeat_s),
             ("[stream] stall_after_s", self.stream.stall_after_s),
+            ("[semisync] default_timeout_s", self.semisync.default_timeout_s),
             ("[connector] keepalive_s", self.connector.keepalive_s),
             ("[connector] keepalive_timeout_s", self.connector.keepalive_timeout_s),
             ("[server] keepalive_s", self.server.keepalive_s),

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import grpc
 import pluggy
 
+from . import chain as chain_mod
+from . import wire
 from .applier import Applier
 from .codec import Entry, Op, checksum, decode, encode
 from .config import Config
@@ -38,15 +40,26 @@ class PrimaryUnavailable(KevoReplError):
     """The primary cannot take writes (its WAL failed); it must be restarted."""
 
 
-def encode_body(entries: Sequence[Entry]) -> bytes:
-    """The wire form of entries, as stored in a WAL record and sent to replicas."""
+def encode_body(entries: Sequence[Entry], chain_before: int) -> tuple[bytes, int]:
+    """The wire form of entries, as stored in a WAL record and sent to replicas, carrying the
+    hash chain after the last entry; and that chain value."""
     msgs = []
+    payloads = []
     for e in entries:
         payload = encode(e.seq, e.op, e.key, e.value)
+        payloads.append(payload)
         msgs.append(
             rpb.WALEntry(sequence_number=e.seq, payload=payload, checksum=checksum(payload))
         )
-    return bytes(rpb.WALStreamResponse(entries=msgs).SerializeToString())
+    chain_after = chain_mod.over(chain_before, payloads)
+    body = rpb.WALStreamResponse(entries=msgs, chain=chain_after).SerializeToString()
+    return bytes(body), chain_after
+
+
+def chain_of(record: Record) -> int | None:
+    """The hash chain after a record's last entry, as stored in its body."""
+    msg = rpb.WALStreamResponse.FromString(record.body)
+    return msg.chain if msg.HasField("chain") else None
 
 
 def decode_body(body: bytes) -> list[Entry]:
@@ -63,6 +76,7 @@ class Session:
     sent: int = 0
     rewind: int | None = None
     superseded_by: str | None = None  # peer of a newer stream with the same replica id
+    received: int = 0  # what the replica reported received (not yet durable), for semi-sync
     opened_at: float = field(default_factory=time.time)
 
 
@@ -70,13 +84,17 @@ class Session:
 class _Pending:
     record: Record
     entries: list[Entry]
-    future: asyncio.Future[tuple[int, int]]
+    #: None for all but the last write of a write_many call
+    future: asyncio.Future[tuple[int, int]] | None
+    #: the hash chain after the record's last entry
+    chain: int = 0
 
 
 class Primary:
     def __init__(self, cfg: Config, registry: Registry, pm: pluggy.PluginManager) -> None:
         self.cfg = cfg
         self.pm = pm
+        self.registry = registry
         data_dir = cfg.data_dir
         self.store: Applier = open_store(cfg, registry, durable=False)
         try:
@@ -88,15 +106,39 @@ class Primary:
         self.slots = SlotTable(data_dir / "slots.json")
         self.sessions: dict[str, Session] = {}
         self._next_seq = self.wal.last_sequence + 1
+        self._chain = self._chain_at_head()
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
         self._broken: str | None = None
         self._advanced: asyncio.Condition | None = None
+        self._acks_changed: asyncio.Condition | None = None
+        self._ack_waiters = 0
+        self.semisync_degraded = 0
         self._replay_store()
         # WAL retention for the slots, within the caps, and snapshots for bootstrapping replicas
         self.retention = Retention(self)
 
     # -- start-up ----------------------------------------------------------------------------
+
+    def _chain_at_head(self) -> int:
+        if self.wal.last_sequence == 0:
+            return chain_mod.START
+        [last] = self.wal.read(self.wal.last_sequence, 1)
+        value = chain_of(last)
+        if value is None:
+            raise StoreError("the WAL's last record carries no hash chain value")
+        return value
+
+    def chain_at(self, sequence: int) -> int | None:
+        """The chain after `sequence` when a retained record ends exactly there."""
+        if sequence == 0:
+            return chain_mod.START
+        if not self.wal.first_sequence <= sequence <= self.wal.last_sequence:
+            return None
+        [record] = self.wal.read(sequence, 1)
+        if record.last_seq != sequence:
+            return None
+        return chain_of(record)
 
     def _replay_store(self) -> None:
         """Bring the local store up to the WAL: it is applied without sync, so after a crash it
@@ -118,7 +160,7 @@ class Primary:
         replayed = 0
         for record in self.wal.iter_records(pos.sequence + 1):
             entries = decode_body(record.body)
-            self.store.apply(entries, self.history_id)
+            self.store.apply(entries, self.history_id, chain_of(record) or 0)
             replayed += len(entries)
         self.store.sync()
         log.info("replayed %d WAL entries into the store (now at %d)", replayed, last)
@@ -136,12 +178,46 @@ class Primary:
 
     async def write(self, mutations: Sequence[tuple[int, bytes, bytes]]) -> tuple[int, int]:
         """Write one batch atomically; return its (first, last) sequence once durable."""
+        future = self._enqueue(mutations, want_future=True)
+        assert future is not None
+        # shield: a caller that goes away must not cancel the group commit of others
+        return await asyncio.shield(future)
+
+    async def write_many(
+        self, writes: Sequence[Sequence[tuple[int, bytes, bytes]]]
+    ) -> list[tuple[int, int] | WriteRejected]:
+        """Several independent write batches at once (each atomic, each its own sequences):
+        the (first, last) of each once all are durable, or the rejection of an invalid one.
+        Cheaper per write than `write`: one future for all of them."""
+        out: list[tuple[int, int] | WriteRejected] = []
+        last: _Pending | None = None
+        for mutations in writes:
+            try:
+                self._enqueue(mutations, want_future=False)
+            except WriteRejected as exc:
+                out.append(exc)
+                continue
+            last = self._pending[-1]
+            out.append((last.record.first_seq, last.record.last_seq))
+        if last is not None:
+            # groups commit in order: once this call's last write is durable, all of its
+            # writes are
+            last.future = asyncio.get_running_loop().create_future()
+            await asyncio.shield(last.future)
+        return out
+
+    def _enqueue(
+        self, mutations: Sequence[tuple[int, bytes, bytes]], *, want_future: bool
+    ) -> asyncio.Future[tuple[int, int]] | None:
+        """Validate, assign sequences, encode, and queue one write for the group commit."""
         if self._broken is not None:
             raise PrimaryUnavailable(self._broken)
         if not mutations:
             raise WriteRejected("a write needs at least one mutation")
         max_key = self.store.max_key_size
-        for op, key, _ in mutations:
+        max_entry = self.cfg.stream.max_entry_bytes
+        total = 0
+        for op, key, value in mutations:
             if op not in (Op.PUT, Op.DELETE, Op.MERGE):
                 raise WriteRejected(f"unknown op {op}")
             if not key:
@@ -150,19 +226,29 @@ class Primary:
                 raise WriteRejected(
                     f"key of {len(key)} bytes is longer than the store's maximum of {max_key}"
                 )
+            size = len(key) + len(value) + 17  # the payload's framing
+            total += size
+            if size > max_entry:
+                raise WriteRejected(
+                    f"entry of {size} bytes exceeds [stream] max_entry_bytes ({max_entry})"
+                )
+        if total > max_entry:
+            raise WriteRejected(
+                f"write batch of {total} bytes exceeds [stream] max_entry_bytes ({max_entry})"
+            )
         first = self._next_seq
         self._next_seq += len(mutations)
         entries = [
             Entry(first + i, op, key, b"" if op == Op.DELETE else value)
             for i, (op, key, value) in enumerate(mutations)
         ]
-        record = Record(first, len(entries), encode_body(entries))
-        future: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(record, entries, future))
+        body, self._chain = encode_body(entries, self._chain)
+        record = Record(first, len(entries), body)
+        future = asyncio.get_running_loop().create_future() if want_future else None
+        self._pending.append(_Pending(record, entries, future, self._chain))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        # shield: a caller that goes away must not cancel the group commit of others
-        return await asyncio.shield(future)
+        return future
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
@@ -175,12 +261,12 @@ class Primary:
                 self._broken = f"the primary's WAL or store failed: {exc}; restart the primary"
                 log.error("write failed, refusing further writes: %s", exc)
                 for p in (*group, *self._pending):
-                    if not p.future.done():
+                    if p.future is not None and not p.future.done():
                         p.future.set_exception(PrimaryUnavailable(self._broken))
                 self._pending = []
                 return
             for p in group:
-                if not p.future.done():
+                if p.future is not None and not p.future.done():
                     p.future.set_result((p.record.first_seq, p.record.last_seq))
             cond = self._condition()
             async with cond:
@@ -197,7 +283,7 @@ class Primary:
         self.retention.before_append(sum(len(p.record.body) for p in group), len(group))
         self.wal.append([p.record for p in group])
         entries = [e for p in group for e in p.entries]
-        self.store.apply(entries, self.history_id)
+        self.store.apply(entries, self.history_id, group[-1].chain)
 
     # -- streaming ---------------------------------------------------------------------------
 
@@ -223,6 +309,15 @@ class Primary:
                 f"sequence {start} is no longer retained (first retained: "
                 f"{self.wal.first_sequence})",
             )
+        if request.HasField("chain") and start > 1:
+            mine = self.chain_at(start - 1)
+            if mine is not None and mine != request.chain:
+                return (
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"the replica's history forks from this primary's at or before sequence "
+                    f"{start - 1} (hash chain {request.chain:016x}, primary's {mine:016x}): "
+                    "the replica diverged and must be rebuilt",
+                )
         return None
 
     def trailer(self, *, first: bool = False) -> bytes:
@@ -261,11 +356,13 @@ class Primary:
             self.slots.get(request.replica_id)
         await context.send_initial_metadata(((SESSION_HEADER, session.session_id),))
         log.info(
-            "replica %r (%s) streaming from %d, session %s",
+            "replica %r (%s) streaming from %d, session %s, protocol %d, %s",
             session.replica_id, session.peer, session.start, session.session_id,
+            request.protocol_version, wire.negotiate(request, self.registry).describe(),
         )
         pos = request.start_sequence
         cap = self.cfg.stream.max_batch_bytes
+        neg = wire.negotiate(request, self.registry)
         heartbeat = self.cfg.stream.heartbeat_s
         cond = self._condition()
         first = True
@@ -289,8 +386,9 @@ class Primary:
                         records = await asyncio.to_thread(self.wal.read, pos, cap)
                     except SequenceNotRetained as exc:
                         await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
-                    yield b"".join(r.body for r in records) + self.trailer(first=first)
-                    first = False
+                    for msg in wire.shape(records, neg, cap):
+                        yield msg + self.trailer(first=first)
+                        first = False
                     pos = records[-1].last_seq + 1
                     session.sent = records[-1].last_seq
                     continue
@@ -332,7 +430,45 @@ class Primary:
                 f"ack of {seq} is past this primary's head {self.head}",
             )
         self.slots.ack(session.replica_id, seq)
+        session.received = max(session.received, request.received_up_to, seq)
+        if self._ack_waiters:
+            cond = self._acks_condition()
+            async with cond:
+                cond.notify_all()
         return rpb.AckResponse(success=True)
+
+    # -- semi-synchronous writes -----------------------------------------------------------
+
+    def _acks_condition(self) -> asyncio.Condition:
+        if self._acks_changed is None:
+            self._acks_changed = asyncio.Condition()
+        return self._acks_changed
+
+    def acked_by(self, sequence: int, durable: bool) -> list[str]:
+        """Replica ids that acknowledged `sequence` (durable, or at least received)."""
+        ids = {rid for rid, slot in self.slots.slots.items() if slot.acked >= sequence}
+        if not durable:
+            ids |= {s.replica_id for s in self.sessions.values() if s.received >= sequence}
+        return sorted(ids)
+
+    async def wait_for_acks(
+        self, sequence: int, count: int, durable: bool, timeout: float
+    ) -> tuple[list[str], bool]:
+        """Wait until `count` replicas acknowledged `sequence`; return who did, and whether
+        that happened before `timeout` seconds."""
+        cond = self._acks_condition()
+        self._ack_waiters += 1
+        try:
+            async with cond:
+                await asyncio.wait_for(
+                    cond.wait_for(lambda: len(self.acked_by(sequence, durable)) >= count),
+                    timeout,
+                )
+            return self.acked_by(sequence, durable), True
+        except TimeoutError:
+            return self.acked_by(sequence, durable), False
+        finally:
+            self._ack_waiters -= 1
 
     async def negative_acknowledge(
         self, request: rpb.Nack, context: grpc.aio.ServicerContext

@@ -13,6 +13,7 @@ being applied:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 import time
@@ -25,9 +26,11 @@ from typing import Any
 import grpc
 import pluggy
 
+from . import chain as chain_mod
 from .applier import Applier, Position
 from .bootstrap import Bootstrap, recover_install
 from .codec import CodecError, Entry, checksum, decode, decode_batch
+from .compression import CODEC_NONE
 from .config import Config
 from .errors import ReplicationError
 from .plugins import Registry
@@ -35,7 +38,8 @@ from .primary import PROTOCOL_VERSION, SESSION_HEADER
 from .proto import replication_pb2 as rpb
 from .state import TRANSITIONS, State, StateMachine
 from .store import open_store
-from .transport import call_metadata
+from .transport import MAX_MESSAGE_BYTES, call_metadata
+from .wire import Unpacker, UnpackError, compressors_by_id
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,8 @@ _NACK = "/kevo.replication.WALReplicationService/NegativeAcknowledge"
 # A re-send the primary has not started this many seconds after a nack ends the session
 # (a reconnect from the durable position repairs it too).
 _NACK_PATIENCE_S = 5.0
+# How long a new stream may take to start (its response headers) before it is abandoned.
+_CONNECT_TIMEOUT_S = 10.0
 
 
 class _RestartSession(Exception):
@@ -91,12 +97,25 @@ class Replica:
         self._resync = False  # an apply failed: re-stream from the durable position
         self._stopping = False
         self._auth = call_metadata(cfg.connector)
+        compressors = compressors_by_id(registry)
+        self._codec_id = int(registry.get("compressor", cfg.compressor.name).codec_id)
+        self._unpacker = Unpacker(compressors, MAX_MESSAGE_BYTES)
         # for lag and stall reporting (monotonic clock unless said otherwise)
         self._connected = False
         self._last_message_at: float | None = None
         self._last_progress_at = time.monotonic()
         self._behind_since_primary_ns: int | None = None  # primary clock: head passed us
         self._clock_offset_ns = 0  # primary clock minus ours, from the latest response
+        # (when, position) after recent applies: the apply rate
+        self._progress_log: deque[tuple[float, int]] = deque(maxlen=64)
+        # the log's hash chain after the last received entry (0: unknown, e.g. right after a
+        # snapshot install: then the primary's value is adopted), and after each queued batch
+        self._recv_chain = self.position.chain
+        self._chain_after: dict[int, int] = {}
+        apply_params = inspect.signature(self.store.apply).parameters
+        self._store_keeps_chain = "chain" in apply_params or any(
+            p.kind is p.VAR_KEYWORD for p in apply_params.values()
+        )
 
     # -- events --------------------------------------------------------------------------------
 
@@ -164,6 +183,8 @@ class Replica:
                     self._resync = False
                     self._drain_queue()
                     self._received = self.position.sequence
+                    self._recv_chain = self.position.chain
+                    self._chain_after.clear()
                 if bootstrap:
                     apply_task, ack_task = await self.bootstrap.install(apply_task, ack_task)
                     if self.fatal:
@@ -254,9 +275,24 @@ class Replica:
             protocol_version=PROTOCOL_VERSION,
             replica_id=self.replica_id,
             history_id=self.position.history_id,
+            compression_supported=self._codec_id != CODEC_NONE,
+            preferred_codec=self._codec_id,  # type: ignore[arg-type]  # enum fields take ints
+            block_compression=True,
         )
+        if self._recv_chain:
+            request.chain = self._recv_chain
+        self._unpacker.reset()
         call = stream(request, metadata=self._auth)
-        metadata = await call.initial_metadata()
+        try:
+            # a deadline on the stream's start: a connection that never completes its set-up
+            # (seen with a GOAWAY arriving mid-handshake) is abandoned and the channel closed
+            metadata = await asyncio.wait_for(call.initial_metadata(), _CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            call.cancel()
+            raise _RestartSession(
+                f"the stream from {self.cfg.replica.primary} did not start within "
+                f"{_CONNECT_TIMEOUT_S:g}s"
+            ) from None
         self._session_id = ""
         for key, value in metadata or ():
             if key == SESSION_HEADER:
@@ -272,17 +308,37 @@ class Replica:
         loop = asyncio.get_running_loop()
         nacked: tuple[int, float] | None = None  # (sequence asked for, when)
         async for resp in call:
+            if resp is None:
+                # gRPC hands over None for a message that does not parse (damaged in flight)
+                self._count_corrupt(self._received + 1)
+                raise _RestartSession("a response from the primary did not parse; reconnecting")
             if resp.history_id:
                 self._check_history(resp.history_id)
             self._observe(resp)
             corrupt_before = self.stats.corrupt_entries
-            batch, problem = self._verify(resp) if resp.entries else ([], None)
+            batch: list[Entry] = []
+            problem: str | None = None
+            try:
+                plain = self._unpacker.unpack(resp)
+            except UnpackError as exc:
+                self._count_corrupt(self._received + 1)
+                problem = f"corrupt response: {exc}"
+            else:
+                if plain is not None and plain.entries:
+                    batch, problem = self._verify(plain)
+            if problem is not None:
+                self._unpacker.reset()  # a re-send starts at a batch boundary
             if batch:
                 nacked = None
                 if self.sm.state is State.WAITING_FOR_DATA:
                     self._progress(State.STREAMING_ENTRIES, "entries arrived")
+                assert plain is not None
+                chain_after = self._extend_chain(plain, batch)
+                self._chain_after[batch[-1].seq] = chain_after
                 await self._queue.put(batch)
                 self._received = batch[-1].seq
+                self._recv_chain = chain_after
+                self._durable_changed.set()  # "received" acks serve semi-sync writers
             expected = self._received + 1
             if problem is not None and (
                 # a corrupt entry is asked for every time (bounded by max_corrupt_retries);
@@ -297,6 +353,26 @@ class Replica:
                 raise _RestartSession(
                     f"the primary did not re-send from {nacked[0]}; reconnecting"
                 )
+
+    def _extend_chain(self, plain: rpb.WALStreamResponse, batch: list[Entry]) -> int:
+        """The hash chain after `batch`, checked against the primary's where the response
+        carries it: a mismatch means this replica's log and the primary's differ."""
+        entries = plain.entries
+        offset = batch[0].seq - entries[0].sequence_number
+        value = self._recv_chain
+        if value:
+            value = chain_mod.over(
+                value, [e.payload for e in entries[offset:offset + len(batch)]]
+            )
+        if plain.HasField("chain") and batch[-1].seq == entries[-1].sequence_number:
+            if value and value != plain.chain:
+                raise ReplicationError(
+                    f"divergence: after sequence {batch[-1].seq} this replica's hash chain is "
+                    f"{value:016x} but the primary's is {plain.chain:016x}; entries "
+                    f"{batch[0].seq}..{batch[-1].seq} were not applied"
+                )
+            value = plain.chain
+        return value
 
     def _check_history(self, history_id: str) -> None:
         mine = self.position.history_id
@@ -417,7 +493,10 @@ class Replica:
             history = self._primary_history or self.position.history_id
             # apply and sync in one trip to the worker thread: a second trip would wait for
             # the event loop (busy verifying the next response) while the store sits idle
-            fut = loop.run_in_executor(None, self._apply_durably, batch, history)
+            chain = self._chain_after.pop(batch[-1].seq, 0)
+            for seq in [s for s in self._chain_after if s < batch[-1].seq]:
+                del self._chain_after[seq]
+            fut = loop.run_in_executor(None, self._apply_durably, batch, history, chain)
             try:
                 new_pos, sync_error = await asyncio.shield(fut)
             except asyncio.CancelledError:
@@ -438,6 +517,7 @@ class Replica:
                 raise sync_error
             self.position = new_pos
             self._last_progress_at = time.monotonic()
+            self._progress_log.append((self._last_progress_at, new_pos.sequence))
             self._progress(State.ACKNOWLEDGING, f"durable through {new_pos.sequence}")
             self._durable_changed.set()
             try:
@@ -455,11 +535,14 @@ class Replica:
                 self._progress(State.APPLYING_ENTRIES, "more entries queued")
 
     def _apply_durably(
-        self, batch: list[Entry], history: str
+        self, batch: list[Entry], history: str, chain: int
     ) -> tuple[Position, BaseException | None]:
         """In a worker thread: apply (raising if that fails), then sync; a failed sync is
         returned, to be raised by the apply loop as before."""
-        new_pos = self.store.apply(batch, history)
+        if self._store_keeps_chain:
+            new_pos = self.store.apply(batch, history, chain=chain)
+        else:  # an applier written before the chain existed
+            new_pos = self.store.apply(batch, history)
         try:
             self.store.sync()
         except Exception as exc:
@@ -473,12 +556,18 @@ class Replica:
     # -- ack -------------------------------------------------------------------------------------
 
     async def _ack_loop(self) -> None:
-        acked = 0
+        """One ack in flight at a time, always the newest positions: acks coalesce and never
+        hold up receive or apply. Each session is told our position once at its start."""
+        sent: tuple[str, int, int] = ("", 0, 0)  # (session, durable, received) delivered
         while True:
             await self._durable_changed.wait()
             self._durable_changed.clear()
-            seq = self.position.sequence
-            if seq <= acked or self._channel is None or not self._session_id:
+            durable = self.position.sequence
+            received = max(self._received, durable)
+            session = self._session_id
+            if self._channel is None or not session:
+                continue
+            if sent[0] == session and durable <= sent[1] and received <= sent[2]:
                 continue
             ack = self._channel.unary_unary(
                 _ACK,
@@ -487,14 +576,14 @@ class Replica:
             )
             try:
                 await ack(
-                    rpb.Ack(acknowledged_up_to=seq),
-                    metadata=((SESSION_HEADER, self._session_id), *self._auth),
+                    rpb.Ack(acknowledged_up_to=durable, received_up_to=received),
+                    metadata=((SESSION_HEADER, session), *self._auth),
                     timeout=10,
                 )
-                acked = seq
+                sent = (session, durable, received)
             except (grpc.aio.AioRpcError, RuntimeError) as exc:
-                # the next durable batch (or the next session) acks again
-                log.info("replica %s: ack of %d not delivered: %s", self.replica_id, seq, exc)
+                # the next batch (or the next session) acks again
+                log.info("replica %s: ack of %d not delivered: %s", self.replica_id, durable, exc)
 
     # -- observation -----------------------------------------------------------------------------
 
@@ -533,6 +622,17 @@ class Replica:
         stuck = now - self._last_progress_at > stall_after
         return entries, seconds, self._connected and (stuck or silent)
 
+    def apply_rate(self, window_s: float = 5.0) -> float:
+        """Entries applied per second over the last `window_s` seconds."""
+        now = time.monotonic()
+        recent = [(t, s) for t, s in self._progress_log if now - t <= window_s]
+        if not recent:
+            return 0.0
+        t0, s0 = recent[0]
+        if len(recent) == 1 or now - t0 <= 0:
+            return 0.0
+        return (self.position.sequence - s0) / (now - t0)
+
     def status(self) -> dict[str, Any]:
         lag_entries, lag_seconds, stalled = self.lag()
         return {
@@ -557,4 +657,6 @@ class Replica:
                 time.monotonic() - self._last_message_at if self._last_message_at else -1.0
             ),
             "backoff_history_s": list(self.stats.backoff_history),
+            "received_sequence": max(self._received, self.position.sequence),
+            "apply_rate": self.apply_rate(),
         }

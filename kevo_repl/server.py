@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,24 +83,136 @@ class NodeService:
         assert self.primary is not None
         return self.primary.store
 
-    async def Write(  # gRPC method names are CamelCase
-        self, request: npb.WriteRequest, context: grpc.aio.ServicerContext
-    ) -> npb.WriteResponse:
+    async def _write(self, request: npb.WriteRequest) -> npb.WriteResponse:
+        """One write; raises _WriteFailed with the gRPC status it deserves."""
         if self.primary is None:
-            await context.abort(
+            raise _WriteFailed(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"this node is a read-only replica; send writes to the primary at "
                 f"{self.cfg.replica.primary}",
             )
-            raise AssertionError("unreachable")
         mutations = [(int(m.op), bytes(m.key), bytes(m.value)) for m in request.mutations]
         try:
             first, last = await self.primary.write(mutations)
         except WriteRejected as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise _WriteFailed(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
         except PrimaryUnavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        return npb.WriteResponse(first_sequence=first, last_sequence=last)
+            raise _WriteFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
+        resp = npb.WriteResponse(first_sequence=first, last_sequence=last,
+                                 request_id=request.request_id)
+        if request.wait_for:
+            await self._wait_for_replicas(request, resp)
+        return resp
+
+    async def _wait_for_replicas(self, request: npb.WriteRequest, resp: npb.WriteResponse) -> None:
+        assert self.primary is not None
+        durable = request.level == npb.ACK_DURABLE
+        level = "durable" if durable else "received"
+        timeout = request.timeout_s or self.cfg.semisync.default_timeout_s
+        acked, ok = await self.primary.wait_for_acks(
+            resp.last_sequence, request.wait_for, durable, timeout
+        )
+        resp.acked_by.extend(acked)
+        if ok:
+            return
+        what = (
+            f"write {resp.first_sequence}-{resp.last_sequence} is durable on the primary, but "
+            f"only {len(acked)} of {request.wait_for} replicas acknowledged it ({level}) within "
+            f"{timeout:g}s: {', '.join(acked) or 'none'}"
+        )
+        if request.on_timeout == npb.ON_TIMEOUT_DEGRADE:
+            self.primary.semisync_degraded += 1
+            log.warning("semi-sync degraded: %s", what)
+            resp.degraded = True
+            return
+        raise _WriteFailed(grpc.StatusCode.DEADLINE_EXCEEDED, what)
+
+    async def Write(  # gRPC method names are CamelCase
+        self, request: npb.WriteRequest, context: grpc.aio.ServicerContext
+    ) -> npb.WriteResponse:
+        try:
+            return await self._write(request)
+        except _WriteFailed as exc:
+            await context.abort(exc.code, exc.message)
+            raise AssertionError("unreachable") from exc
+
+    async def WriteStream(
+        self, batches: AsyncIterator[npb.WriteBatch], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[npb.WriteResults]:
+        """Every write runs at once (they group-commit together); answers go out as they
+        complete, all that completed meanwhile in one message. Bounded: at most
+        MAX_STREAM_IN_FLIGHT writes of one stream in flight."""
+        done: asyncio.Queue[npb.WriteResponse | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(MAX_STREAM_IN_FLIGHT)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(request: npb.WriteRequest) -> None:
+            try:
+                resp = await self._write(request)
+            except _WriteFailed as exc:
+                resp = npb.WriteResponse(request_id=request.request_id,
+                                         error_code=exc.code.value[0], error=exc.message)
+            finally:
+                slots.release()
+            done.put_nowait(resp)
+
+        async def many(requests: list[npb.WriteRequest]) -> None:
+            # asynchronous writes of one message: enqueued together, one wait for all
+            assert self.primary is not None
+            try:
+                results = await self.primary.write_many(
+                    [[(int(m.op), bytes(m.key), bytes(m.value)) for m in r.mutations]
+                     for r in requests]
+                )
+            except PrimaryUnavailable as exc:
+                results = [exc] * len(requests)  # type: ignore[list-item]
+            finally:
+                for _ in requests:
+                    slots.release()
+            for request, result in zip(requests, results, strict=True):
+                if isinstance(result, tuple):
+                    resp = npb.WriteResponse(first_sequence=result[0], last_sequence=result[1],
+                                             request_id=request.request_id)
+                else:
+                    code = (grpc.StatusCode.UNAVAILABLE if isinstance(result, PrimaryUnavailable)
+                            else grpc.StatusCode.INVALID_ARGUMENT)
+                    resp = npb.WriteResponse(request_id=request.request_id,
+                                             error_code=code.value[0], error=str(result))
+                done.put_nowait(resp)
+
+        def spawn(coro: Any) -> None:
+            task = asyncio.create_task(coro)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        async def read_all() -> None:
+            async for batch in batches:
+                plain = []
+                for request in batch.writes:
+                    await slots.acquire()
+                    if request.wait_for or self.primary is None:
+                        spawn(one(request))
+                    else:
+                        plain.append(request)
+                if plain:
+                    spawn(many(plain))
+            await asyncio.gather(*tasks)
+            done.put_nowait(None)
+
+        reader = asyncio.create_task(read_all())
+        try:
+            finished = False
+            while not finished:
+                results = [await done.get()]
+                while not done.empty():
+                    results.append(done.get_nowait())
+                finished = results[-1] is None
+                out = [r for r in results if r is not None]
+                if out:
+                    yield npb.WriteResults(results=out)
+            await reader
+        finally:
+            reader.cancel()
 
     async def Get(
         self, request: npb.GetRequest, context: grpc.aio.ServicerContext
@@ -162,6 +274,7 @@ class NodeService:
             "applied_entries": pos.applied_entries,
             "replicas": slots,
             "last_error": p._broken or "",
+            "semisync_degraded": p.semisync_degraded,
             **retention,
         }
 
@@ -204,6 +317,17 @@ class NodeService:
         )
 
 
+class _WriteFailed(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+#: writes of one WriteStream that may be in flight at once (bounds the primary's memory)
+MAX_STREAM_IN_FLIGHT = 1024
+
+
 def node_handler(service: NodeService) -> grpc.GenericRpcHandler:
     def unary(fn: Any, req: Any, resp: Any) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(
@@ -214,6 +338,11 @@ def node_handler(service: NodeService) -> grpc.GenericRpcHandler:
         "kevo.repl.Node",
         {
             "Write": unary(service.Write, npb.WriteRequest, npb.WriteResponse),
+            "WriteStream": grpc.stream_stream_rpc_method_handler(
+                service.WriteStream,
+                request_deserializer=npb.WriteBatch.FromString,
+                response_serializer=npb.WriteResults.SerializeToString,
+            ),
             "Get": unary(service.Get, npb.GetRequest, npb.GetResponse),
             "Status": unary(service.Status, npb.StatusRequest, npb.StatusResponse),
             "Digest": unary(service.Digest, npb.DigestRequest, npb.DigestResponse),

@@ -13,11 +13,11 @@ from typing import Any
 
 import grpc
 
-from .config import ConnectorConfig, ServerConfig
+from .config import MESSAGE_LIMIT, ConnectorConfig, ServerConfig
 from .errors import ConfigError
 
 #: largest gRPC message either side accepts; a response is capped well below it
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+MAX_MESSAGE_BYTES = MESSAGE_LIMIT
 AUTH_HEADER = "authorization"
 #: the server accepts keepalive pings this often at most; clients ping no faster than twice
 #: this, so jitter never earns them a "too many pings" GOAWAY

@@ -199,7 +199,10 @@ def _trim(rec: Record, from_seq: int, where: str) -> Record:
             f"{where}: record {rec.first_seq}..{rec.last_seq} does not hold entries "
             f"{from_seq}..{rec.last_seq} in its body"
         )
-    body: bytes = WALStreamResponse(entries=kept).SerializeToString()
+    out = WALStreamResponse(entries=kept)
+    if msg.HasField("chain"):  # the hash chain after the record's last entry stays true
+        out.chain = msg.chain
+    body: bytes = out.SerializeToString()
     return Record(from_seq, count, body)
 
 

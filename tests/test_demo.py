@@ -51,14 +51,14 @@ def test_demo_runs_green_and_cleans_up(tmp_path: Path) -> None:
     assert (tmp_path / "kevo-demo" / "primary.log").exists()  # logs go to files there
 
     # a second run starts clean in the same place
-    again = subprocess.run(DEMO + ["--count", "2000"], cwd=tmp_path, capture_output=True,
+    again = subprocess.run([*DEMO, "--count", "2000"], cwd=tmp_path, capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "entries written:   2000" in again.stdout
 
 
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
-    proc = subprocess.Popen(DEMO + ["--rate", "2000"], cwd=tmp_path, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*DEMO, "--rate", "2000"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     seen = ""
     try:
@@ -85,7 +85,7 @@ def test_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:
     target = tmp_path / "precious"
     target.mkdir()
     (target / "data.txt").write_text("keep me")
-    res = subprocess.run(DEMO + ["--dir", str(target)], capture_output=True, text=True,
+    res = subprocess.run([*DEMO, "--dir", str(target)], capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 2 and "not made by the demo" in res.stderr
     assert (target / "data.txt").read_text() == "keep me"

@@ -24,41 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akevo_repl/proto/node.proto\x12\tkevo.repl\"A\n\x08Mutation\x12\x19\n\x02op\x18\x01 \x01(\x0e\x32\r.kevo.repl.Op\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\r\n\x05value\x18\x03 \x01(\x0c\"6\n\x0cWriteRequest\x12&\n\tmutations\x18\x01 \x03(\x0b\x32\x13.kevo.repl.Mutation\">\n\rWriteResponse\x12\x16\n\x0e\x66irst_sequence\x18\x01 \x01(\x04\x12\x15\n\rlast_sequence\x18\x02 \x01(\x04\"\x19\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"=\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"\x0f\n\rStatusRequest\"\x99\x02\n\x0bReplicaSlot\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63ked_sequence\x18\x02 \x01(\x04\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x16\n\x0elast_ack_age_s\x18\x06 \x01(\x01\x12\x13\n\x0blag_entries\x18\x07 \x01(\x04\x12\x0f\n\x07stalled\x18\x08 \x01(\x08\x12\x12\n\nslot_state\x18\x14 \x01(\t\x12\x11\n\tlag_bytes\x18\x15 \x01(\x04\x12\x1c\n\x14holds_oldest_segment\x18\x16 \x01(\x08\x12\x12\n\ninactive_s\x18\x17 \x01(\x01\x12\x12\n\nlost_age_s\x18\x18 \x01(\x01\"\xa9\x07\n\x0eStatusResponse\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x14\n\x0clast_applied\x18\x03 \x01(\x04\x12\x15\n\rhead_sequence\x18\x04 \x01(\x04\x12\x16\n\x0e\x66irst_sequence\x18\x05 \x01(\x04\x12\x12\n\nhistory_id\x18\x06 \x01(\t\x12\x0f\n\x07\x61pplier\x18\x07 \x01(\t\x12\x17\n\x0f\x61pplied_entries\x18\x08 \x01(\x04\x12(\n\x08replicas\x18\t \x03(\x0b\x32\x16.kevo.repl.ReplicaSlot\x12\x0f\n\x07primary\x18\n \x01(\t\x12\x12\n\nreplica_id\x18\x0b \x01(\t\x12\x12\n\nlast_error\x18\x0c \x01(\t\x12\x12\n\nreconnects\x18\r \x01(\x04\x12\x17\n\x0f\x63orrupt_entries\x18\x0e \x01(\x04\x12\x0c\n\x04gaps\x18\x0f \x01(\x04\x12\x1a\n\x12\x64uplicates_skipped\x18\x10 \x01(\x04\x12\x13\n\x0blag_entries\x18\x11 \x01(\x04\x12\x13\n\x0blag_seconds\x18\x12 \x01(\x01\x12\x0f\n\x07stalled\x18\x13 \x01(\x08\x12\x11\n\tconnected\x18\x14 \x01(\x08\x12\x1a\n\x12last_message_age_s\x18\x15 \x01(\x01\x12\x19\n\x11\x62\x61\x63koff_history_s\x18\x16 \x03(\x01\x12\x17\n\x0f\x62ootstrap_state\x18( \x01(\t\x12\x1d\n\x15\x62ootstrap_snapshot_id\x18) \x01(\t\x12\x1a\n\x12\x62ootstrap_sequence\x18* \x01(\x04\x12\x18\n\x10\x62ootstrap_chunks\x18+ \x01(\x04\x12\x16\n\x0e\x62ootstrap_keys\x18, \x01(\x04\x12\x17\n\x0f\x62ootstrap_bytes\x18- \x01(\x04\x12\x1c\n\x14\x62ootstrap_total_keys\x18. \x01(\x04\x12\x1d\n\x15\x62ootstrap_total_bytes\x18/ \x01(\x04\x12\x19\n\x11\x62ootstrap_percent\x18\x30 \x01(\x01\x12\x12\n\nbootstraps\x18\x31 \x01(\x04\x12\x11\n\twal_bytes\x18\x32 \x01(\x04\x12\x14\n\x0cwal_segments\x18\x33 \x01(\x04\x12\x1a\n\x12max_retained_bytes\x18\x34 \x01(\x04\x12\x1e\n\x16oldest_segment_held_by\x18\x35 \x01(\t\x12\x1c\n\x14oldest_segment_age_s\x18\x36 \x01(\x01\x12\x16\n\x0esnapshots_held\x18\x37 \x01(\x04\x12\x12\n\nlost_slots\x18\x38 \x01(\x04\".\n\rDigestRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\x0c\x12\r\n\x05split\x18\x02 \x01(\x08\"p\n\x0c\x44igestBucket\x12\x0e\n\x06prefix\x18\x01 \x01(\x0c\x12\x0c\n\x04keys\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x11\n\tfirst_key\x18\x04 \x01(\x0c\x12\x10\n\x08last_key\x18\x05 \x01(\x0c\x12\r\n\x05\x65xact\x18\x06 \x01(\x08\"j\n\x0e\x44igestResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04keys\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12(\n\x07\x62uckets\x18\x04 \x03(\x0b\x32\x17.kevo.repl.DigestBucket\"%\n\x0f\x44ropSlotRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\t\"*\n\x10\x44ropSlotResponse\x12\x16\n\x0e\x61\x63ked_sequence\x18\x01 \x01(\x04*8\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\x07\n\x03PUT\x10\x01\x12\n\n\x06\x44\x45LETE\x10\x02\x12\t\n\x05MERGE\x10\x03\x32\xbb\x02\n\x04Node\x12:\n\x05Write\x12\x17.kevo.repl.WriteRequest\x1a\x18.kevo.repl.WriteResponse\x12\x34\n\x03Get\x12\x15.kevo.repl.GetRequest\x1a\x16.kevo.repl.GetResponse\x12=\n\x06Status\x12\x18.kevo.repl.StatusRequest\x1a\x19.kevo.repl.StatusResponse\x12=\n\x06\x44igest\x12\x18.kevo.repl.DigestRequest\x1a\x19.kevo.repl.DigestResponse\x12\x43\n\x08\x44ropSlot\x12\x1a.kevo.repl.DropSlotRequest\x1a\x1b.kevo.repl.DropSlotResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akevo_repl/proto/node.proto\x12\tkevo.repl\"A\n\x08Mutation\x12\x19\n\x02op\x18\x01 \x01(\x0e\x32\r.kevo.repl.Op\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\r\n\x05value\x18\x03 \x01(\x0c\"\xc1\x01\n\x0cWriteRequest\x12&\n\tmutations\x18\x01 \x03(\x0b\x32\x13.kevo.repl.Mutation\x12\x10\n\x08wait_for\x18\x02 \x01(\r\x12\"\n\x05level\x18\x03 \x01(\x0e\x32\x13.kevo.repl.AckLevel\x12\x11\n\ttimeout_s\x18\x04 \x01(\x01\x12,\n\non_timeout\x18\x05 \x01(\x0e\x32\x18.kevo.repl.TimeoutPolicy\x12\x12\n\nrequest_id\x18\x10 \x01(\x04\"5\n\nWriteBatch\x12\'\n\x06writes\x18\x01 \x03(\x0b\x32\x17.kevo.repl.WriteRequest\"9\n\x0cWriteResults\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.kevo.repl.WriteResponse\"\x99\x01\n\rWriteResponse\x12\x16\n\x0e\x66irst_sequence\x18\x01 \x01(\x04\x12\x15\n\rlast_sequence\x18\x02 \x01(\x04\x12\x10\n\x08\x61\x63ked_by\x18\x03 \x03(\t\x12\x10\n\x08\x64\x65graded\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x10 \x01(\x04\x12\x12\n\nerror_code\x18\x11 \x01(\x05\x12\r\n\x05\x65rror\x18\x12 \x01(\t\"\x19\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"=\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"\x0f\n\rStatusRequest\"\x99\x02\n\x0bReplicaSlot\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63ked_sequence\x18\x02 \x01(\x04\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x16\n\x0elast_ack_age_s\x18\x06 \x01(\x01\x12\x13\n\x0blag_entries\x18\x07 \x01(\x04\x12\x0f\n\x07stalled\x18\x08 \x01(\x08\x12\x12\n\nslot_state\x18\x14 \x01(\t\x12\x11\n\tlag_bytes\x18\x15 \x01(\x04\x12\x1c\n\x14holds_oldest_segment\x18\x16 \x01(\x08\x12\x12\n\ninactive_s\x18\x17 \x01(\x01\x12\x12\n\nlost_age_s\x18\x18 \x01(\x01\"\xf3\x07\n\x0eStatusResponse\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x14\n\x0clast_applied\x18\x03 \x01(\x04\x12\x15\n\rhead_sequence\x18\x04 \x01(\x04\x12\x16\n\x0e\x66irst_sequence\x18\x05 \x01(\x04\x12\x12\n\nhistory_id\x18\x06 \x01(\t\x12\x0f\n\x07\x61pplier\x18\x07 \x01(\t\x12\x17\n\x0f\x61pplied_entries\x18\x08 \x01(\x04\x12(\n\x08replicas\x18\t \x03(\x0b\x32\x16.kevo.repl.ReplicaSlot\x12\x0f\n\x07primary\x18\n \x01(\t\x12\x12\n\nreplica_id\x18\x0b \x01(\t\x12\x12\n\nlast_error\x18\x0c \x01(\t\x12\x12\n\nreconnects\x18\r \x01(\x04\x12\x17\n\x0f\x63orrupt_entries\x18\x0e \x01(\x04\x12\x0c\n\x04gaps\x18\x0f \x01(\x04\x12\x1a\n\x12\x64uplicates_skipped\x18\x10 \x01(\x04\x12\x13\n\x0blag_entries\x18\x11 \x01(\x04\x12\x13\n\x0blag_seconds\x18\x12 \x01(\x01\x12\x0f\n\x07stalled\x18\x13 \x01(\x08\x12\x11\n\tconnected\x18\x14 \x01(\x08\x12\x1a\n\x12last_message_age_s\x18\x15 \x01(\x01\x12\x19\n\x11\x62\x61\x63koff_history_s\x18\x16 \x03(\x01\x12\x19\n\x11semisync_degraded\x18\x17 \x01(\x04\x12\x19\n\x11received_sequence\x18\x18 \x01(\x04\x12\x12\n\napply_rate\x18\x19 \x01(\x01\x12\x17\n\x0f\x62ootstrap_state\x18( \x01(\t\x12\x1d\n\x15\x62ootstrap_snapshot_id\x18) \x01(\t\x12\x1a\n\x12\x62ootstrap_sequence\x18* \x01(\x04\x12\x18\n\x10\x62ootstrap_chunks\x18+ \x01(\x04\x12\x16\n\x0e\x62ootstrap_keys\x18, \x01(\x04\x12\x17\n\x0f\x62ootstrap_bytes\x18- \x01(\x04\x12\x1c\n\x14\x62ootstrap_total_keys\x18. \x01(\x04\x12\x1d\n\x15\x62ootstrap_total_bytes\x18/ \x01(\x04\x12\x19\n\x11\x62ootstrap_percent\x18\x30 \x01(\x01\x12\x12\n\nbootstraps\x18\x31 \x01(\x04\x12\x11\n\twal_bytes\x18\x32 \x01(\x04\x12\x14\n\x0cwal_segments\x18\x33 \x01(\x04\x12\x1a\n\x12max_retained_bytes\x18\x34 \x01(\x04\x12\x1e\n\x16oldest_segment_held_by\x18\x35 \x01(\t\x12\x1c\n\x14oldest_segment_age_s\x18\x36 \x01(\x01\x12\x16\n\x0esnapshots_held\x18\x37 \x01(\x04\x12\x12\n\nlost_slots\x18\x38 \x01(\x04\".\n\rDigestRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\x0c\x12\r\n\x05split\x18\x02 \x01(\x08\"p\n\x0c\x44igestBucket\x12\x0e\n\x06prefix\x18\x01 \x01(\x0c\x12\x0c\n\x04keys\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x11\n\tfirst_key\x18\x04 \x01(\x0c\x12\x10\n\x08last_key\x18\x05 \x01(\x0c\x12\r\n\x05\x65xact\x18\x06 \x01(\x08\"j\n\x0e\x44igestResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04keys\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12(\n\x07\x62uckets\x18\x04 \x03(\x0b\x32\x17.kevo.repl.DigestBucket\"%\n\x0f\x44ropSlotRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\t\"*\n\x10\x44ropSlotResponse\x12\x16\n\x0e\x61\x63ked_sequence\x18\x01 \x01(\x04*8\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\x07\n\x03PUT\x10\x01\x12\n\n\x06\x44\x45LETE\x10\x02\x12\t\n\x05MERGE\x10\x03*-\n\x08\x41\x63kLevel\x12\x0f\n\x0b\x41\x43K_DURABLE\x10\x00\x12\x10\n\x0c\x41\x43K_RECEIVED\x10\x01*=\n\rTimeoutPolicy\x12\x14\n\x10ON_TIMEOUT_RAISE\x10\x00\x12\x16\n\x12ON_TIMEOUT_DEGRADE\x10\x01\x32\xfe\x02\n\x04Node\x12:\n\x05Write\x12\x17.kevo.repl.WriteRequest\x1a\x18.kevo.repl.WriteResponse\x12\x41\n\x0bWriteStream\x12\x15.kevo.repl.WriteBatch\x1a\x17.kevo.repl.WriteResults(\x01\x30\x01\x12\x34\n\x03Get\x12\x15.kevo.repl.GetRequest\x1a\x16.kevo.repl.GetResponse\x12=\n\x06Status\x12\x18.kevo.repl.StatusRequest\x1a\x19.kevo.repl.StatusResponse\x12=\n\x06\x44igest\x12\x18.kevo.repl.DigestRequest\x1a\x19.kevo.repl.DigestResponse\x12\x43\n\x08\x44ropSlot\x12\x1a.kevo.repl.DropSlotRequest\x1a\x1b.kevo.repl.DropSlotResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kevo_repl.proto.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OP']._serialized_start=1912
-  _globals['_OP']._serialized_end=1968
+  _globals['_OP']._serialized_start=2332
+  _globals['_OP']._serialized_end=2388
+  _globals['_ACKLEVEL']._serialized_start=2390
+  _globals['_ACKLEVEL']._serialized_end=2435
+  _globals['_TIMEOUTPOLICY']._serialized_start=2437
+  _globals['_TIMEOUTPOLICY']._serialized_end=2498
   _globals['_MUTATION']._serialized_start=41
   _globals['_MUTATION']._serialized_end=106
-  _globals['_WRITEREQUEST']._serialized_start=108
-  _globals['_WRITEREQUEST']._serialized_end=162
-  _globals['_WRITERESPONSE']._serialized_start=164
-  _globals['_WRITERESPONSE']._serialized_end=226
-  _globals['_GETREQUEST']._serialized_start=228
-  _globals['_GETREQUEST']._serialized_end=253
-  _globals['_GETRESPONSE']._serialized_start=255
-  _globals['_GETRESPONSE']._serialized_end=316
-  _globals['_STATUSREQUEST']._serialized_start=318
-  _globals['_STATUSREQUEST']._serialized_end=333
-  _globals['_REPLICASLOT']._serialized_start=336
-  _globals['_REPLICASLOT']._serialized_end=617
-  _globals['_STATUSRESPONSE']._serialized_start=620
-  _globals['_STATUSRESPONSE']._serialized_end=1557
-  _globals['_DIGESTREQUEST']._serialized_start=1559
-  _globals['_DIGESTREQUEST']._serialized_end=1605
-  _globals['_DIGESTBUCKET']._serialized_start=1607
-  _globals['_DIGESTBUCKET']._serialized_end=1719
-  _globals['_DIGESTRESPONSE']._serialized_start=1721
-  _globals['_DIGESTRESPONSE']._serialized_end=1827
-  _globals['_DROPSLOTREQUEST']._serialized_start=1829
-  _globals['_DROPSLOTREQUEST']._serialized_end=1866
-  _globals['_DROPSLOTRESPONSE']._serialized_start=1868
-  _globals['_DROPSLOTRESPONSE']._serialized_end=1910
-  _globals['_NODE']._serialized_start=1971
-  _globals['_NODE']._serialized_end=2286
+  _globals['_WRITEREQUEST']._serialized_start=109
+  _globals['_WRITEREQUEST']._serialized_end=302
+  _globals['_WRITEBATCH']._serialized_start=304
+  _globals['_WRITEBATCH']._serialized_end=357
+  _globals['_WRITERESULTS']._serialized_start=359
+  _globals['_WRITERESULTS']._serialized_end=416
+  _globals['_WRITERESPONSE']._serialized_start=419
+  _globals['_WRITERESPONSE']._serialized_end=572
+  _globals['_GETREQUEST']._serialized_start=574
+  _globals['_GETREQUEST']._serialized_end=599
+  _globals['_GETRESPONSE']._serialized_start=601
+  _globals['_GETRESPONSE']._serialized_end=662
+  _globals['_STATUSREQUEST']._serialized_start=664
+  _globals['_STATUSREQUEST']._serialized_end=679
+  _globals['_REPLICASLOT']._serialized_start=682
+  _globals['_REPLICASLOT']._serialized_end=963
+  _globals['_STATUSRESPONSE']._serialized_start=966
+  _globals['_STATUSRESPONSE']._serialized_end=1977
+  _globals['_DIGESTREQUEST']._serialized_start=1979
+  _globals['_DIGESTREQUEST']._serialized_end=2025
+  _globals['_DIGESTBUCKET']._serialized_start=2027
+  _globals['_DIGESTBUCKET']._serialized_end=2139
+  _globals['_DIGESTRESPONSE']._serialized_start=2141
+  _globals['_DIGESTRESPONSE']._serialized_end=2247
+  _globals['_DROPSLOTREQUEST']._serialized_start=2249
+  _globals['_DROPSLOTREQUEST']._serialized_end=2286
+  _globals['_DROPSLOTRESPONSE']._serialized_start=2288
+  _globals['_DROPSLOTRESPONSE']._serialized_end=2330
+  _globals['_NODE']._serialized_start=2501
+  _globals['_NODE']._serialized_end=2883
 # @@protoc_insertion_point(module_scope)

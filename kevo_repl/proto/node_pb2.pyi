@@ -13,10 +13,24 @@ class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PUT: _ClassVar[Op]
     DELETE: _ClassVar[Op]
     MERGE: _ClassVar[Op]
+
+class AckLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACK_DURABLE: _ClassVar[AckLevel]
+    ACK_RECEIVED: _ClassVar[AckLevel]
+
+class TimeoutPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ON_TIMEOUT_RAISE: _ClassVar[TimeoutPolicy]
+    ON_TIMEOUT_DEGRADE: _ClassVar[TimeoutPolicy]
 OP_UNSPECIFIED: Op
 PUT: Op
 DELETE: Op
 MERGE: Op
+ACK_DURABLE: AckLevel
+ACK_RECEIVED: AckLevel
+ON_TIMEOUT_RAISE: TimeoutPolicy
+ON_TIMEOUT_DEGRADE: TimeoutPolicy
 
 class Mutation(_message.Message):
     __slots__ = ("op", "key", "value")
@@ -29,18 +43,50 @@ class Mutation(_message.Message):
     def __init__(self, op: _Optional[_Union[Op, str]] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class WriteRequest(_message.Message):
-    __slots__ = ("mutations",)
+    __slots__ = ("mutations", "wait_for", "level", "timeout_s", "on_timeout", "request_id")
     MUTATIONS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FOR_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    ON_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     mutations: _containers.RepeatedCompositeFieldContainer[Mutation]
-    def __init__(self, mutations: _Optional[_Iterable[_Union[Mutation, _Mapping]]] = ...) -> None: ...
+    wait_for: int
+    level: AckLevel
+    timeout_s: float
+    on_timeout: TimeoutPolicy
+    request_id: int
+    def __init__(self, mutations: _Optional[_Iterable[_Union[Mutation, _Mapping]]] = ..., wait_for: _Optional[int] = ..., level: _Optional[_Union[AckLevel, str]] = ..., timeout_s: _Optional[float] = ..., on_timeout: _Optional[_Union[TimeoutPolicy, str]] = ..., request_id: _Optional[int] = ...) -> None: ...
+
+class WriteBatch(_message.Message):
+    __slots__ = ("writes",)
+    WRITES_FIELD_NUMBER: _ClassVar[int]
+    writes: _containers.RepeatedCompositeFieldContainer[WriteRequest]
+    def __init__(self, writes: _Optional[_Iterable[_Union[WriteRequest, _Mapping]]] = ...) -> None: ...
+
+class WriteResults(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[WriteResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[WriteResponse, _Mapping]]] = ...) -> None: ...
 
 class WriteResponse(_message.Message):
-    __slots__ = ("first_sequence", "last_sequence")
+    __slots__ = ("first_sequence", "last_sequence", "acked_by", "degraded", "request_id", "error_code", "error")
     FIRST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ACKED_BY_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     first_sequence: int
     last_sequence: int
-    def __init__(self, first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ...) -> None: ...
+    acked_by: _containers.RepeatedScalarFieldContainer[str]
+    degraded: bool
+    request_id: int
+    error_code: int
+    error: str
+    def __init__(self, first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ..., acked_by: _Optional[_Iterable[str]] = ..., degraded: _Optional[bool] = ..., request_id: _Optional[int] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("key",)
@@ -93,7 +139,7 @@ class ReplicaSlot(_message.Message):
     def __init__(self, replica_id: _Optional[str] = ..., acked_sequence: _Optional[int] = ..., connected: _Optional[bool] = ..., session_id: _Optional[str] = ..., peer: _Optional[str] = ..., last_ack_age_s: _Optional[float] = ..., lag_entries: _Optional[int] = ..., stalled: _Optional[bool] = ..., slot_state: _Optional[str] = ..., lag_bytes: _Optional[int] = ..., holds_oldest_segment: _Optional[bool] = ..., inactive_s: _Optional[float] = ..., lost_age_s: _Optional[float] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("role", "state", "last_applied", "head_sequence", "first_sequence", "history_id", "applier", "applied_entries", "replicas", "primary", "replica_id", "last_error", "reconnects", "corrupt_entries", "gaps", "duplicates_skipped", "lag_entries", "lag_seconds", "stalled", "connected", "last_message_age_s", "backoff_history_s", "bootstrap_state", "bootstrap_snapshot_id", "bootstrap_sequence", "bootstrap_chunks", "bootstrap_keys", "bootstrap_bytes", "bootstrap_total_keys", "bootstrap_total_bytes", "bootstrap_percent", "bootstraps", "wal_bytes", "wal_segments", "max_retained_bytes", "oldest_segment_held_by", "oldest_segment_age_s", "snapshots_held", "lost_slots")
+    __slots__ = ("role", "state", "last_applied", "head_sequence", "first_sequence", "history_id", "applier", "applied_entries", "replicas", "primary", "replica_id", "last_error", "reconnects", "corrupt_entries", "gaps", "duplicates_skipped", "lag_entries", "lag_seconds", "stalled", "connected", "last_message_age_s", "backoff_history_s", "semisync_degraded", "received_sequence", "apply_rate", "bootstrap_state", "bootstrap_snapshot_id", "bootstrap_sequence", "bootstrap_chunks", "bootstrap_keys", "bootstrap_bytes", "bootstrap_total_keys", "bootstrap_total_bytes", "bootstrap_percent", "bootstraps", "wal_bytes", "wal_segments", "max_retained_bytes", "oldest_segment_held_by", "oldest_segment_age_s", "snapshots_held", "lost_slots")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LAST_APPLIED_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +162,9 @@ class StatusResponse(_message.Message):
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     LAST_MESSAGE_AGE_S_FIELD_NUMBER: _ClassVar[int]
     BACKOFF_HISTORY_S_FIELD_NUMBER: _ClassVar[int]
+    SEMISYNC_DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    APPLY_RATE_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_STATE_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +204,9 @@ class StatusResponse(_message.Message):
     connected: bool
     last_message_age_s: float
     backoff_history_s: _containers.RepeatedScalarFieldContainer[float]
+    semisync_degraded: int
+    received_sequence: int
+    apply_rate: float
     bootstrap_state: str
     bootstrap_snapshot_id: str
     bootstrap_sequence: int
@@ -172,7 +224,7 @@ class StatusResponse(_message.Message):
     oldest_segment_age_s: float
     snapshots_held: int
     lost_slots: int
-    def __init__(self, role: _Optional[str] = ..., state: _Optional[str] = ..., last_applied: _Optional[int] = ..., head_sequence: _Optional[int] = ..., first_sequence: _Optional[int] = ..., history_id: _Optional[str] = ..., applier: _Optional[str] = ..., applied_entries: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaSlot, _Mapping]]] = ..., primary: _Optional[str] = ..., replica_id: _Optional[str] = ..., last_error: _Optional[str] = ..., reconnects: _Optional[int] = ..., corrupt_entries: _Optional[int] = ..., gaps: _Optional[int] = ..., duplicates_skipped: _Optional[int] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., stalled: _Optional[bool] = ..., connected: _Optional[bool] = ..., last_message_age_s: _Optional[float] = ..., backoff_history_s: _Optional[_Iterable[float]] = ..., bootstrap_state: _Optional[str] = ..., bootstrap_snapshot_id: _Optional[str] = ..., bootstrap_sequence: _Optional[int] = ..., bootstrap_chunks: _Optional[int] = ..., bootstrap_keys: _Optional[int] = ..., bootstrap_bytes: _Optional[int] = ..., bootstrap_total_keys: _Optional[int] = ..., bootstrap_total_bytes: _Optional[int] = ..., bootstrap_percent: _Optional[float] = ..., bootstraps: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., wal_segments: _Optional[int] = ..., max_retained_bytes: _Optional[int] = ..., oldest_segment_held_by: _Optional[str] = ..., oldest_segment_age_s: _Optional[float] = ..., snapshots_held: _Optional[int] = ..., lost_slots: _Optional[int] = ...) -> None: ...
+    def __init__(self, role: _Optional[str] = ..., state: _Optional[str] = ..., last_applied: _Optional[int] = ..., head_sequence: _Optional[int] = ..., first_sequence: _Optional[int] = ..., history_id: _Optional[str] = ..., applier: _Optional[str] = ..., applied_entries: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaSlot, _Mapping]]] = ..., primary: _Optional[str] = ..., replica_id: _Optional[str] = ..., last_error: _Optional[str] = ..., reconnects: _Optional[int] = ..., corrupt_entries: _Optional[int] = ..., gaps: _Optional[int] = ..., duplicates_skipped: _Optional[int] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., stalled: _Optional[bool] = ..., connected: _Optional[bool] = ..., last_message_age_s: _Optional[float] = ..., backoff_history_s: _Optional[_Iterable[float]] = ..., semisync_degraded: _Optional[int] = ..., received_sequence: _Optional[int] = ..., apply_rate: _Optional[float] = ..., bootstrap_state: _Optional[str] = ..., bootstrap_snapshot_id: _Optional[str] = ..., bootstrap_sequence: _Optional[int] = ..., bootstrap_chunks: _Optional[int] = ..., bootstrap_keys: _Optional[int] = ..., bootstrap_bytes: _Optional[int] = ..., bootstrap_total_keys: _Optional[int] = ..., bootstrap_total_bytes: _Optional[int] = ..., bootstrap_percent: _Optional[float] = ..., bootstraps: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., wal_segments: _Optional[int] = ..., max_retained_bytes: _Optional[int] = ..., oldest_segment_held_by: _Optional[str] = ..., oldest_segment_age_s: _Optional[float] = ..., snapshots_held: _Optional[int] = ..., lost_slots: _Optional[int] = ...) -> None: ...
 
 class DigestRequest(_message.Message):
     __slots__ = ("prefix", "split")

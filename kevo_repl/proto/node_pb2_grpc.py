@@ -39,6 +39,11 @@ class NodeStub:
                 request_serializer=kevo__repl_dot_proto_dot_node__pb2.WriteRequest.SerializeToString,
                 response_deserializer=kevo__repl_dot_proto_dot_node__pb2.WriteResponse.FromString,
                 _registered_method=True)
+        self.WriteStream = channel.stream_stream(
+                '/kevo.repl.Node/WriteStream',
+                request_serializer=kevo__repl_dot_proto_dot_node__pb2.WriteBatch.SerializeToString,
+                response_deserializer=kevo__repl_dot_proto_dot_node__pb2.WriteResults.FromString,
+                _registered_method=True)
         self.Get = channel.unary_unary(
                 '/kevo.repl.Node/Get',
                 request_serializer=kevo__repl_dot_proto_dot_node__pb2.GetRequest.SerializeToString,
@@ -67,6 +72,16 @@ class NodeServicer:
     def Write(self, request, context):
         """Writes are accepted by a primary only; a replica answers FAILED_PRECONDITION naming its
         primary. A write returns once it is durable in the primary's WAL and applied locally.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteStream(self, request_iterator, context):
+        """Many independent writes over one stream, answered in completion order (match them by
+        request_id); a failed write is answered with error_code/error instead of ending the
+        stream. Each message carries every write queued at the client at that moment, and each
+        answer every write completed, so many concurrent writers cost few messages.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,6 +121,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Write,
                     request_deserializer=kevo__repl_dot_proto_dot_node__pb2.WriteRequest.FromString,
                     response_serializer=kevo__repl_dot_proto_dot_node__pb2.WriteResponse.SerializeToString,
+            ),
+            'WriteStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.WriteStream,
+                    request_deserializer=kevo__repl_dot_proto_dot_node__pb2.WriteBatch.FromString,
+                    response_serializer=kevo__repl_dot_proto_dot_node__pb2.WriteResults.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
@@ -155,6 +175,33 @@ class Node:
             '/kevo.repl.Node/Write',
             kevo__repl_dot_proto_dot_node__pb2.WriteRequest.SerializeToString,
             kevo__repl_dot_proto_dot_node__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/kevo.repl.Node/WriteStream',
+            kevo__repl_dot_proto_dot_node__pb2.WriteBatch.SerializeToString,
+            kevo__repl_dot_proto_dot_node__pb2.WriteResults.FromString,
             options,
             channel_credentials,
             insecure,

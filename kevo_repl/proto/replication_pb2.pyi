@@ -28,7 +28,7 @@ ZSTD: CompressionCodec
 SNAPPY: CompressionCodec
 
 class WALStreamRequest(_message.Message):
-    __slots__ = ("start_sequence", "protocol_version", "compression_supported", "preferred_codec", "listener_address", "replica_id", "history_id")
+    __slots__ = ("start_sequence", "protocol_version", "compression_supported", "preferred_codec", "listener_address", "replica_id", "history_id", "block_compression", "chain")
     START_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_SUPPORTED_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,8 @@ class WALStreamRequest(_message.Message):
     LISTENER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     HISTORY_ID_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
     start_sequence: int
     protocol_version: int
     compression_supported: bool
@@ -43,23 +45,31 @@ class WALStreamRequest(_message.Message):
     listener_address: str
     replica_id: str
     history_id: str
-    def __init__(self, start_sequence: _Optional[int] = ..., protocol_version: _Optional[int] = ..., compression_supported: _Optional[bool] = ..., preferred_codec: _Optional[_Union[CompressionCodec, str]] = ..., listener_address: _Optional[str] = ..., replica_id: _Optional[str] = ..., history_id: _Optional[str] = ...) -> None: ...
+    block_compression: bool
+    chain: int
+    def __init__(self, start_sequence: _Optional[int] = ..., protocol_version: _Optional[int] = ..., compression_supported: _Optional[bool] = ..., preferred_codec: _Optional[_Union[CompressionCodec, str]] = ..., listener_address: _Optional[str] = ..., replica_id: _Optional[str] = ..., history_id: _Optional[str] = ..., block_compression: _Optional[bool] = ..., chain: _Optional[int] = ...) -> None: ...
 
 class WALStreamResponse(_message.Message):
-    __slots__ = ("entries", "compressed", "codec", "head_sequence", "primary_time_ns", "history_id")
+    __slots__ = ("entries", "compressed", "codec", "head_sequence", "primary_time_ns", "history_id", "compressed_entries", "partial_batch", "chain")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     COMPRESSED_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     HEAD_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_TIME_NS_FIELD_NUMBER: _ClassVar[int]
     HISTORY_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_BATCH_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[WALEntry]
     compressed: bool
     codec: CompressionCodec
     head_sequence: int
     primary_time_ns: int
     history_id: str
-    def __init__(self, entries: _Optional[_Iterable[_Union[WALEntry, _Mapping]]] = ..., compressed: _Optional[bool] = ..., codec: _Optional[_Union[CompressionCodec, str]] = ..., head_sequence: _Optional[int] = ..., primary_time_ns: _Optional[int] = ..., history_id: _Optional[str] = ...) -> None: ...
+    compressed_entries: bytes
+    partial_batch: bool
+    chain: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[WALEntry, _Mapping]]] = ..., compressed: _Optional[bool] = ..., codec: _Optional[_Union[CompressionCodec, str]] = ..., head_sequence: _Optional[int] = ..., primary_time_ns: _Optional[int] = ..., history_id: _Optional[str] = ..., compressed_entries: _Optional[bytes] = ..., partial_batch: _Optional[bool] = ..., chain: _Optional[int] = ...) -> None: ...
 
 class WALEntry(_message.Message):
     __slots__ = ("sequence_number", "payload", "fragment_type", "checksum")
@@ -74,10 +84,12 @@ class WALEntry(_message.Message):
     def __init__(self, sequence_number: _Optional[int] = ..., payload: _Optional[bytes] = ..., fragment_type: _Optional[_Union[FragmentType, str]] = ..., checksum: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("acknowledged_up_to",)
+    __slots__ = ("acknowledged_up_to", "received_up_to")
     ACKNOWLEDGED_UP_TO_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_UP_TO_FIELD_NUMBER: _ClassVar[int]
     acknowledged_up_to: int
-    def __init__(self, acknowledged_up_to: _Optional[int] = ...) -> None: ...
+    received_up_to: int
+    def __init__(self, acknowledged_up_to: _Optional[int] = ..., received_up_to: _Optional[int] = ...) -> None: ...
 
 class AckResponse(_message.Message):
     __slots__ = ("success", "message")

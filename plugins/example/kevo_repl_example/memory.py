@@ -68,7 +68,7 @@ class MemoryApplier:
             self._check_open()
             return self._position
 
-    def apply(self, entries: Sequence[Entry], history_id: str) -> Position:
+    def apply(self, entries: Sequence[Entry], history_id: str, chain: int = 0) -> Position:
         with self._lock:
             self._check_open()
             if not entries:
@@ -101,7 +101,7 @@ class MemoryApplier:
                 else:
                     self._data[key] = value
             self._position = Position(
-                entries[-1].seq, history_id, current.applied_entries + len(entries)
+                entries[-1].seq, history_id, current.applied_entries + len(entries), chain
             )
             return self._position
 

@@ -37,6 +37,7 @@ _DATA_END = bytes([DATA_PREFIX[0] + 1])
 _META_POSITION = META_PREFIX + b"position"
 _META_HISTORY = META_PREFIX + b"history_id"
 _META_APPLIED = META_PREFIX + b"applied_entries"
+_META_CHAIN = META_PREFIX + b"chain"
 _U64 = struct.Struct("<Q")
 
 #: LevelDB itself takes keys of any length, but a primary only accepts keys its own store
@@ -78,12 +79,13 @@ def _read_position(get: Callable[[bytes], bytes | None]) -> Position:
     """The position as `get` (a database's or a snapshot's) sees it."""
     sequence = _u64(get(_META_POSITION), "position")
     applied = _u64(get(_META_APPLIED), "applied_entries")
+    chain = _u64(get(_META_CHAIN), "chain")
     raw_history = get(_META_HISTORY)
     try:
         history = raw_history.decode("utf-8") if raw_history is not None else ""
     except UnicodeDecodeError as exc:
         raise StoreError(f"LevelDB meta key 'history_id' is not UTF-8: {exc}") from exc
-    return Position(sequence, history, applied)
+    return Position(sequence, history, applied, chain)
 
 
 def _check_sequences(entries: Sequence[Entry], current: int) -> None:
@@ -238,7 +240,7 @@ class LevelDBApplier:
         self._require_open()
         return self._position
 
-    def apply(self, entries: Sequence[Entry], history_id: str) -> Position:
+    def apply(self, entries: Sequence[Entry], history_id: str, chain: int = 0) -> Position:
         if not entries:
             return self.position()
         db = self._acquire()
@@ -254,6 +256,7 @@ class LevelDBApplier:
                 batch.put(_META_POSITION, _U64.pack(last))
                 batch.put(_META_HISTORY, history_id.encode("utf-8"))
                 batch.put(_META_APPLIED, _U64.pack(applied))
+                batch.put(_META_CHAIN, _U64.pack(chain))
                 try:
                     batch.write()
                 except plyvel.Error as exc:
@@ -262,7 +265,7 @@ class LevelDBApplier:
                         f"{type(exc).__name__}: {exc}; nothing was applied; the position stays "
                         f"at {current.sequence}"
                     ) from exc
-                self._position = Position(last, history_id, applied)
+                self._position = Position(last, history_id, applied, chain)
                 return self._position
         finally:
             self._release()
@@ -370,6 +373,7 @@ class LevelDBApplier:
                 batch.put(_META_POSITION, _U64.pack(position.sequence))
                 batch.put(_META_HISTORY, position.history_id.encode("utf-8"))
                 batch.put(_META_APPLIED, _U64.pack(position.applied_entries))
+                batch.put(_META_CHAIN, _U64.pack(position.chain))
                 try:
                     batch.write()
                 except plyvel.Error as exc:

@@ -31,6 +31,7 @@ _META_DB = b"meta"
 _META_POSITION = b"position"
 _META_HISTORY = b"history_id"
 _META_APPLIED = b"applied_entries"
+_META_CHAIN = b"chain"
 _U64 = struct.Struct("<Q")
 #: The files LMDB keeps in an environment directory; anything else means another store made it.
 _LMDB_FILE_NAMES = frozenset({"data.mdb", "lock.mdb"})
@@ -57,12 +58,13 @@ def _u64(raw: bytes | None, name: str) -> int:
 def _read_position(txn: lmdb.Transaction[bytes], meta: lmdb._Database) -> Position:
     sequence = _u64(txn.get(_META_POSITION, db=meta), "position")
     applied = _u64(txn.get(_META_APPLIED, db=meta), "applied_entries")
+    chain = _u64(txn.get(_META_CHAIN, db=meta), "chain")
     raw_history = txn.get(_META_HISTORY, db=meta)
     try:
         history = raw_history.decode("utf-8") if raw_history is not None else ""
     except UnicodeDecodeError as exc:
         raise StoreError(f"LMDB meta key 'history_id' is not UTF-8: {exc}") from exc
-    return Position(sequence, history, applied)
+    return Position(sequence, history, applied, chain)
 
 
 def _check_sequences(entries: Sequence[Entry], current: int) -> None:
@@ -204,7 +206,7 @@ class LMDBApplier:
                 f"cannot read the position of the LMDB store at {self.path}: {exc}"
             ) from exc
 
-    def apply(self, entries: Sequence[Entry], history_id: str) -> Position:
+    def apply(self, entries: Sequence[Entry], history_id: str, chain: int = 0) -> Position:
         if not entries:
             return self.position()
         env = self._require_env()
@@ -224,9 +226,10 @@ class LMDBApplier:
                 txn.put(_META_POSITION, _U64.pack(last), db=meta)
                 txn.put(_META_HISTORY, history_id.encode("utf-8"), db=meta)
                 txn.put(_META_APPLIED, _U64.pack(applied), db=meta)
+                txn.put(_META_CHAIN, _U64.pack(chain), db=meta)
         except lmdb.Error as exc:
             raise StoreError(self._describe_failure(entries, current, exc)) from exc
-        return Position(last, history_id, applied)
+        return Position(last, history_id, applied, chain)
 
     def _write_data(self, txn: lmdb.Transaction[bytes], entries: Sequence[Entry]) -> None:
         data = self._data
@@ -374,6 +377,7 @@ class LMDBApplier:
                 txn.put(_META_POSITION, _U64.pack(position.sequence), db=meta)
                 txn.put(_META_HISTORY, position.history_id.encode("utf-8"), db=meta)
                 txn.put(_META_APPLIED, _U64.pack(position.applied_entries), db=meta)
+                txn.put(_META_CHAIN, _U64.pack(position.chain), db=meta)
         except lmdb.Error as exc:
             raise StoreError(
                 f"LMDB applier could not set the position at {self.path}: {exc}"
