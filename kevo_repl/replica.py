@@ -112,6 +112,7 @@ class Replica:
         # snapshot install: then the primary's value is adopted), and after each queued batch
         self._recv_chain = self.position.chain
         self._chain_after: dict[int, int] = {}
+        self._batch_payloads: list[bytes] = []  # payloads of the entries _verify last accepted
         apply_params = inspect.signature(self.store.apply).parameters
         self._store_keeps_chain = "chain" in apply_params or any(
             p.kind is p.VAR_KEYWORD for p in apply_params.values()
@@ -358,12 +359,11 @@ class Replica:
         """The hash chain after `batch`, checked against the primary's where the response
         carries it: a mismatch means this replica's log and the primary's differ."""
         entries = plain.entries
-        offset = batch[0].seq - entries[0].sequence_number
+        payloads = self._batch_payloads  # what _verify accepted, in order
+        assert len(payloads) == len(batch)
         value = self._recv_chain
         if value:
-            value = chain_mod.over(
-                value, [e.payload for e in entries[offset:offset + len(batch)]]
-            )
+            value = chain_mod.over(value, payloads)
         if plain.HasField("chain") and batch[-1].seq == entries[-1].sequence_number:
             if value and value != plain.chain:
                 raise ReplicationError(
@@ -418,10 +418,13 @@ class Replica:
         out = decode_batch(payloads, seqs)
         if out is not None:
             self.stats.duplicates_skipped += skip
+            self._batch_payloads = payloads  # for the hash chain, without another pass
         return out
 
     def _verify_each(self, entries: Any, expected: int) -> tuple[list[Entry], str | None]:
         out: list[Entry] = []
+        payloads: list[bytes] = []
+        self._batch_payloads = payloads
         for e in entries:
             seq = e.sequence_number
             if seq < expected:
@@ -441,6 +444,7 @@ class Replica:
                 self._count_corrupt(seq)
                 return out, f"corrupt entry: {exc}"
             out.append(entry)
+            payloads.append(payload)
             expected += 1
         return out, None
 

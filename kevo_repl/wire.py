@@ -159,7 +159,13 @@ class Unpacker:
             not resp.compressed_entries and not resp.compressed and not resp.partial_batch
             and not self.holding
         )
-        if simple and all(e.fragment_type == rpb.FULL for e in resp.entries):
+        # fragments stand at a response's ends (the primary sends each in its own response);
+        # the replica's verification still checks every entry's type
+        entries = resp.entries
+        if simple and (
+            not entries
+            or (entries[0].fragment_type == rpb.FULL and entries[-1].fragment_type == rpb.FULL)
+        ):
             return resp
         entries = self._plain_entries(resp)
         for e in entries:
