@@ -161,7 +161,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(st, sort_keys=True))
         return 0
     replicas = st.pop("replicas", [])
-    _print_table([(k, v) for k, v in st.items() if v not in ("", None)])
+    # the table shows what this role has: counters at zero and the other role's fields are
+    # left out (--json has everything)
+    always = {"role", "state", "last_applied", "head_sequence", "applied_entries"}
+    if st.get("role") == "replica":
+        always |= {"lag_entries", "lag_seconds", "stalled", "connected", "received_sequence"}
+    _print_table([
+        (k, round(v, 3) if isinstance(v, float) else v)
+        for k, v in st.items()
+        if k in always or v not in ("", None, 0, 0.0, False, [])
+    ])
     if replicas:
         print()
         _print_slots(replicas)

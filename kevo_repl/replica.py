@@ -303,6 +303,7 @@ class Replica:
             self.replica_id, self.cfg.replica.primary, start, self._session_id,
         )
         self._connected = True
+        self.stats.last_error = ""  # connected again: an earlier failure is history
         self._last_message_at = self._last_progress_at = time.monotonic()
         self._move(State.STREAMING_ENTRIES, f"connected, streaming from {start}")
         self.bootstrap.stream_started()  # after an install: ack the new position at once
