@@ -172,3 +172,27 @@ async def test_nack_rewinds_the_session(primary: Node) -> None:
         call.cancel()
         assert seqs == list(range(1, 31))
         assert again == list(range(11, 31))
+
+
+async def test_nack_for_a_pruned_sequence_is_out_of_range(primary: Node) -> None:
+    await _write(primary, 2000)
+    assert primary.primary is not None
+    wal = primary.primary.wal
+    wal.prune_before(1500)
+    async with grpc.aio.insecure_channel(primary.address, options=channel_options()) as ch:
+        stream, _, nack = _stubs(ch)
+        call = stream(rpb.WALStreamRequest(start_sequence=wal.first_sequence))
+        sid = dict(await call.initial_metadata())["session-id"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await nack(rpb.Nack(missing_from_sequence=1), metadata=(("session-id", sid),))
+        assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await nack(rpb.Nack(missing_from_sequence=10**9), metadata=(("session-id", sid),))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # the stream is still served
+        async with asyncio.timeout(10):
+            async for resp in call:
+                if resp.entries:
+                    assert resp.entries[0].sequence_number == wal.first_sequence
+                    break
+        call.cancel()
