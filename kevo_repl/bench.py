@@ -462,8 +462,12 @@ async def _stream_cell(address: str, writers: int, batch: int, seconds: float) -
         started = time.perf_counter()
         await asyncio.gather(*(writer(m) for m in muts))
         spent = time.perf_counter() - started
+    return _cell("stream", writers, batch, writes, spent)
+
+
+def _cell(api: str, writers: int, batch: int, writes: int, spent: float) -> dict[str, Any]:
     return {
-        "api": "stream",
+        "api": api,
         "writers": writers,
         "batch": batch,
         "writes": writes,
@@ -493,14 +497,7 @@ async def _write_cell(address: str, writers: int, batch: int, seconds: float) ->
         started = time.perf_counter()
         await asyncio.gather(*(writer(r) for r in requests))
         spent = time.perf_counter() - started
-    return {
-        "api": "unary",
-        "writers": writers,
-        "batch": batch,
-        "writes": writes,
-        "writes_per_s": round(writes / spent, 1),
-        "entries_per_s": round(writes * batch / spent, 1),
-    }
+    return _cell("unary", writers, batch, writes, spent)
 
 
 def run_write(opts: BenchOptions) -> dict[str, Any]:

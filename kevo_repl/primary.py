@@ -410,19 +410,18 @@ class Primary:
             self.head >= pos or session.rewind is not None or session.superseded_by is not None
         )
 
-    def _session_of(self, context: grpc.aio.ServicerContext) -> Session | None:
+    async def _session_of(self, context: grpc.aio.ServicerContext) -> Session:
+        """The live session named by the call's session-id metadata; NOT_FOUND otherwise."""
         for key, value in context.invocation_metadata() or ():
-            if key == SESSION_HEADER:
-                return self.sessions.get(str(value))
-        return None
+            if key == SESSION_HEADER and str(value) in self.sessions:
+                return self.sessions[str(value)]
+        await context.abort(grpc.StatusCode.NOT_FOUND, "unknown or missing session-id")
+        raise AssertionError("unreachable")
 
     async def acknowledge(
         self, request: rpb.Ack, context: grpc.aio.ServicerContext
     ) -> rpb.AckResponse:
-        session = self._session_of(context)
-        if session is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "unknown or missing session-id")
-            raise AssertionError("unreachable")
+        session = await self._session_of(context)
         seq = request.acknowledged_up_to
         if seq > self.head:
             await context.abort(
@@ -473,10 +472,7 @@ class Primary:
     async def negative_acknowledge(
         self, request: rpb.Nack, context: grpc.aio.ServicerContext
     ) -> rpb.NackResponse:
-        session = self._session_of(context)
-        if session is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "unknown or missing session-id")
-            raise AssertionError("unreachable")
+        session = await self._session_of(context)
         seq = request.missing_from_sequence
         if seq < self.wal.first_sequence:
             await context.abort(
