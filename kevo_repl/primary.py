@@ -113,6 +113,8 @@ class Primary:
         self._advanced: asyncio.Condition | None = None
         self._acks_changed: asyncio.Condition | None = None
         self._ack_waiters = 0
+        #: writes that will wait for "received" acks: replicas are asked to ack on receipt
+        self.received_waiters = 0
         self.semisync_degraded = 0
         self._replay_store()
         # WAL retention for the slots, within the caps, and snapshots for bootstrapping replicas
@@ -323,6 +325,8 @@ class Primary:
     def trailer(self, *, first: bool = False) -> bytes:
         """Fields appended to a response: protobuf merges concatenated messages."""
         msg = rpb.WALStreamResponse(head_sequence=self.head, primary_time_ns=time.time_ns())
+        if self.received_waiters:
+            msg.want_received_acks = True
         if first:
             msg.history_id = self.history_id
         return bytes(msg.SerializeToString())

@@ -340,7 +340,8 @@ class Replica:
                 await self._queue.put(batch)
                 self._received = batch[-1].seq
                 self._recv_chain = chain_after
-                self._durable_changed.set()  # "received" acks serve semi-sync writers
+                if resp.want_received_acks:  # a semi-sync writer waits for receipt
+                    self._durable_changed.set()
             expected = self._received + 1
             if problem is not None and (
                 # a corrupt entry is asked for every time (bounded by max_corrupt_retries);

@@ -92,17 +92,23 @@ class NodeService:
                 f"{self.cfg.replica.primary}",
             )
         mutations = [(int(m.op), bytes(m.key), bytes(m.value)) for m in request.mutations]
+        # before the write is queued, so that the response carrying it asks for receipt acks
+        received = bool(request.wait_for) and request.level == npb.ACK_RECEIVED
+        self.primary.received_waiters += received
         try:
-            first, last = await self.primary.write(mutations)
-        except WriteRejected as exc:
-            raise _WriteFailed(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-        except PrimaryUnavailable as exc:
-            raise _WriteFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
-        resp = npb.WriteResponse(first_sequence=first, last_sequence=last,
-                                 request_id=request.request_id)
-        if request.wait_for:
-            await self._wait_for_replicas(request, resp)
-        return resp
+            try:
+                first, last = await self.primary.write(mutations)
+            except WriteRejected as exc:
+                raise _WriteFailed(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+            except PrimaryUnavailable as exc:
+                raise _WriteFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
+            resp = npb.WriteResponse(first_sequence=first, last_sequence=last,
+                                     request_id=request.request_id)
+            if request.wait_for:
+                await self._wait_for_replicas(request, resp)
+            return resp
+        finally:
+            self.primary.received_waiters -= received
 
     async def _wait_for_replicas(self, request: npb.WriteRequest, resp: npb.WriteResponse) -> None:
         assert self.primary is not None
