@@ -47,7 +47,7 @@ from .chaos_schedule import (
     dump_schedule,
     generate_schedule,
 )
-from .client import Client
+from .client import Client, SemiSync
 from .codec import Op
 from .faultproxy import FaultProxy
 from .launcher import NodeProcess
@@ -69,8 +69,18 @@ stall_after_s = 2.0
 [server]
 keepalive_s = 2.0
 keepalive_timeout_s = 2.0
+"""
+_WAL_TOML = """\
 [wal]
 segment_bytes = 4194304
+"""
+#: with the retention fault: small segments and a small cap, so a replica that is down for a
+#: few seconds while writes go on loses its place in the WAL and must bootstrap
+_RETENTION_TOML = """\
+[wal]
+segment_bytes = 262144
+[retention]
+max_retained_bytes = 1048576
 """
 _REPLICA_TOML = """\
 [replica]
@@ -110,6 +120,9 @@ class ChaosOptions:
     sample_interval: float = 0.25
     #: seconds a broken-* applier waits between committing its position and its data
     broken_window_s: float = 0.05
+    #: every n-th write of writers 1, 2, ... is semi-synchronous (one replica, durable,
+    #: 2 s; alternately degrading and failing on timeout); 0: none
+    semisync_every: int = 3
     #: keep the run directory even when the run passes
     keep: bool = False
 
@@ -142,6 +155,10 @@ class ChaosReport:
     entries_returned: int = 0
     writes_failed: int = 0
     last_sequence: int = 0
+    #: semi-synchronous writes: returned acked by a replica, returned degraded, failed
+    semisync: dict[str, int] = field(default_factory=dict)
+    #: snapshot installs (bootstraps) per replica
+    bootstraps: dict[str, int] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
     corrupted_chunks: int = 0
     convergence_s: dict[str, float | None] = field(default_factory=dict)
@@ -187,11 +204,6 @@ class ChaosRun:
     def __init__(self, opts: ChaosOptions) -> None:
         if opts.duration <= 0 or opts.writers < 1 or opts.rate < 1:
             raise ValueError("duration, writers and rate must be positive")
-        if "retention" in opts.kinds:
-            raise ValueError(
-                "the retention fault is defined but disabled: it needs the primary's "
-                "retention caps and snapshot bootstrap, which are not in this tree yet"
-            )
         self.opts = opts
         self.schedule = generate_schedule(opts.seed, opts.duration, opts.kinds, opts.targets)
         # loaded now, so that the stores are read at the end with the code the run started
@@ -221,6 +233,12 @@ class ChaosRun:
         self._threads: list[threading.Thread] = []
         self._primary_address = ""
         self._corrupt_base: dict[int, int] = {}
+        #: semi-sync writes a replica acknowledged as durable: (last sequence, when) per
+        #: replica, until a status sample shows its position at or past them
+        self._claims: dict[str, list[tuple[int, float]]] = {r: [] for r in REPLICAS}
+        self.semisync: Counter[str] = Counter()
+        #: highest `bootstraps` each replica process reported, by (node, pid)
+        self._bootstraps: dict[tuple[str, int], int] = {}
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -252,7 +270,9 @@ class ChaosRun:
     def start_cluster(self) -> None:
         opts = self.opts
         pconf = self.run_dir / "primary.toml"
-        pconf.write_text(_PRIMARY_TOML)
+        pconf.write_text(
+            _PRIMARY_TOML + (_RETENTION_TOML if "retention" in opts.kinds else _WAL_TOML)
+        )
         rconf = self.run_dir / "replica.toml"
         rconf.write_text(_REPLICA_TOML)
         env = self._env()
@@ -282,21 +302,29 @@ class ChaosRun:
         per_writer = opts.rate / opts.writers
         client: Client | None = None
         backoff = 0.05
+        calls = 0
         try:
             while not self._stop_writers.is_set():
                 count = rng.randint(*opts.batch)
                 n0 = self.writes.reserve(idx, count)
                 keys = [key_of(idx, n) for n in range(n0, n0 + count)]
                 muts = [(int(Op.PUT), k, value_of(k)) for k in keys]
+                calls += 1
+                sync = None
+                if idx > 0 and opts.semisync_every and calls % opts.semisync_every == 0:
+                    sync = SemiSync(1, durable=True, timeout_s=2.0, degrade=calls % 2 == 0)
                 try:
                     if client is None:
                         client = Client(self._primary_address, timeout=_CALL_TIMEOUT_S)
-                    first, last = client.write(muts)
+                    resp = client.write_full(muts, sync)
+                    first, last = resp.first_sequence, resp.last_sequence
                 except Exception as exc:
                     # primary down, frozen or refusing writes: nothing is recorded for this
                     # call; a fresh channel after a backoff (gRPC's own reconnect backoff
                     # grows far beyond our faults)
                     self.writes.add_failure(count)
+                    if sync is not None:
+                        self.semisync["failed"] += 1
                     log.debug("writer %d: write failed: %s", idx, exc)
                     if client is not None:
                         client.close()
@@ -308,10 +336,39 @@ class ChaosRun:
                 write = ReturnedWrite(idx, n0, count, first, last, round(self.now(), 3))
                 self.writes.add(write)
                 self.checker.check_written(write)
+                if sync is not None:
+                    self._semisync_returned(write, list(resp.acked_by), resp.degraded)
                 self._stop_writers.wait(rng.uniform(0.5, 1.5) * count / per_writer)
         finally:
             if client is not None:
                 client.close()
+
+    def _semisync_returned(self, write: ReturnedWrite, acked_by: list[str], degraded: bool) -> None:
+        """A semi-synchronous write returned: unless degraded, a replica acknowledged it as
+        durable, so that replica's position must be at or past it from now on."""
+        if degraded:
+            self.semisync["degraded"] += 1
+            return
+        self.semisync["acked"] += 1
+        if not acked_by:
+            self.checker.violate("durability", f"semi-sync {write.describe()} returned, not "
+                                 "degraded, but acknowledged by no replica")
+        now = time.monotonic()
+        with self._lock:
+            for rid in acked_by:
+                if rid in self._claims:
+                    self._claims[rid].append((write.last, now))
+
+    def _check_claims(self, node: str, asked_at: float, last_applied: int) -> None:
+        with self._lock:
+            claims = self._claims.get(node, [])
+            due = [c for c in claims if c[1] <= asked_at]
+            self._claims[node] = [c for c in claims if c[1] > asked_at]
+        broken = [seq for seq, _ in due if seq > last_applied]
+        if broken:
+            self.checker.violate("durability", f"{node} acknowledged semi-sync writes up to "
+                                 f"{max(broken)} as durable, but its position is "
+                                 f"{last_applied}")
 
     # -- sampling ------------------------------------------------------------------------------
 
@@ -339,6 +396,7 @@ class ChaosRun:
             self.checker.observe_rss(node.name, rss)
         if state != "up":
             return
+        asked_at = time.monotonic()
         try:
             with Client(node.proc.address, timeout=_STATUS_TIMEOUT_S) as c:
                 st = c.status()
@@ -348,6 +406,11 @@ class ChaosRun:
             self.checker.observe_position("primary", "head_sequence", st["head_sequence"])
         else:
             self.checker.observe_position(node.name, "last_applied", st["last_applied"])
+            self._check_claims(node.name, asked_at, st["last_applied"])
+            if st.get("bootstraps"):
+                key = (node.name, proc.pid)
+                with self._lock:
+                    self._bootstraps[key] = max(self._bootstraps.get(key, 0), st["bootstraps"])
 
     # -- faults --------------------------------------------------------------------------------
 
@@ -375,7 +438,7 @@ class ChaosRun:
     def _start_fault(self, f: Fault) -> None:
         node = self.nodes[f.target]
         self.event(f.id, "start", f.describe())
-        if f.kind == "kill":
+        if f.kind in ("kill", "retention"):
             with self._lock:
                 node.state = "down"
             node.proc.kill()
@@ -414,6 +477,9 @@ class ChaosRun:
         note = ""
         if f.kind in ("kill", "restart"):
             self._restart(node, f)
+        elif f.kind == "retention":
+            note = ": " + self._wait_out_of_retention(f.target)
+            self._restart(node, f)
         elif f.kind == "freeze":
             os.kill(node.proc.pid, signal.SIGCONT)
             with self._lock:
@@ -438,6 +504,23 @@ class ChaosRun:
                 node.proc.kill()
                 self._restart(node, f)
         self.event(f.id, "end", f"{f.kind} {f.target} healed{note}")
+
+    def _wait_out_of_retention(self, replica: str, timeout: float = 20.0) -> str:
+        """Keep `replica` down (bounded) until the primary no longer retains its position."""
+        deadline = time.monotonic() + timeout
+        position = self.checker.max_position.get(f"{replica} last_applied", 0)
+        first = 0
+        while True:
+            try:
+                first = self.nodes["primary"].proc.status()["first_sequence"]
+            except Exception:
+                pass  # the primary is down or frozen by another fault: ask again
+            if first > position + 1:
+                return f"fell out of retention (position {position}, first retained {first})"
+            if time.monotonic() > deadline:
+                return (f"still retained after {timeout:g}s more (position {position}, "
+                        f"first retained {first})")
+            time.sleep(0.2)
 
     def _restart(self, node: _Node, f: Fault) -> None:
         recent = self.writes.recent(20) if node.name == "primary" else []
@@ -685,6 +768,9 @@ class ChaosRun:
             writes_returned=len(writes),
             entries_returned=sum(w.count for w in writes),
             writes_failed=self.writes.failed,
+            semisync=dict(sorted(self.semisync.items())),
+            bootstraps={r: sum(v for (n, _), v in self._bootstraps.items() if n == r)
+                        for r in REPLICAS},
             last_sequence=max((w.last for w in writes), default=0),
             restarts={name: n.restarts for name, n in self.nodes.items()},
             corrupted_chunks=sum(p.corrupted for p in self.proxies.values()),

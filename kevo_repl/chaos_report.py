@@ -23,7 +23,9 @@ def format_report(rep: ChaosReport, *, timeline: bool | None = None) -> str:
                             or "none") + f" ({sum(rep.faults_per_kind.values())} in all)",
         f"writes:       {rep.writes_returned} returned ({rep.entries_returned} entries, "
         f"last sequence {rep.last_sequence}), {rep.writes_failed} failed calls",
+        "semi-sync:    " + (", ".join(f"{k} {v}" for k, v in rep.semisync.items()) or "none"),
         "restarts:     " + ", ".join(f"{k} {v}" for k, v in rep.restarts.items()),
+        "bootstraps:   " + ", ".join(f"{k} {v}" for k, v in rep.bootstraps.items()),
         f"corrupted:    {rep.corrupted_chunks} chunks in flight",
         "batches:      " + ", ".join(f"{k} {v}" for k, v in sorted(rep.batches_applied.items())),
         "convergence:  " + ", ".join(

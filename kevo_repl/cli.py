@@ -490,8 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("chaos", help="seeded random faults (kill, freeze, cut, stall, delay, "
-                       "corrupt, disk errors) against a live cluster, checked against the "
-                       "guarantees; exit 1 on any violation")
+                       "corrupt, disk errors, falling out of retention) against a live "
+                       "cluster, checked against the guarantees; exit 1 on any violation")
     s.add_argument("--seed", type=int, default=None,
                    help="the schedule's seed (default: a random one, printed)")
     s.add_argument("--duration", type=float, default=60.0, help="seconds of faults")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kevo_repl import chaos_plugins
+from kevo_repl.chaos import ChaosOptions, ChaosRun
 from kevo_repl.chaos_checker import Checker, ReturnedWrite, key_of, parse_key, value_of
 from kevo_repl.codec import Entry, Op
 from kevo_repl.errors import StoreError
@@ -195,3 +196,20 @@ def test_checker_finds_a_missing_returned_write(tmp_path: Path) -> None:
         assert stats["checked_entries"] == 0 and not checker.violations
     finally:
         store.close()
+
+
+def test_semisync_acknowledgements_are_held_to_the_replicas_position(tmp_path: Path) -> None:
+    run = ChaosRun(ChaosOptions(seed=1, duration=5, dir=tmp_path))
+    write = ReturnedWrite(1, 0, 10, 91, 100, 1.0)
+    run._semisync_returned(write, ["r1"], degraded=False)
+    run._semisync_returned(ReturnedWrite(1, 10, 10, 101, 110, 1.1), [], degraded=True)
+    assert run.semisync == {"acked": 1, "degraded": 1}
+    asked = time.monotonic()
+    run._check_claims("r2", asked, 0)  # r2 promised nothing
+    run._check_claims("r1", asked, 99)  # r1 promised 100 as durable
+    [v] = run.checker.violations
+    assert v.check == "durability" and "up to 100" in v.message and "r1" in v.message
+    run._semisync_returned(ReturnedWrite(1, 20, 10, 111, 120, 1.2), ["r2"], degraded=False)
+    run._check_claims("r2", time.monotonic(), 120)
+    run._semisync_returned(ReturnedWrite(1, 30, 5, 121, 125, 1.3), [], degraded=False)
+    assert len(run.checker.violations) == 2  # returned, not degraded, yet acked by nobody
