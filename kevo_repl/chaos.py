@@ -506,17 +506,28 @@ class ChaosRun:
         self.event(f.id, "end", f"{f.kind} {f.target} healed{note}")
 
     def _wait_out_of_retention(self, replica: str, timeout: float = 20.0) -> str:
-        """Keep `replica` down (bounded) until the primary no longer retains its position."""
+        """Keep `replica` down (bounded) until the primary no longer retains its position.
+
+        Only while the primary takes writes: this wait holds up the schedule, so a primary
+        that another fault killed, froze or broke would only come back after it."""
         deadline = time.monotonic() + timeout
         position = self.checker.max_position.get(f"{replica} last_applied", 0)
-        first = 0
+        primary = self.nodes["primary"]
         while True:
+            with self._lock:
+                state = primary.state
+            if state != "up":
+                return f"not waited for: the primary is {state} (position {position})"
             try:
-                first = self.nodes["primary"].proc.status()["first_sequence"]
+                st = primary.proc.status()
             except Exception:
-                pass  # the primary is down or frozen by another fault: ask again
+                st = {}
+            first = st.get("first_sequence", 0)
             if first > position + 1:
                 return f"fell out of retention (position {position}, first retained {first})"
+            if st and st.get("state") != "SERVING":
+                return (f"not waited for: the primary refuses writes (position {position}, "
+                        f"first retained {first})")
             if time.monotonic() > deadline:
                 return (f"still retained after {timeout:g}s more (position {position}, "
                         f"first retained {first})")
