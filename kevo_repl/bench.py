@@ -517,7 +517,7 @@ def run_write(opts: BenchOptions) -> dict[str, Any]:
                 head = primary.status()["head_sequence"]
                 # let it catch up first, so that it is stalled mid-stream, not mid-catch-up
                 _wait_status(
-                    replica, lambda st, h=head: st["last_applied"] >= h,  # type: ignore[misc]
+                    replica, lambda st, h=head: st["last_applied"] >= h,  # type: ignore[misc]  # mypy cannot type a default-bound lambda
                     opts.timeout, "the replica to catch up before it is stalled",
                 )
                 os.kill(replica.pid, signal.SIGSTOP)

@@ -171,7 +171,8 @@ class NodeService:
                      for r in requests]
                 )
             except PrimaryUnavailable as exc:
-                results = [exc] * len(requests)  # type: ignore[list-item]
+                # every write of the message fails the same way
+                results = [exc] * len(requests)  # type: ignore[list-item]  # reported below
             finally:
                 for _ in requests:
                     slots.release()
