@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .codec import Entry
+from .errors import StoreError
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,29 @@ class Applier(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+_seq_of = itemgetter(0)
+
+
+def check_sequences(entries: Sequence[Entry], current: int, store: str) -> None:
+    """Raise StoreError unless `entries` run current+1, current+2, ... without a gap: an
+    applier calls this before writing anything, so nothing is applied out of order."""
+    first = entries[0][0]
+    if first != current + 1:
+        raise StoreError(
+            f"{store} applier expected entry {current + 1} next but the batch starts at "
+            f"{first}; nothing was applied"
+        )
+    seqs = list(map(_seq_of, entries))  # C-level: this runs on every applied batch
+    if seqs != list(range(first, first + len(seqs))):
+        # only on failure: find the first break to report it
+        for i, seq in enumerate(seqs):
+            if seq != first + i:
+                raise StoreError(
+                    f"{store} applier got a non-contiguous batch: entry {first + i} expected "
+                    f"at index {i} but found {seq}; nothing was applied"
+                )
 
 
 #: An applier factory: open (creating if needed) the store at `path`.

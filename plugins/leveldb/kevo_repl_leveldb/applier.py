@@ -22,7 +22,7 @@ from typing import Any
 
 import plyvel
 
-from kevo_repl.applier import ApplierFactory, Position
+from kevo_repl.applier import ApplierFactory, Position, check_sequences
 from kevo_repl.codec import Entry, Op
 from kevo_repl.errors import StoreError
 
@@ -86,24 +86,6 @@ def _read_position(get: Callable[[bytes], bytes | None]) -> Position:
     except UnicodeDecodeError as exc:
         raise StoreError(f"LevelDB meta key 'history_id' is not UTF-8: {exc}") from exc
     return Position(sequence, history, applied, chain)
-
-
-def _check_sequences(entries: Sequence[Entry], current: int) -> None:
-    """Raise StoreError unless entries run current+1, current+2, ... without a gap."""
-    first = entries[0][0]
-    if first != current + 1:
-        raise StoreError(
-            f"LevelDB applier expected entry {current + 1} next but the batch starts at "
-            f"{first}; nothing was applied"
-        )
-    seqs = list(map(_seq_of, entries))
-    if seqs != list(range(first, first + len(seqs))):
-        for i, seq in enumerate(seqs):
-            if seq != first + i:
-                raise StoreError(
-                    f"LevelDB applier got a non-contiguous batch: entry {first + i} expected at "
-                    f"index {i} but found {seq}; nothing was applied"
-                )
 
 
 def _check_directory(path: Path) -> None:
@@ -247,7 +229,7 @@ class LevelDBApplier:
         try:
             with self._write_lock:
                 current = self._position
-                _check_sequences(entries, current.sequence)
+                check_sequences(entries, current.sequence, "LevelDB")
                 n = len(entries)
                 last = entries[0][0] + n - 1
                 applied = current.applied_entries + n

@@ -18,7 +18,7 @@ from typing import Any
 
 import lmdb
 
-from kevo_repl.applier import ApplierFactory, Position
+from kevo_repl.applier import ApplierFactory, Position, check_sequences
 from kevo_repl.codec import Entry, Op
 from kevo_repl.errors import StoreError
 
@@ -65,26 +65,6 @@ def _read_position(txn: lmdb.Transaction[bytes], meta: lmdb._Database) -> Positi
     except UnicodeDecodeError as exc:
         raise StoreError(f"LMDB meta key 'history_id' is not UTF-8: {exc}") from exc
     return Position(sequence, history, applied, chain)
-
-
-def _check_sequences(entries: Sequence[Entry], current: int) -> None:
-    """Raise StoreError unless entries run current+1, current+2, ... without a gap."""
-    first = entries[0][0]
-    n = len(entries)
-    if first != current + 1:
-        raise StoreError(
-            f"LMDB applier expected entry {current + 1} next but the batch starts at {first}; "
-            "nothing was applied"
-        )
-    seqs = list(map(_seq_of, entries))
-    if seqs != list(range(first, first + n)):
-        # Slow path only on failure: find the first break to report it.
-        for i, seq in enumerate(seqs):
-            if seq != first + i:
-                raise StoreError(
-                    f"LMDB applier got a non-contiguous batch: entry {first + i} expected at "
-                    f"index {i} but found {seq}; nothing was applied"
-                )
 
 
 def _check_directory(path: Path) -> None:
@@ -219,7 +199,7 @@ class LMDBApplier:
             # failure anywhere below leaves data and position untouched.
             with env.begin(write=True) as txn:
                 current = _read_position(txn, self._meta)
-                _check_sequences(entries, current.sequence)
+                check_sequences(entries, current.sequence, "LMDB")
                 self._write_data(txn, entries)
                 applied = current.applied_entries + n
                 meta = self._meta
