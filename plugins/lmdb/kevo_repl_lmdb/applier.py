@@ -41,7 +41,6 @@ _DELETE = int(Op.DELETE)
 _MERGE = int(Op.MERGE)
 
 # C-level accessors keep per-entry Python work out of the hot path.
-_seq_of = itemgetter(0)
 _op_of = itemgetter(1)
 _key_value_of = itemgetter(2, 3)
 
