@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .codec import Entry
-from .errors import StoreError
+from .errors import ConfigError, StoreError
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,33 @@ def check_sequences(entries: Sequence[Entry], current: int, store: str) -> None:
                     f"{store} applier got a non-contiguous batch: entry {first + i} expected "
                     f"at index {i} but found {seq}; nothing was applied"
                 )
+
+
+def refuse_foreign_directory(path: Path, owns: Callable[[str], bool], store: str) -> None:
+    """Refuse a store directory holding files `store` did not write (another applier's store):
+    opening it would silently present an empty store. A missing directory is fine."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise StoreError(f"the {store} store path {path} exists and is not a directory")
+    foreign = sorted(p.name for p in path.iterdir() if not owns(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise StoreError(
+            f"{path} is not a {store} store (it holds {shown}); it was probably created by "
+            "another applier: open it with that applier or use an empty directory"
+        )
+
+
+def reject_unknown_options(options: Mapping[str, Any], valid: Sequence[str], applier: str) -> None:
+    """ConfigError naming every option in `options` that is not in `valid`, listing those."""
+    unknown = sorted(str(k) for k in options if k not in valid)
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        raise ConfigError(
+            f"unknown {applier} applier option{'s' if len(unknown) > 1 else ''} {names} "
+            f"in [applier.options]; valid options: {', '.join(valid)}"
+        )
 
 
 #: An applier factory: open (creating if needed) the store at `path`.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import json
 import logging
 import math
 import os
@@ -773,9 +772,3 @@ def format_table(result: dict[str, Any]) -> str:
         lines += [f"  {k:<{width}}  {v}" for k, v in redis.items() if k != "runs"]
     return "\n".join(lines)
 
-
-def print_result(result: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result, sort_keys=False))
-    else:
-        print(format_table(result))

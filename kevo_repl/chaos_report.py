@@ -3,8 +3,6 @@ the rerun command, the schedule, the executed timeline and every violation."""
 
 from __future__ import annotations
 
-import json
-
 from .chaos import ChaosReport
 from .chaos_schedule import format_schedule
 
@@ -52,9 +50,3 @@ def format_report(rep: ChaosReport, *, timeline: bool | None = None) -> str:
         lines += [f"  {v}" for v in rep.violations]
     return "\n".join(lines)
 
-
-def print_report(rep: ChaosReport, as_json: bool = False) -> None:
-    if as_json:
-        print(json.dumps(rep.as_dict(), sort_keys=True))
-    else:
-        print(format_report(rep))

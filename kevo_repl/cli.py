@@ -304,7 +304,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         timeout=args.timeout,
     )
     result = bench.run(args.scenario, opts, runs=args.runs)
-    bench.print_result(result, args.json)
+    print(json.dumps(result) if args.json else bench.format_table(result))
     return 0
 
 
@@ -320,7 +320,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .chaos import ChaosOptions, run_chaos
-    from .chaos_report import print_report
+    from .chaos_report import format_report
     from .chaos_schedule import DEFAULT_KINDS, format_schedule, generate_schedule
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
@@ -354,7 +354,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         report = run_chaos(opts)
     except ValueError as exc:
         raise KevoReplError(str(exc)) from None
-    print_report(report, args.json)
+    print(json.dumps(report.as_dict(), sort_keys=True) if args.json else format_report(report))
     return 0 if report.ok else 1
 
 

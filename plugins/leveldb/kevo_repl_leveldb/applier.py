@@ -22,7 +22,12 @@ from typing import Any
 
 import plyvel
 
-from kevo_repl.applier import ApplierFactory, Position, check_sequences
+from kevo_repl.applier import (
+    ApplierFactory,
+    Position,
+    check_sequences,
+    refuse_foreign_directory,
+)
 from kevo_repl.codec import Entry, Op
 from kevo_repl.errors import StoreError
 
@@ -87,28 +92,16 @@ def _read_position(get: Callable[[bytes], bytes | None]) -> Position:
     return Position(sequence, history, applied, chain)
 
 
-def _check_directory(path: Path) -> None:
-    """Refuse a directory holding files LevelDB did not write (another applier's store):
-    opening it would silently present an empty store."""
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise StoreError(f"the LevelDB store path {path} exists and is not a directory")
-    foreign = sorted(
-        p.name
-        for p in path.iterdir()
-        if not (
-            p.name in _LEVELDB_FILE_NAMES
-            or p.name.startswith(_LEVELDB_FILE_PREFIXES)
-            or p.name.endswith(_LEVELDB_FILE_SUFFIXES)
-        )
+def _owned_by_leveldb(name: str) -> bool:
+    return (
+        name in _LEVELDB_FILE_NAMES
+        or name.startswith(_LEVELDB_FILE_PREFIXES)
+        or name.endswith(_LEVELDB_FILE_SUFFIXES)
     )
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise StoreError(
-            f"{path} is not a LevelDB database (it holds {shown}); it was probably created by "
-            "another applier: open it with that applier or use an empty directory"
-        )
+
+
+def _check_directory(path: Path) -> None:
+    refuse_foreign_directory(path, _owned_by_leveldb, "LevelDB")
 
 
 class LevelDBSnapshot:

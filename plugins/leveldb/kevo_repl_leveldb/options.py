@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kevo_repl.applier import reject_unknown_options
 from kevo_repl.errors import ConfigError
 
 #: 32 MiB memtable (LevelDB's own default is 4 MiB): fewer, larger level-0 files keep
@@ -54,14 +55,8 @@ def _is_int(value: object) -> bool:
 
 def parse_options(options: Mapping[str, Any]) -> LevelDBOptions:
     """Build LevelDBOptions, raising ConfigError for unknown names or wrong values."""
+    reject_unknown_options(options, _VALID, "leveldb")
     valid = ", ".join(_VALID)
-    unknown = sorted(str(k) for k in options if k not in _VALID)
-    if unknown:
-        names = ", ".join(repr(k) for k in unknown)
-        raise ConfigError(
-            f"unknown leveldb applier option{'s' if len(unknown) > 1 else ''} {names} "
-            f"in [applier.options]; valid options: {valid}"
-        )
 
     def bad(name: str, wanted: str) -> ConfigError:
         value = options[name]

@@ -18,7 +18,12 @@ from typing import Any
 
 import lmdb
 
-from kevo_repl.applier import ApplierFactory, Position, check_sequences
+from kevo_repl.applier import (
+    ApplierFactory,
+    Position,
+    check_sequences,
+    refuse_foreign_directory,
+)
 from kevo_repl.codec import Entry, Op
 from kevo_repl.errors import StoreError
 
@@ -67,19 +72,7 @@ def _read_position(txn: lmdb.Transaction[bytes], meta: lmdb._Database) -> Positi
 
 
 def _check_directory(path: Path) -> None:
-    """Refuse a directory holding files LMDB did not write (another applier's store): opening
-    it would silently present an empty store."""
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise StoreError(f"the LMDB store path {path} exists and is not a directory")
-    foreign = sorted(p.name for p in path.iterdir() if p.name not in _LMDB_FILE_NAMES)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise StoreError(
-            f"{path} is not an LMDB environment (it holds {shown}); it was probably created by "
-            "another applier: open it with that applier or use an empty directory"
-        )
+    refuse_foreign_directory(path, _LMDB_FILE_NAMES.__contains__, "LMDB")
 
 
 class LMDBSnapshot:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kevo_repl.applier import reject_unknown_options
 from kevo_repl.errors import ConfigError
 
 #: 64 GiB. The map is only reserved address space and the file grows sparsely, so a large
@@ -30,14 +31,8 @@ _DESCRIPTION = {
 
 def parse_options(options: Mapping[str, Any]) -> LMDBOptions:
     """Build LMDBOptions, raising ConfigError for unknown names or wrong types."""
+    reject_unknown_options(options, _VALID, "lmdb")
     valid = ", ".join(_VALID)
-    unknown = sorted(str(k) for k in options if k not in _VALID)
-    if unknown:
-        names = ", ".join(repr(k) for k in unknown)
-        raise ConfigError(
-            f"unknown lmdb applier option{'s' if len(unknown) > 1 else ''} {names} "
-            f"in [applier.options]; valid options: {valid}"
-        )
     values: dict[str, int] = {}
     for name in _VALID:
         if name not in options:
