@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from kevo_repl.errors import ConfigError
 
 ROLES = ("primary", "replica")
-#: the largest gRPC message either side accepts (kevo_repl.transport uses it)
+#: the largest gRPC message either side accepts (kevo_repl.protocol.transport uses it)
 MESSAGE_LIMIT = 256 * 1024 * 1024
 
 

@@ -2,8 +2,8 @@
 
 Usage: python scripts/gen_proto.py [OUT_DIR]   (default: the repository root)
 
-The .proto paths mirror the package path (proto/kevo_repl/proto/x.proto ->
-kevo_repl/proto/x_pb2.py), so generated modules import each other by absolute
+The .proto paths mirror the package path (proto/kevo_repl/protocol/proto/x.proto ->
+kevo_repl/protocol/proto/x_pb2.py), so generated modules import each other by absolute
 package name with no post-processing.
 """
 

@@ -6,8 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from kevo_repl.launcher import NodeProcess
+from kevo_repl_tools.launcher import NodeProcess
 
 HERE = Path(__file__).parent
 TEST_PLUGINS = HERE / "plugins"

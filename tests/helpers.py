@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kevo_repl.launcher import NodeProcess, caught_up, wait_until
+from kevo_repl_tools.launcher import NodeProcess, caught_up, wait_until
 
 
 def cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:

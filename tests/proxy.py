@@ -1,8 +1,8 @@
-"""The fault-injecting TCP proxy, now in the library (`kevo_repl.faultproxy`); re-exported
+"""The fault-injecting TCP proxy, now in the library (`kevo_repl_tools.faultproxy`); re-exported
 here for the tests that import it from `proxy`."""
 
 from __future__ import annotations
 
-from kevo_repl.faultproxy import FaultProxy
+from kevo_repl_tools.faultproxy import FaultProxy
 
 __all__ = ["FaultProxy"]

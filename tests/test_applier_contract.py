@@ -18,10 +18,10 @@ from typing import IO, Any
 
 import pytest
 
-from kevo_repl.applier import Applier, ApplierFactory, Position
-from kevo_repl.codec import Entry, Op
 from kevo_repl.errors import ConfigError, StoreError
-from kevo_repl.plugins import build_registry
+from kevo_repl.plugin.engine import Applier, ApplierFactory, Position
+from kevo_repl.plugin.manager import build_registry
+from kevo_repl.protocol.codec import Entry, Op
 
 #: Applier plugins under test.
 APPLIERS = ["lmdb", "leveldb"]
@@ -574,8 +574,8 @@ _CRASH_CHILD = """
 import sys
 from pathlib import Path
 
-from kevo_repl.codec import Entry, Op
-from kevo_repl.plugins import build_registry
+from kevo_repl.protocol.codec import Entry, Op
+from kevo_repl.plugin.manager import build_registry
 
 CRASH_KEYS = {keys}
 {rule}

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 from helpers import cli
-
-from kevo_repl.bench import _median_of, _percentile, batch_lags_ms, format_table
+from kevo_repl_tools.bench import _median_of, _percentile, batch_lags_ms, format_table
 
 pytestmark = pytest.mark.crash  # starts real node processes
 

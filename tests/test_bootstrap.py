@@ -13,22 +13,22 @@ from pathlib import Path
 import grpc
 import pytest
 from helpers import assert_same_digest, load, wait_caught_up
+from kevo_repl_tools.launcher import wait_until
 from proxy import FaultProxy
 
-from kevo_repl.applier import Position
-from kevo_repl.bootstrap import BOOTSTRAP_DIR, MARKER, OLD_DIR, recover_install
-from kevo_repl.codec import Op
 from kevo_repl.config import Config
 from kevo_repl.errors import StoreError
-from kevo_repl.launcher import wait_until
-from kevo_repl.plugins import build_registry, get_plugin_manager
-from kevo_repl.proto import replication_pb2 as rpb
-from kevo_repl.replica import Replica
-from kevo_repl.server import Node
-from kevo_repl.snapshot import ChunkError, decode_records, encode_records
-from kevo_repl.state import State
-from kevo_repl.store import STORE_DIR, write_file_atomically
-from kevo_repl.transport import channel_options
+from kevo_repl.node.server import Node
+from kevo_repl.plugin.engine import Position
+from kevo_repl.plugin.manager import build_registry, get_plugin_manager
+from kevo_repl.protocol.codec import Op
+from kevo_repl.protocol.proto import replication_pb2 as rpb
+from kevo_repl.protocol.snapshot_chunks import ChunkError, decode_records, encode_records
+from kevo_repl.protocol.transport import channel_options
+from kevo_repl.replica.bootstrap import BOOTSTRAP_DIR, MARKER, OLD_DIR, recover_install
+from kevo_repl.replica.replica import Replica
+from kevo_repl.replica.state import State
+from kevo_repl.storage.store import STORE_DIR, write_file_atomically
 
 SNAPSHOT = "/kevo.replication.WALReplicationService/Snapshot"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kevo_repl.codec import CodecError, Op, checksum, decode, encode
-from kevo_repl.proto import replication_pb2 as rpb
+from kevo_repl.protocol.codec import CodecError, Op, checksum, decode, encode
+from kevo_repl.protocol.proto import replication_pb2 as rpb
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "kevodb_payloads.json").read_text())
 

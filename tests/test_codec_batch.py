@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kevo_repl.codec import CodecError, Entry, Op, decode, decode_batch, encode
+from kevo_repl.protocol.codec import CodecError, Entry, Op, decode, decode_batch, encode
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "kevodb_payloads.json").read_text())
 

@@ -13,14 +13,13 @@ import pytest
 from helpers import assert_same_digest, load, wait_caught_up
 from test_replica_faults import ScriptedPrimary, _replica, _resp, _run_until, entry
 
-from kevo_repl.codec import Op, decode
-from kevo_repl.plugins import build_registry
-from kevo_repl.proto import replication_pb2 as rpb
-from kevo_repl.transport import channel_options
-from kevo_repl.wire import compressors_by_id
+from kevo_repl.plugin.manager import build_registry
+from kevo_repl.protocol.codec import Op, decode
+from kevo_repl.protocol.proto import replication_pb2 as rpb
+from kevo_repl.protocol.transport import channel_options
 
 SVC = "/kevo.replication.WALReplicationService/"
-COMPRESSORS = compressors_by_id(build_registry())
+COMPRESSORS = build_registry().compressors_by_id()
 
 
 @pytest.mark.parametrize("codec", [rpb.ZSTD, rpb.SNAPPY, rpb.NONE], ids=["zstd", "snappy", "none"])
@@ -123,7 +122,7 @@ def _fragments(seq: int, payload_entry: rpb.WALEntry, size: int) -> list[rpb.WAL
 
 async def test_lost_fragment_is_rerequested(tmp_path: Path) -> None:
     def big_entry(seq: int) -> rpb.WALEntry:
-        from kevo_repl.codec import checksum, encode
+        from kevo_repl.protocol.codec import checksum, encode
 
         payload = encode(seq, Op.PUT, f"k{seq}".encode(), b"z" * 5000)
         return rpb.WALEntry(sequence_number=seq, payload=payload, checksum=checksum(payload))
@@ -177,8 +176,8 @@ async def test_kevodb_primary_behaviours_window_resent_and_empty_heartbeats(
 
 
 def test_bits_flipped_in_flight_are_caught_and_repaired(cluster, tmp_path: Path) -> None:
-    from kevo_repl.faultproxy import FaultProxy
-    from kevo_repl.launcher import wait_until
+    from kevo_repl_tools.faultproxy import FaultProxy
+    from kevo_repl_tools.launcher import wait_until
 
     primary = cluster.primary()
     proxy = FaultProxy(primary.address, seed=3)

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kevo_repl.codec import decode
-from kevo_repl.compression import Compressor, DecompressionError
-from kevo_repl.plugins import build_registry
-from kevo_repl.proto import replication_pb2 as rpb
+from kevo_repl.plugin.manager import build_registry
+from kevo_repl.protocol.codec import decode
+from kevo_repl.protocol.compression import Compressor, DecompressionError
+from kevo_repl.protocol.proto import replication_pb2 as rpb
 
 VECTORS = json.loads(
     (Path(__file__).parent / "vectors" / "kevodb_compression.json").read_text()

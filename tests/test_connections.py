@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import trustme
 from helpers import assert_same_digest, cli, load, wait_caught_up
+from kevo_repl_tools.launcher import wait_until
 from proxy import FaultProxy
 
 from kevo_repl.config import ConnectorConfig
-from kevo_repl.launcher import wait_until
 
 FAST = {
     "stream": {"heartbeat_s": 0.3, "stall_after_s": 1.0},

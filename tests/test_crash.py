@@ -16,8 +16,7 @@ from helpers import (
     read_apply_log,
     wait_caught_up,
 )
-
-from kevo_repl.launcher import wait_until
+from kevo_repl_tools.launcher import wait_until
 
 pytestmark = pytest.mark.crash
 

@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 
 from helpers import cli, load, wait_caught_up
+from kevo_repl_tools.launcher import wait_until
 from test_replica_faults import ScriptedPrimary, _replica, _resp, _run_until, entry
 
-from kevo_repl.launcher import wait_until
-from kevo_repl.proto import replication_pb2 as rpb
+from kevo_repl.protocol.proto import replication_pb2 as rpb
 
 
 def test_primary_restored_from_an_old_backup_is_refused_at_connect(cluster) -> None:
@@ -72,7 +72,7 @@ async def test_chain_mismatch_in_a_response_stops_before_applying(tmp_path: Path
 
 
 def _chain_after(seq: int) -> int:
-    from kevo_repl import chain
+    from kevo_repl.protocol import chain
 
     return chain.over(chain.START, [entry(s).payload for s in range(1, seq + 1)])
 

@@ -7,7 +7,7 @@ import urllib.request
 from helpers import load, wait_caught_up
 from prometheus_client.parser import text_string_to_metric_families
 
-from kevo_repl.state import State
+from kevo_repl.replica.state import State
 
 
 def scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

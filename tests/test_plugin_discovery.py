@@ -59,7 +59,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 _PROBE = """
     import json, sys
     import kevo_repl
-    from kevo_repl.plugins import build_registry, get_plugin_manager
+    from kevo_repl.plugin.manager import build_registry, get_plugin_manager
 
     before = "kevo_repl_example" in sys.modules
     pm = get_plugin_manager()
@@ -220,7 +220,7 @@ def test_broken_plugin_error_names_plugin_and_distribution(
     res = run_python(
         """
         from kevo_repl.errors import PluginError
-        from kevo_repl.plugins import get_plugin_manager
+        from kevo_repl.plugin.manager import get_plugin_manager
         try:
             get_plugin_manager()
         except PluginError as exc:

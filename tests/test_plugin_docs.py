@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from kevo_repl import hookspecs
-from kevo_repl.applier import Applier, Position
-from kevo_repl.codec import Entry, Op
 from kevo_repl.errors import ConfigError, StoreError
-from kevo_repl.plugins import build_registry
+from kevo_repl.plugin import hookspecs
+from kevo_repl.plugin.engine import Applier, Position
+from kevo_repl.plugin.manager import build_registry
+from kevo_repl.protocol.codec import Entry, Op
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "plugins.md"

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from kevo_repl import hookspecs
 from kevo_repl.errors import ConfigError, PluginError
-from kevo_repl.plugins import build_registry, get_plugin_manager, hookimpl
+from kevo_repl.plugin import hookspecs
+from kevo_repl.plugin.manager import build_registry, get_plugin_manager, hookimpl
 
 PLUGINS = str(Path(__file__).parent / "plugins")
 

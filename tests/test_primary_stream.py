@@ -9,11 +9,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from kevo_repl.codec import Op, decode
 from kevo_repl.config import Config
-from kevo_repl.proto import replication_pb2 as rpb
-from kevo_repl.server import Node
-from kevo_repl.transport import channel_options
+from kevo_repl.node.server import Node
+from kevo_repl.protocol.codec import Op, decode
+from kevo_repl.protocol.proto import replication_pb2 as rpb
+from kevo_repl.protocol.transport import channel_options
 
 SVC = "/kevo.replication.WALReplicationService/"
 

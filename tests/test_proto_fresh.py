@@ -27,7 +27,7 @@ def test_generated_modules_are_fresh(tmp_path: Path) -> None:
 
 
 def test_kevodb_field_numbers_unchanged() -> None:
-    from kevo_repl.proto import replication_pb2 as rpb
+    from kevo_repl.protocol.proto import replication_pb2 as rpb
 
     def numbers(msg: object) -> dict[str, int]:
         return {f.name: f.number for f in msg.DESCRIPTOR.fields if f.number < 16}  # type: ignore[attr-defined]

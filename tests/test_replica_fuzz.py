@@ -12,13 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kevo_repl.codec import Entry, Op
 from kevo_repl.config import Config
-from kevo_repl.plugins import build_registry, get_plugin_manager
-from kevo_repl.primary import encode_body
-from kevo_repl.proto import replication_pb2 as rpb
-from kevo_repl.replica import Replica
-from kevo_repl.wire import UnpackError
+from kevo_repl.plugin.manager import build_registry, get_plugin_manager
+from kevo_repl.protocol.codec import Entry, Op
+from kevo_repl.protocol.proto import replication_pb2 as rpb
+from kevo_repl.protocol.records import encode_body
+from kevo_repl.protocol.wire import UnpackError
+from kevo_repl.replica.replica import Replica
 
 ORIGINAL = [Entry(s, Op.PUT if s % 3 else Op.DELETE, f"key-{s}".encode(),
                   b"" if s % 3 == 0 else f"value-{s}".encode() * (s % 5 + 1))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from helpers import assert_same_digest, cli, load, read_apply_log, wait_caught_up
+from kevo_repl_tools.launcher import wait_until
 
-from kevo_repl.codec import Op
-from kevo_repl.launcher import wait_until
+from kevo_repl.protocol.codec import Op
 
 
 def test_load_and_deletes_replicate(cluster) -> None:

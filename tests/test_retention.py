@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 from helpers import assert_same_digest, cli, load, wait_caught_up
+from kevo_repl_tools.launcher import wait_until
 
-from kevo_repl.codec import Op
 from kevo_repl.config import Config
 from kevo_repl.config import load as load_config
 from kevo_repl.errors import ConfigError
-from kevo_repl.launcher import wait_until
-from kevo_repl.server import Node
-from kevo_repl.slots import Slot, SlotTable
+from kevo_repl.node.server import Node
+from kevo_repl.primary.slots import Slot, SlotTable
+from kevo_repl.protocol.codec import Op
 
 CAP = 1024 * 1024  # max_retained_bytes of the capped tests
 CAPPED = f"[wal]\nsegment_bytes = 131072\n[retention]\nmax_retained_bytes = {CAP}\n"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from kevo_repl.client import SemiSync
-from kevo_repl.codec import Op
+from kevo_repl.client.client import SemiSync
+from kevo_repl.protocol.codec import Op
 
 
 def test_durable_on_both_replicas_even_if_both_die_right_after(cluster) -> None:

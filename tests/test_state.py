@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kevo_repl.state import TRANSITIONS, InvalidTransition, State, StateMachine
+from kevo_repl.replica.state import TRANSITIONS, InvalidTransition, State, StateMachine
 
 
 def test_happy_path_and_history() -> None:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from kevo_repl.codec import Op, checksum, decode, encode
 from kevo_repl.errors import WALError
-from kevo_repl.proto.replication_pb2 import WALEntry, WALStreamResponse
-from kevo_repl.wal import WAL, Record, SequenceNotRetained
+from kevo_repl.protocol.codec import Op, checksum, decode, encode
+from kevo_repl.protocol.proto.replication_pb2 import WALEntry, WALStreamResponse
+from kevo_repl.storage.wal import WAL, Record, SequenceNotRetained
 
 REPO = Path(__file__).resolve().parents[1]
 SEGMENT_HEADER = 16
@@ -90,7 +90,7 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 
 
 def frame(first_seq: int, count: int, body: bytes) -> bytes:
-    """A record framed as the module docstring of kevo_repl.wal describes."""
+    """A record framed as the module docstring of kevo_repl.storage.wal describes."""
     fields = struct.pack("<IQI", len(body), first_seq, count)
     return struct.pack("<I", zlib.crc32(body, zlib.crc32(fields))) + fields + body
 
@@ -277,7 +277,7 @@ def test_torn_tail_is_truncated(
         flip_byte(last_file, size - len(last_rec.body) // 2)
         expected_last, expected_size = last_rec.first_seq - 1, intact_size
 
-    with caplog.at_level(logging.WARNING, logger="kevo_repl.wal"):
+    with caplog.at_level(logging.WARNING, logger="kevo_repl.storage.wal"):
         wal = WAL(tmp_path, segment_bytes=4096)
     assert wal.last_sequence == expected_last
     assert last_file.stat().st_size == expected_size
@@ -510,9 +510,9 @@ CHILD = r"""
 import sys
 from pathlib import Path
 
-from kevo_repl.codec import Op, checksum, encode
-from kevo_repl.proto.replication_pb2 import WALEntry, WALStreamResponse
-from kevo_repl.wal import WAL, Record
+from kevo_repl.protocol.codec import Op, checksum, encode
+from kevo_repl.protocol.proto.replication_pb2 import WALEntry, WALStreamResponse
+from kevo_repl.storage.wal import WAL, Record
 
 
 def record(first, count):

@@ -9,16 +9,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kevo_repl import chain
-from kevo_repl.codec import Entry, Op, checksum, encode
-from kevo_repl.plugins import build_registry
-from kevo_repl.primary import encode_body
-from kevo_repl.proto import replication_pb2 as rpb
-from kevo_repl.wal import Record
-from kevo_repl.wire import Negotiated, Unpacker, UnpackError, compressors_by_id, negotiate, shape
+from kevo_repl.plugin.manager import build_registry
+from kevo_repl.protocol import chain
+from kevo_repl.protocol.codec import Entry, Op, checksum, encode
+from kevo_repl.protocol.proto import replication_pb2 as rpb
+from kevo_repl.protocol.records import encode_body
+from kevo_repl.protocol.wire import (
+    Negotiated,
+    Unpacker,
+    UnpackError,
+    negotiate,
+    shape,
+)
+from kevo_repl.storage.wal import Record
 
 REGISTRY = build_registry()
-COMPRESSORS = compressors_by_id(REGISTRY)
+COMPRESSORS = REGISTRY.compressors_by_id()
 
 
 def realistic_value(i: int) -> bytes:
@@ -50,7 +56,7 @@ def negotiated(codec: str, version: int, block: bool = True) -> Negotiated:
                                compression_supported=codec != "none",
                                preferred_codec=COMPRESSORS_BY_NAME[codec],
                                block_compression=block)
-    return negotiate(req, REGISTRY)
+    return negotiate(req, COMPRESSORS)
 
 
 COMPRESSORS_BY_NAME = {
@@ -102,7 +108,7 @@ def test_unknown_codec_falls_back_to_none() -> None:
     req = rpb.WALStreamRequest(start_sequence=1, protocol_version=2,
                                compression_supported=True, block_compression=True)
     req.preferred_codec = 77  # type: ignore[assignment]
-    assert negotiate(req, REGISTRY).compressor is None
+    assert negotiate(req, COMPRESSORS).compressor is None
 
 
 @pytest.mark.parametrize("cap", [1000, 4096, 50_000])

@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from kevo_repl.chaos import ChaosOptions, run_chaos
-from kevo_repl.chaos_report import format_report
-from kevo_repl.chaos_schedule import (
+from kevo_repl_tools.chaos import ChaosOptions, run_chaos
+from kevo_repl_tools.chaos_report import format_report
+from kevo_repl_tools.chaos_schedule import (
     DEFAULT_KINDS,
     KINDS,
     NODES,

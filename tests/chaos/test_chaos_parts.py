@@ -9,22 +9,22 @@ import time
 from pathlib import Path
 
 import pytest
+from kevo_repl_tools import chaos_plugins
+from kevo_repl_tools.chaos import ChaosOptions, ChaosRun
+from kevo_repl_tools.chaos_checker import Checker, ReturnedWrite, key_of, parse_key, value_of
+from kevo_repl_tools.faultproxy import FaultProxy
 
-from kevo_repl import chaos_plugins
-from kevo_repl.chaos import ChaosOptions, ChaosRun
-from kevo_repl.chaos_checker import Checker, ReturnedWrite, key_of, parse_key, value_of
-from kevo_repl.codec import Entry, Op
 from kevo_repl.errors import StoreError
-from kevo_repl.faultproxy import FaultProxy
-from kevo_repl.plugins import Registry, get_plugin_manager
+from kevo_repl.plugin.manager import Registry, get_plugin_manager
+from kevo_repl.protocol.codec import Entry, Op
 
 pytestmark = pytest.mark.chaos
 
 
 def _registry() -> Registry:
     pm = get_plugin_manager()
-    if not pm.has_plugin("kevo_repl.chaos_plugins"):
-        pm.register(chaos_plugins, name="kevo_repl.chaos_plugins")
+    if not pm.has_plugin("kevo_repl_tools.chaos_plugins"):
+        pm.register(chaos_plugins, name="kevo_repl_tools.chaos_plugins")
     return Registry(pm)
 
 

@@ -30,11 +30,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from kevo_repl.codec import Op, checksum, encode
 from kevo_repl.config import Config
-from kevo_repl.plugins import build_registry, get_plugin_manager
-from kevo_repl.proto import replication_pb2 as rpb
-from kevo_repl.replica import Replica
+from kevo_repl.plugin.manager import build_registry, get_plugin_manager
+from kevo_repl.protocol.codec import Op, checksum, encode
+from kevo_repl.protocol.proto import replication_pb2 as rpb
+from kevo_repl.replica.replica import Replica
 
 pytestmark = pytest.mark.chaos
 

@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kevo_repl.applier import ApplierFactory, Position
-from kevo_repl.codec import Entry, Op
 from kevo_repl.errors import ConfigError, StoreError
+from kevo_repl.plugin.engine import ApplierFactory, Position
+from kevo_repl.protocol.codec import Entry, Op
 
 log = logging.getLogger(__name__)
 

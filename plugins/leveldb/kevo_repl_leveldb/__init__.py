@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kevo_repl.plugins import hookimpl
+from kevo_repl.plugin.manager import hookimpl
 
 from .applier import MAX_KEY_SIZE, LevelDBApplier, LevelDBSnapshot, open_applier
 from .options import LevelDBOptions, parse_options

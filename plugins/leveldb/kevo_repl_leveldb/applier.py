@@ -22,14 +22,14 @@ from typing import Any
 
 import plyvel
 
-from kevo_repl.applier import (
+from kevo_repl.errors import StoreError
+from kevo_repl.plugin.engine import (
     ApplierFactory,
     Position,
     check_sequences,
     refuse_foreign_directory,
 )
-from kevo_repl.codec import Entry, Op
-from kevo_repl.errors import StoreError
+from kevo_repl.protocol.codec import Entry, Op
 
 from .options import LevelDBOptions, parse_options
 

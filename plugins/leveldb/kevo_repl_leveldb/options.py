@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kevo_repl.applier import reject_unknown_options
 from kevo_repl.errors import ConfigError
+from kevo_repl.plugin.engine import reject_unknown_options
 
 #: 32 MiB memtable (LevelDB's own default is 4 MiB): fewer, larger level-0 files keep
 #: compaction from throttling a replica that catches up a long backlog.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kevo_repl.plugins import hookimpl
+from kevo_repl.plugin.manager import hookimpl
 
 from .applier import LMDBApplier, LMDBSnapshot, open_applier
 from .options import LMDBOptions, parse_options

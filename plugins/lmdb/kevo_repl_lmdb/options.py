@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kevo_repl.applier import reject_unknown_options
 from kevo_repl.errors import ConfigError
+from kevo_repl.plugin.engine import reject_unknown_options
 
 #: 64 GiB. The map is only reserved address space and the file grows sparsely, so a large
 #: default costs nothing on 64-bit Linux and saves users from MapFullError.

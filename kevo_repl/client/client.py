@@ -1,0 +1,320 @@
+"""A small blocking client for a node's API (used by the CLI, tests and benchmarks)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from kevo_repl.config import ConnectorConfig
+from kevo_repl.protocol.codec import Op
+from kevo_repl.protocol.proto import node_pb2 as npb
+from kevo_repl.protocol.transport import call_metadata, open_aio_channel, open_channel
+
+
+@dataclass(frozen=True)
+class SemiSync:
+    """Ask a write to wait until `wait_for` replicas acknowledged it."""
+
+    wait_for: int
+    durable: bool = True  # False: "received" (in the replica's memory) is enough
+    timeout_s: float = 5.0
+    degrade: bool = False  # on timeout: return degraded instead of failing
+
+
+def write_request(
+    mutations: Iterable[tuple[int, bytes, bytes]], sync: SemiSync | None = None,
+    request_id: int = 0,
+) -> npb.WriteRequest:
+    req = npb.WriteRequest(
+        mutations=[
+            npb.Mutation(op=op, key=k, value=v)  # type: ignore[arg-type]  # enums take ints
+            for op, k, v in mutations
+        ],
+        request_id=request_id,
+    )
+    if sync is not None and sync.wait_for > 0:
+        req.wait_for = sync.wait_for
+        req.level = npb.ACK_DURABLE if sync.durable else npb.ACK_RECEIVED
+        req.timeout_s = sync.timeout_s
+        req.on_timeout = npb.ON_TIMEOUT_DEGRADE if sync.degrade else npb.ON_TIMEOUT_RAISE
+    return req
+
+
+class WriteFailed(Exception):
+    """A write answered with an error on a WriteStream."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+class StreamWriter:
+    """Many concurrent writers over one WriteStream (thread-safe): each `write` blocks its
+    caller until its own answer arrives, while the stream carries everyone's writes, so the
+    primary group-commits them and no write pays a whole unary call."""
+
+    def __init__(self, client: Client) -> None:
+        self._requests: queue.SimpleQueue[npb.WriteRequest | None] = queue.SimpleQueue()
+        self._pending: dict[int, Future[npb.WriteResponse]] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._responses = client._write_stream(self._batches())
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _batches(self) -> Iterator[npb.WriteBatch]:
+        """Every write queued when the stream is ready for the next message goes in it."""
+        while True:
+            first = self._requests.get()
+            if first is None:
+                return
+            writes = [first]
+            while True:
+                try:
+                    nxt = self._requests.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    yield npb.WriteBatch(writes=writes)
+                    return
+                writes.append(nxt)
+            yield npb.WriteBatch(writes=writes)
+
+    def _read(self) -> None:
+        try:
+            for results in self._responses:
+                for resp in results.results:
+                    with self._lock:
+                        fut = self._pending.pop(resp.request_id, None)
+                    if fut is not None:
+                        fut.set_result(resp)
+        except grpc.RpcError as exc:
+            self._fail_all(exc)
+        else:
+            self._fail_all(RuntimeError("the write stream ended"))
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._lock:
+            self._closed = True
+            pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            fut.set_exception(exc)
+
+    def submit(
+        self, mutations: Iterable[tuple[int, bytes, bytes]], sync: SemiSync | None = None
+    ) -> Future[npb.WriteResponse]:
+        fut: Future[npb.WriteResponse] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the write stream is closed")
+            rid = next(self._ids)
+            self._pending[rid] = fut
+        self._requests.put(write_request(mutations, sync, rid))
+        return fut
+
+    def write(
+        self, mutations: Iterable[tuple[int, bytes, bytes]], timeout: float = 30.0
+    ) -> tuple[int, int]:
+        resp = self.submit(mutations).result(timeout)
+        if resp.error_code:
+            raise WriteFailed(grpc.StatusCode(_CODES[resp.error_code]), resp.error)
+        return resp.first_sequence, resp.last_sequence
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._reader.join(10)
+
+
+_CODES = {c.value[0]: c.value for c in grpc.StatusCode}
+
+
+class AsyncStreamWriter:
+    """The asyncio form of StreamWriter, for asyncio applications: many coroutines write
+    concurrently over one WriteStream; each `write` awaits its own answer."""
+
+    def __init__(self, target: str, connector: ConnectorConfig | None = None) -> None:
+        cfg = connector or ConnectorConfig()
+        self._channel = open_aio_channel(target, cfg)
+        self._metadata = call_metadata(cfg)
+        self._queue: asyncio.Queue[npb.WriteRequest] = asyncio.Queue()
+        self._pending: dict[int, asyncio.Future[npb.WriteResponse]] = {}
+        self._ids = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._call: Any = None
+
+    async def __aenter__(self) -> AsyncStreamWriter:
+        stream = self._channel.stream_stream(
+            "/kevo.repl.Node/WriteStream",
+            request_serializer=npb.WriteBatch.SerializeToString,
+            response_deserializer=npb.WriteResults.FromString,
+        )
+        self._call = stream(metadata=self._metadata or None)
+        self._tasks = [asyncio.create_task(self._send()), asyncio.create_task(self._receive())]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await task
+        if self._call is not None:
+            self._call.cancel()
+        await self._channel.close()
+
+    async def _send(self) -> None:
+        while True:
+            writes = [await self._queue.get()]
+            while not self._queue.empty():  # everything queued meanwhile: one message
+                writes.append(self._queue.get_nowait())
+            await self._call.write(npb.WriteBatch(writes=writes))
+
+    async def _receive(self) -> None:
+        try:
+            async for results in self._call:
+                for resp in results.results:
+                    fut = self._pending.pop(resp.request_id, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(resp)
+        except grpc.aio.AioRpcError as exc:
+            error: BaseException = exc
+        else:
+            error = RuntimeError("the write stream ended")
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(error)
+        self._pending.clear()
+
+    async def write(
+        self, mutations: Iterable[tuple[int, bytes, bytes]], sync: SemiSync | None = None
+    ) -> tuple[int, int]:
+        rid = next(self._ids)
+        fut: asyncio.Future[npb.WriteResponse] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        self._queue.put_nowait(write_request(mutations, sync, rid))
+        resp = await fut
+        if resp.error_code:
+            raise WriteFailed(grpc.StatusCode(_CODES[resp.error_code]), resp.error)
+        return resp.first_sequence, resp.last_sequence
+
+
+class Client:
+    def __init__(
+        self, target: str, timeout: float = 30.0, connector: ConnectorConfig | None = None
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        cfg = connector or ConnectorConfig()
+        self._channel = open_channel(target, cfg)
+        metadata = call_metadata(cfg)
+
+        def unary(name: str, req: Any, resp: Any) -> Any:
+            call = self._channel.unary_unary(
+                f"/kevo.repl.Node/{name}",
+                request_serializer=req.SerializeToString,
+                response_deserializer=resp.FromString,
+            )
+            return functools.partial(call, metadata=metadata) if metadata else call
+
+        self._write = unary("Write", npb.WriteRequest, npb.WriteResponse)
+        self._get = unary("Get", npb.GetRequest, npb.GetResponse)
+        self._status = unary("Status", npb.StatusRequest, npb.StatusResponse)
+        self._digest = unary("Digest", npb.DigestRequest, npb.DigestResponse)
+        self._drop_slot = unary("DropSlot", npb.DropSlotRequest, npb.DropSlotResponse)
+        stream = self._channel.stream_stream(
+            "/kevo.repl.Node/WriteStream",
+            request_serializer=npb.WriteBatch.SerializeToString,
+            response_deserializer=npb.WriteResults.FromString,
+        )
+        self._write_stream = functools.partial(stream, metadata=metadata) if metadata else stream
+
+    def stream_writer(self) -> StreamWriter:
+        return StreamWriter(self)
+
+    def write(self, mutations: Iterable[tuple[int, bytes, bytes]]) -> tuple[int, int]:
+        resp = self.write_full(mutations)
+        return resp.first_sequence, resp.last_sequence
+
+    def write_full(
+        self, mutations: Iterable[tuple[int, bytes, bytes]], sync: SemiSync | None = None
+    ) -> npb.WriteResponse:
+        """One write batch; with `sync`, wait for replicas (semi-synchronous)."""
+        req = write_request(mutations, sync)
+        timeout = self.timeout + (sync.timeout_s if sync else 0.0)
+        resp: npb.WriteResponse = self._write(req, timeout=timeout)
+        return resp
+
+    def put(self, key: bytes, value: bytes) -> int:
+        return self.write([(Op.PUT, key, value)])[1]
+
+    def delete(self, key: bytes) -> int:
+        return self.write([(Op.DELETE, key, b"")])[1]
+
+    def get(self, key: bytes) -> bytes | None:
+        resp = self._get(npb.GetRequest(key=key), timeout=self.timeout)
+        return bytes(resp.value) if resp.found else None
+
+    def status(self) -> dict[str, Any]:
+        return message_to_dict(self._status(npb.StatusRequest(), timeout=self.timeout))
+
+    def digest(self) -> dict[str, Any]:
+        resp = self._digest(npb.DigestRequest(), timeout=self.timeout)
+        return {"sequence": resp.sequence, "keys": resp.keys, "digest": resp.digest}
+
+    def drop_slot(self, replica_id: str) -> int:
+        """Drop a replica's slot on a primary; return the sequence it had acknowledged."""
+        resp = self._drop_slot(npb.DropSlotRequest(replica_id=replica_id), timeout=self.timeout)
+        acked: int = resp.acked_sequence
+        return acked
+
+    def digest_buckets(self, prefix: bytes) -> npb.DigestResponse:
+        """Digests of the keys under `prefix`, one bucket per next byte."""
+        resp: npb.DigestResponse = self._digest(
+            npb.DigestRequest(prefix=prefix, split=True), timeout=self.timeout
+        )
+        return resp
+
+    def wait_ready(self, timeout: float) -> None:
+        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def message_to_dict(msg: Message) -> dict[str, Any]:
+    """Every field, defaults included, with integers kept as integers (unlike json_format)."""
+    out: dict[str, Any] = {}
+    for field in msg.DESCRIPTOR.fields:
+        value = getattr(msg, field.name)
+        if field.message_type is not None:
+            if field.is_repeated:
+                out[field.name] = [message_to_dict(v) for v in value]
+            else:
+                out[field.name] = message_to_dict(value)
+        elif field.is_repeated:
+            out[field.name] = list(value)
+        else:
+            out[field.name] = value
+    return out

@@ -1,0 +1,1 @@
+"""A running node: the gRPC server and its services, metrics, and process settings."""

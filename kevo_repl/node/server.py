@@ -1,0 +1,460 @@
+"""A node process: one gRPC server with the replication service (primary) and the node API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from kevo_repl.config import Config
+from kevo_repl.errors import KevoReplError
+from kevo_repl.node.metrics import serve_metrics
+from kevo_repl.plugin.engine import Applier
+from kevo_repl.plugin.manager import build_registry, get_plugin_manager
+from kevo_repl.primary.primary import Primary, PrimaryUnavailable, WriteRejected
+from kevo_repl.primary.retention import SlotBusy
+from kevo_repl.protocol.proto import node_pb2 as npb
+from kevo_repl.protocol.proto import replication_pb2 as rpb
+from kevo_repl.protocol.transport import TokenInterceptor, server_credentials, server_options
+from kevo_repl.replica.replica import Replica
+from kevo_repl.storage import store as store_mod
+from kevo_repl.storage.store import lock_data_dir, write_file_atomically
+
+log = logging.getLogger(__name__)
+
+ADDRESS_FILE = "node.addr"
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def replication_handler(primary: Primary) -> grpc.GenericRpcHandler:
+    # StreamWAL sends bytes already in wire form (WAL records), so its serializer is the
+    # identity: catch-up costs a file read, not a re-encode per entry.
+    return grpc.method_handlers_generic_handler(
+        "kevo.replication.WALReplicationService",
+        {
+            "StreamWAL": grpc.unary_stream_rpc_method_handler(
+                primary.stream,
+                request_deserializer=rpb.WALStreamRequest.FromString,
+                response_serializer=_identity,
+            ),
+            "Acknowledge": grpc.unary_unary_rpc_method_handler(
+                primary.acknowledge,
+                request_deserializer=rpb.Ack.FromString,
+                response_serializer=rpb.AckResponse.SerializeToString,
+            ),
+            "NegativeAcknowledge": grpc.unary_unary_rpc_method_handler(
+                primary.negative_acknowledge,
+                request_deserializer=rpb.Nack.FromString,
+                response_serializer=rpb.NackResponse.SerializeToString,
+            ),
+            "Snapshot": grpc.unary_stream_rpc_method_handler(
+                primary.retention.snapshots.serve,
+                request_deserializer=rpb.SnapshotRequest.FromString,
+                response_serializer=rpb.SnapshotChunk.SerializeToString,
+            ),
+        },
+    )
+
+
+class NodeService:
+    """The client/operator API, on primary and replica alike."""
+
+    def __init__(self, cfg: Config, primary: Primary | None, replica: Replica | None) -> None:
+        self.cfg = cfg
+        self.primary = primary
+        self.replica = replica
+        assert primary is not None or replica is not None
+
+    @property
+    def store(self) -> Applier:
+        """The node's store now: a replica switches stores when it installs a snapshot."""
+        if self.replica is not None:
+            return self.replica.store
+        assert self.primary is not None
+        return self.primary.store
+
+    async def _write(self, request: npb.WriteRequest) -> npb.WriteResponse:
+        """One write; raises _WriteFailed with the gRPC status it deserves."""
+        if self.primary is None:
+            raise _WriteFailed(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this node is a read-only replica; send writes to the primary at "
+                f"{self.cfg.replica.primary}",
+            )
+        mutations = [(int(m.op), bytes(m.key), bytes(m.value)) for m in request.mutations]
+        # before the write is queued, so that the response carrying it asks for receipt acks
+        received = bool(request.wait_for) and request.level == npb.ACK_RECEIVED
+        self.primary.received_waiters += received
+        try:
+            try:
+                first, last = await self.primary.write(mutations)
+            except WriteRejected as exc:
+                raise _WriteFailed(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+            except PrimaryUnavailable as exc:
+                raise _WriteFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
+            resp = npb.WriteResponse(first_sequence=first, last_sequence=last,
+                                     request_id=request.request_id)
+            if request.wait_for:
+                await self._wait_for_replicas(request, resp)
+            return resp
+        finally:
+            self.primary.received_waiters -= received
+
+    async def _wait_for_replicas(self, request: npb.WriteRequest, resp: npb.WriteResponse) -> None:
+        assert self.primary is not None
+        durable = request.level == npb.ACK_DURABLE
+        level = "durable" if durable else "received"
+        timeout = request.timeout_s or self.cfg.semisync.default_timeout_s
+        acked, ok = await self.primary.wait_for_acks(
+            resp.last_sequence, request.wait_for, durable, timeout
+        )
+        resp.acked_by.extend(acked)
+        if ok:
+            return
+        what = (
+            f"write {resp.first_sequence}-{resp.last_sequence} is durable on the primary, but "
+            f"only {len(acked)} of {request.wait_for} replicas acknowledged it ({level}) within "
+            f"{timeout:g}s: {', '.join(acked) or 'none'}"
+        )
+        if request.on_timeout == npb.ON_TIMEOUT_DEGRADE:
+            self.primary.semisync_degraded += 1
+            log.warning("semi-sync degraded: %s", what)
+            resp.degraded = True
+            return
+        raise _WriteFailed(grpc.StatusCode.DEADLINE_EXCEEDED, what)
+
+    async def Write(  # gRPC method names are CamelCase
+        self, request: npb.WriteRequest, context: grpc.aio.ServicerContext
+    ) -> npb.WriteResponse:
+        try:
+            return await self._write(request)
+        except _WriteFailed as exc:
+            await context.abort(exc.code, exc.message)
+            raise AssertionError("unreachable") from exc
+
+    async def WriteStream(
+        self, batches: AsyncIterator[npb.WriteBatch], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[npb.WriteResults]:
+        """Every write runs at once (they group-commit together); answers go out as they
+        complete, all that completed meanwhile in one message. Bounded: at most
+        MAX_STREAM_IN_FLIGHT writes of one stream in flight."""
+        done: asyncio.Queue[npb.WriteResponse | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(MAX_STREAM_IN_FLIGHT)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(request: npb.WriteRequest) -> None:
+            try:
+                resp = await self._write(request)
+            except _WriteFailed as exc:
+                resp = npb.WriteResponse(request_id=request.request_id,
+                                         error_code=exc.code.value[0], error=exc.message)
+            finally:
+                slots.release()
+            done.put_nowait(resp)
+
+        async def many(requests: list[npb.WriteRequest]) -> None:
+            # asynchronous writes of one message: enqueued together, one wait for all
+            assert self.primary is not None
+            try:
+                results = await self.primary.write_many(
+                    [[(int(m.op), bytes(m.key), bytes(m.value)) for m in r.mutations]
+                     for r in requests]
+                )
+            except PrimaryUnavailable as exc:
+                # every write of the message fails the same way
+                results = [exc] * len(requests)  # type: ignore[list-item]  # reported below
+            finally:
+                for _ in requests:
+                    slots.release()
+            for request, result in zip(requests, results, strict=True):
+                if isinstance(result, tuple):
+                    resp = npb.WriteResponse(first_sequence=result[0], last_sequence=result[1],
+                                             request_id=request.request_id)
+                else:
+                    code = (grpc.StatusCode.UNAVAILABLE if isinstance(result, PrimaryUnavailable)
+                            else grpc.StatusCode.INVALID_ARGUMENT)
+                    resp = npb.WriteResponse(request_id=request.request_id,
+                                             error_code=code.value[0], error=str(result))
+                done.put_nowait(resp)
+
+        def spawn(coro: Any) -> None:
+            task = asyncio.create_task(coro)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        async def read_all() -> None:
+            async for batch in batches:
+                plain = []
+                for request in batch.writes:
+                    await slots.acquire()
+                    if request.wait_for or self.primary is None:
+                        spawn(one(request))
+                    else:
+                        plain.append(request)
+                if plain:
+                    spawn(many(plain))
+            await asyncio.gather(*tasks)
+            done.put_nowait(None)
+
+        reader = asyncio.create_task(read_all())
+        try:
+            finished = False
+            while not finished:
+                results = [await done.get()]
+                while not done.empty():
+                    results.append(done.get_nowait())
+                finished = results[-1] is None
+                out = [r for r in results if r is not None]
+                if out:
+                    yield npb.WriteResults(results=out)
+            await reader
+        finally:
+            reader.cancel()
+
+    async def Get(
+        self, request: npb.GetRequest, context: grpc.aio.ServicerContext
+    ) -> npb.GetResponse:
+        value = await asyncio.to_thread(self.store.get, request.key)
+        seq = self.store.position().sequence
+        if value is None:
+            return npb.GetResponse(found=False, sequence=seq)
+        return npb.GetResponse(found=True, value=value, sequence=seq)
+
+    async def Status(
+        self, request: npb.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> npb.StatusResponse:
+        return npb.StatusResponse(**self.status())
+
+    def status(self) -> dict[str, Any]:
+        if self.replica is not None:
+            st = self.replica.status()
+            st.pop("updated_at", None)
+            st["applier"] = self.cfg.applier.name
+            st.update(self.replica.bootstrap.status())
+            return st
+        assert self.primary is not None
+        p = self.primary
+        pos = p.store.position()
+        live = {s.replica_id: s for s in p.sessions.values()}
+        slots = []
+        now = time.time()
+        stall_after = self.cfg.stream.stall_after_s
+        retention = p.retention.status()
+        for rid, slot in sorted(p.slots.slots.items()):
+            sess = live.get(rid)
+            lag = max(0, p.head - slot.acked)
+            # behind, connected, and no ack (or no stream start) for stall_after_s
+            quiet_since = max(slot.last_ack_at, sess.opened_at) if sess else 0.0
+            slots.append(
+                npb.ReplicaSlot(
+                    replica_id=rid,
+                    acked_sequence=slot.acked,
+                    connected=sess is not None,
+                    session_id=sess.session_id if sess else "",
+                    peer=sess.peer if sess else "",
+                    last_ack_age_s=now - slot.last_ack_at if slot.last_ack_at else -1.0,
+                    lag_entries=lag,
+                    stalled=sess is not None and lag > 0 and now - quiet_since > stall_after,
+                    **p.retention.slot_status(
+                        slot, sess is not None, retention["oldest_segment_held_by"]
+                    ),
+                )
+            )
+        return {
+            "role": "primary",
+            "state": "SERVING" if p._broken is None else "ERROR",
+            "last_applied": pos.sequence,
+            "head_sequence": p.head,
+            "first_sequence": p.wal.first_sequence,
+            "history_id": p.history_id,
+            "applier": self.cfg.applier.name,
+            "applied_entries": pos.applied_entries,
+            "replicas": slots,
+            "last_error": p._broken or "",
+            "semisync_degraded": p.semisync_degraded,
+            **retention,
+        }
+
+    async def DropSlot(
+        self, request: npb.DropSlotRequest, context: grpc.aio.ServicerContext
+    ) -> npb.DropSlotResponse:
+        if self.primary is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"slots live on the primary ({self.cfg.replica.primary}), not on a replica",
+            )
+            raise AssertionError("unreachable")
+        try:
+            slot = self.primary.retention.drop(request.replica_id)
+        except SlotBusy as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise AssertionError("unreachable") from exc
+        if slot is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"no slot for replica {request.replica_id!r}"
+            )
+            raise AssertionError("unreachable")
+        return npb.DropSlotResponse(acked_sequence=slot.acked)
+
+    async def Digest(
+        self, request: npb.DigestRequest, context: grpc.aio.ServicerContext
+    ) -> npb.DigestResponse:
+        d = await asyncio.to_thread(
+            store_mod.digest, self.store, bytes(request.prefix), request.split
+        )
+        return npb.DigestResponse(
+            sequence=d.sequence,
+            keys=d.keys,
+            digest=d.digest,
+            buckets=[
+                npb.DigestBucket(prefix=b.prefix, keys=b.keys, digest=b.digest,
+                                 first_key=b.first_key, last_key=b.last_key, exact=b.exact)
+                for b in d.buckets
+            ],
+        )
+
+
+class _WriteFailed(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+#: writes of one WriteStream that may be in flight at once (bounds the primary's memory)
+MAX_STREAM_IN_FLIGHT = 1024
+
+
+def node_handler(service: NodeService) -> grpc.GenericRpcHandler:
+    def unary(fn: Any, req: Any, resp: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString
+        )
+
+    return grpc.method_handlers_generic_handler(
+        "kevo.repl.Node",
+        {
+            "Write": unary(service.Write, npb.WriteRequest, npb.WriteResponse),
+            "WriteStream": grpc.stream_stream_rpc_method_handler(
+                service.WriteStream,
+                request_deserializer=npb.WriteBatch.FromString,
+                response_serializer=npb.WriteResults.SerializeToString,
+            ),
+            "Get": unary(service.Get, npb.GetRequest, npb.GetResponse),
+            "Status": unary(service.Status, npb.StatusRequest, npb.StatusResponse),
+            "Digest": unary(service.Digest, npb.DigestRequest, npb.DigestResponse),
+            "DropSlot": unary(service.DropSlot, npb.DropSlotRequest, npb.DropSlotResponse),
+        },
+    )
+
+
+class Node:
+    """Everything one `kevo-repl primary|replica` process runs."""
+
+    def __init__(self, cfg: Config) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.pm = get_plugin_manager()
+        self.registry = build_registry(self.pm)
+        self.primary: Primary | None = None
+        self.replica: Replica | None = None
+        self.server: grpc.aio.Server | None = None
+        self.address = ""
+        self._replica_task: asyncio.Task[None] | None = None
+        self._lock_fd: int | None = None
+        self._metrics: Any = None
+        self.metrics_address = ""
+
+    async def start(self) -> str:
+        cfg = self.cfg
+        self._lock_fd = lock_data_dir(cfg.data_dir)
+        if cfg.node.role == "primary":
+            self.primary = Primary(cfg, self.registry, self.pm)
+        else:
+            self.replica = Replica(cfg, self.registry, self.pm)
+        interceptors = [TokenInterceptor(cfg.server.token)] if cfg.server.token else []
+        server = grpc.aio.server(
+            options=server_options(cfg.server), interceptors=interceptors
+        )
+        if self.primary is not None:
+            server.add_generic_rpc_handlers((replication_handler(self.primary),))
+        self.service = NodeService(cfg, self.primary, self.replica)
+        server.add_generic_rpc_handlers((node_handler(self.service),))
+        creds = server_credentials(cfg.server)
+        try:
+            if creds is None:
+                port = server.add_insecure_port(cfg.node.listen)
+            else:
+                port = server.add_secure_port(cfg.node.listen, creds)
+        except RuntimeError as exc:
+            raise KevoReplError(f"cannot listen on {cfg.node.listen}: {exc}") from exc
+        if port == 0:
+            raise KevoReplError(f"cannot listen on {cfg.node.listen}")
+        self.server = server
+        await server.start()
+        host = cfg.node.listen.rpartition(":")[0]
+        self.address = f"{host}:{port}"
+        write_file_atomically(Path(cfg.data_dir) / ADDRESS_FILE, self.address.encode())
+        log.info(
+            "%s listening on %s (pid %d, %s%s)",
+            cfg.node.role, self.address, os.getpid(),
+            "mutual TLS" if cfg.server.tls_client_ca else "TLS" if creds else "plaintext",
+            ", token required" if cfg.server.token else "",
+        )
+        if cfg.node.metrics:
+            self._metrics, self.metrics_address = serve_metrics(
+                cfg.node.metrics, self.service.status
+            )
+        if self.replica is not None:
+            self._replica_task = asyncio.create_task(self.replica.run(), name="replica")
+        return self.address
+
+    async def stop(self) -> None:
+        if self.replica is not None:
+            await self.replica.stop()
+        if self._replica_task is not None:
+            try:
+                await self._replica_task
+            except asyncio.CancelledError:
+                pass
+        if self._metrics is not None:
+            self._metrics[0].shutdown()
+            self._metrics = None
+        if self.server is not None:
+            await self.server.stop(grace=1.0)
+        if self.primary is not None:
+            await self.primary.close()
+        if self.replica is not None:
+            self.replica.bootstrap.close()
+            self.replica.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        log.info("%s stopped", self.cfg.node.role)
+
+
+async def serve(cfg: Config, on_ready: Callable[[Node], None] | None = None) -> None:
+    """Run a node until SIGTERM or SIGINT, then shut it down cleanly."""
+    node = Node(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    if on_ready is not None:
+        on_ready(node)
+    try:
+        await stop.wait()
+        log.info("signal received, shutting down")
+    finally:
+        await node.stop()

@@ -1,0 +1,186 @@
+"""Plugin manager and the registry of named backends.
+
+``get_plugin_manager()`` builds a fresh manager each call (no module-level global): it adds
+the hookspecs, registers the built-in default plugins, then loads the ``kevo_repl``
+entry-point group and any modules named in ``KEVO_REPL_PLUGINS``. ``Registry`` collects what
+the registration hooks register, by kind and name, remembering which plugin registered what.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from kevo_repl.errors import ConfigError, PluginError
+from kevo_repl.plugin import hookspecs
+from kevo_repl.protocol.compression import Compressor
+
+log = logging.getLogger(__name__)
+
+PROJECT = "kevo_repl"
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: comma-separated module names loaded as plugins, for plugins with no entry point
+ENV_EXTRA_PLUGINS = "KEVO_REPL_PLUGINS"
+#: set to 1 to load no entry-point plugins at all
+ENV_DISABLE_AUTOLOAD = "KEVO_REPL_DISABLE_PLUGIN_AUTOLOAD"
+#: comma-separated plugin names (entry-point or module names) never to load
+ENV_BLOCK = "KEVO_REPL_BLOCK_PLUGINS"
+
+KINDS = ("applier", "compressor", "connector")
+_HOOK_OF_KIND = {
+    "applier": "kevo_repl_register_appliers",
+    "compressor": "kevo_repl_register_compressors",
+    "connector": "kevo_repl_register_connectors",
+}
+_DEFAULT_PLUGIN_MODULES = (
+    "kevo_repl.plugin.default_plugins.compressors",
+    "kevo_repl.plugin.default_plugins.grpc_connector",
+)
+
+
+@dataclass(frozen=True)
+class Registration:
+    kind: str
+    name: str
+    obj: Any
+    plugin: str
+    distribution: str
+    version: str
+
+
+class KevoPluginManager(pluggy.PluginManager):
+    """A pluggy manager that also remembers which distribution each plugin came from."""
+
+    def __init__(self) -> None:
+        super().__init__(PROJECT)
+        self.distributions: dict[str, tuple[str, str]] = {}
+
+
+class Registry:
+    """Named backends of each kind, as the plugins registered them."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self._by_kind: dict[str, dict[str, Registration]] = {k: {} for k in KINDS}
+        dists = pm.distributions if isinstance(pm, KevoPluginManager) else {}
+        for kind, hook_name in _HOOK_OF_KIND.items():
+            hook = getattr(pm.hook, hook_name)
+            for impl in hook.get_hookimpls():
+                dist, version = dists.get(impl.plugin_name, ("kevo-repl", _own_version()))
+                register = self._registrar(kind, impl.plugin_name, dist, version)
+                try:
+                    impl.function(register=register)
+                except PluginError:
+                    raise
+                except Exception as exc:
+                    raise PluginError(
+                        f"plugin {impl.plugin_name!r} (distribution {dist}) failed in "
+                        f"{hook_name}: {exc}"
+                    ) from exc
+
+    def _registrar(
+        self, kind: str, plugin: str, dist: str, version: str
+    ) -> Callable[[str, Any], None]:
+        def register(name: str, obj: Any) -> None:
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"plugin {plugin!r} registered a {kind} with no name")
+            existing = self._by_kind[kind].get(name)
+            if existing is not None and existing.plugin != plugin:
+                # Later registrations win: defaults load first, so a user's plugin
+                # replaces a built-in of the same name.
+                log.info(
+                    "%s %r from %s replaces the one from %s", kind, name, plugin, existing.plugin
+                )
+            self._by_kind[kind][name] = Registration(kind, name, obj, plugin, dist, version)
+
+        return register
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._by_kind[kind])
+
+    def get(self, kind: str, name: str) -> Any:
+        reg = self._by_kind[kind].get(name)
+        if reg is None:
+            available = ", ".join(self.names(kind)) or "none"
+            raise ConfigError(f"unknown {kind} {name!r}; available: {available}")
+        return reg.obj
+
+    def compressors_by_id(self) -> dict[int, Compressor]:
+        """Every registered compressor by its wire codec id (the first registered wins)."""
+        out: dict[int, Compressor] = {}
+        for name in self.names("compressor"):
+            c = self.get("compressor", name)
+            out.setdefault(int(c.codec_id), c)
+        return out
+
+    def all(self) -> list[Registration]:
+        return [r for kind in KINDS for _, r in sorted(self._by_kind[kind].items())]
+
+
+def _own_version() -> str:
+    try:
+        return importlib.metadata.version("kevo-repl")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _env_list(name: str) -> list[str]:
+    return [m.strip() for m in os.environ.get(name, "").split(",") if m.strip()]
+
+
+def get_plugin_manager(*, load_entry_points: bool = True) -> KevoPluginManager:
+    pm = KevoPluginManager()
+    pm.add_hookspecs(hookspecs)
+    for blocked in _env_list(ENV_BLOCK):
+        pm.set_blocked(blocked)
+    for modname in _DEFAULT_PLUGIN_MODULES:
+        if not pm.is_blocked(modname):
+            pm.register(importlib.import_module(modname), name=modname)
+    if load_entry_points and os.environ.get(ENV_DISABLE_AUTOLOAD, "") not in ("1", "true", "yes"):
+        _load_entry_points(pm)
+    for modname in _env_list(ENV_EXTRA_PLUGINS):
+        if pm.has_plugin(modname) or pm.is_blocked(modname):
+            continue
+        try:
+            module = importlib.import_module(modname)
+        except Exception as exc:
+            raise PluginError(
+                f"plugin module {modname!r} named in ${ENV_EXTRA_PLUGINS} failed to import: {exc}"
+            ) from exc
+        _register_checked(pm, module, modname, f"${ENV_EXTRA_PLUGINS}")
+    return pm
+
+
+def _load_entry_points(pm: KevoPluginManager) -> None:
+    for ep in importlib.metadata.entry_points(group=PROJECT):
+        dist = ep.dist.metadata["name"] if ep.dist is not None else "unknown distribution"
+        version = ep.dist.version if ep.dist is not None else "unknown"
+        if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {ep.name!r} (distribution {dist}) failed to import: {exc}"
+            ) from exc
+        _register_checked(pm, plugin, ep.name, f"distribution {dist}")
+        pm.distributions[ep.name] = (dist, version)
+
+
+def _register_checked(pm: pluggy.PluginManager, plugin: object, name: str, origin: str) -> None:
+    try:
+        pm.register(plugin, name=name)
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {name!r} ({origin}) is invalid: {exc}") from exc
+
+
+def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
+    return Registry(pm if pm is not None else get_plugin_manager())

@@ -1,0 +1,3 @@
+"""The primary: write path, streaming sessions and semi-sync, slots, retention and the snapshot
+service.
+"""

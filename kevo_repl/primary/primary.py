@@ -1,0 +1,490 @@
+"""The primary: group-committed WAL writes, its own store, and WAL streaming to replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import pluggy
+
+from kevo_repl.config import Config
+from kevo_repl.errors import KevoReplError, StoreError
+from kevo_repl.plugin.engine import Applier
+from kevo_repl.plugin.manager import Registry
+from kevo_repl.primary.retention import Retention
+from kevo_repl.primary.slots import SlotTable
+from kevo_repl.protocol import chain as chain_mod
+from kevo_repl.protocol import wire
+from kevo_repl.protocol.codec import Entry, Op
+from kevo_repl.protocol.constants import SESSION_HEADER
+from kevo_repl.protocol.proto import replication_pb2 as rpb
+from kevo_repl.protocol.records import Record, chain_of, decode_body, encode_body
+from kevo_repl.storage.store import open_store
+from kevo_repl.storage.wal import WAL, SequenceNotRetained
+
+log = logging.getLogger(__name__)
+
+class WriteRejected(KevoReplError):
+    """A write that is invalid as asked (bad key, bad op); nothing was written."""
+
+
+class PrimaryUnavailable(KevoReplError):
+    """The primary cannot take writes (its WAL failed); it must be restarted."""
+
+
+@dataclass
+class Session:
+    session_id: str
+    replica_id: str
+    peer: str
+    start: int
+    sent: int = 0
+    rewind: int | None = None
+    superseded_by: str | None = None  # peer of a newer stream with the same replica id
+    received: int = 0  # what the replica reported received (not yet durable), for semi-sync
+    opened_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class _Pending:
+    record: Record
+    entries: list[Entry]
+    #: None for all but the last write of a write_many call
+    future: asyncio.Future[tuple[int, int]] | None
+    #: the hash chain after the record's last entry
+    chain: int = 0
+
+
+class Primary:
+    def __init__(self, cfg: Config, registry: Registry, pm: pluggy.PluginManager) -> None:
+        self.cfg = cfg
+        self.pm = pm
+        self.registry = registry
+        data_dir = cfg.data_dir
+        self.store: Applier = open_store(cfg, registry, durable=False)
+        try:
+            self.wal = WAL(data_dir / "wal", segment_bytes=cfg.wal.segment_bytes)
+        except BaseException:
+            self.store.close()
+            raise
+        self.history_id = self.wal.history_id
+        self.slots = SlotTable(data_dir / "slots.json")
+        self.sessions: dict[str, Session] = {}
+        self._next_seq = self.wal.last_sequence + 1
+        self._chain = self._chain_at_head()
+        self._pending: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._broken: str | None = None
+        self._advanced: asyncio.Condition | None = None
+        self._acks_changed: asyncio.Condition | None = None
+        self._ack_waiters = 0
+        #: writes that will wait for "received" acks: replicas are asked to ack on receipt
+        self.received_waiters = 0
+        self.semisync_degraded = 0
+        self._replay_store()
+        # WAL retention for the slots, within the caps, and snapshots for bootstrapping replicas
+        self.retention = Retention(self)
+
+    # -- start-up ----------------------------------------------------------------------------
+
+    def _chain_at_head(self) -> int:
+        if self.wal.last_sequence == 0:
+            return chain_mod.START
+        [last] = self.wal.read(self.wal.last_sequence, 1)
+        value = chain_of(last)
+        if value is None:
+            raise StoreError("the WAL's last record carries no hash chain value")
+        return value
+
+    def chain_at(self, sequence: int) -> int | None:
+        """The chain after `sequence` when a retained record ends exactly there."""
+        if sequence == 0:
+            return chain_mod.START
+        if not self.wal.first_sequence <= sequence <= self.wal.last_sequence:
+            return None
+        [record] = self.wal.read(sequence, 1)
+        if record.last_seq != sequence:
+            return None
+        return chain_of(record)
+
+    def _replay_store(self) -> None:
+        """Bring the local store up to the WAL: it is applied without sync, so after a crash it
+        may be behind the WAL, never ahead of it."""
+        pos = self.store.position()
+        last = self.wal.last_sequence
+        if pos.sequence > last:
+            raise StoreError(
+                f"the primary's store is at sequence {pos.sequence} but its WAL ends at {last}: "
+                "the WAL lost acknowledged records; refusing to start"
+            )
+        if pos.history_id and pos.history_id != self.history_id:
+            raise StoreError(
+                f"the primary's store belongs to history {pos.history_id}, its WAL to "
+                f"{self.history_id}; refusing to start"
+            )
+        if pos.sequence == last:
+            return
+        replayed = 0
+        for record in self.wal.iter_records(pos.sequence + 1):
+            entries = decode_body(record.body)
+            self.store.apply(entries, self.history_id, chain_of(record) or 0)
+            replayed += len(entries)
+        self.store.sync()
+        log.info("replayed %d WAL entries into the store (now at %d)", replayed, last)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    @property
+    def head(self) -> int:
+        return self.wal.last_sequence
+
+    def _condition(self) -> asyncio.Condition:
+        if self._advanced is None:
+            self._advanced = asyncio.Condition()
+        return self._advanced
+
+    async def write(self, mutations: Sequence[tuple[int, bytes, bytes]]) -> tuple[int, int]:
+        """Write one batch atomically; return its (first, last) sequence once durable."""
+        future = self._enqueue(mutations, want_future=True)
+        assert future is not None
+        # shield: a caller that goes away must not cancel the group commit of others
+        return await asyncio.shield(future)
+
+    async def write_many(
+        self, writes: Sequence[Sequence[tuple[int, bytes, bytes]]]
+    ) -> list[tuple[int, int] | WriteRejected]:
+        """Several independent write batches at once (each atomic, each its own sequences):
+        the (first, last) of each once all are durable, or the rejection of an invalid one.
+        Cheaper per write than `write`: one future for all of them."""
+        out: list[tuple[int, int] | WriteRejected] = []
+        last: _Pending | None = None
+        for mutations in writes:
+            try:
+                self._enqueue(mutations, want_future=False)
+            except WriteRejected as exc:
+                out.append(exc)
+                continue
+            last = self._pending[-1]
+            out.append((last.record.first_seq, last.record.last_seq))
+        if last is not None:
+            # groups commit in order: once this call's last write is durable, all of its
+            # writes are
+            last.future = asyncio.get_running_loop().create_future()
+            await asyncio.shield(last.future)
+        return out
+
+    def _enqueue(
+        self, mutations: Sequence[tuple[int, bytes, bytes]], *, want_future: bool
+    ) -> asyncio.Future[tuple[int, int]] | None:
+        """Validate, assign sequences, encode, and queue one write for the group commit."""
+        if self._broken is not None:
+            raise PrimaryUnavailable(self._broken)
+        if not mutations:
+            raise WriteRejected("a write needs at least one mutation")
+        max_key = self.store.max_key_size
+        max_entry = self.cfg.stream.max_entry_bytes
+        total = 0
+        for op, key, value in mutations:
+            if op not in (Op.PUT, Op.DELETE, Op.MERGE):
+                raise WriteRejected(f"unknown op {op}")
+            if not key:
+                raise WriteRejected("keys must not be empty")
+            if len(key) > max_key:
+                raise WriteRejected(
+                    f"key of {len(key)} bytes is longer than the store's maximum of {max_key}"
+                )
+            size = len(key) + len(value) + 17  # the payload's framing
+            total += size
+            if size > max_entry:
+                raise WriteRejected(
+                    f"entry of {size} bytes exceeds [stream] max_entry_bytes ({max_entry})"
+                )
+        if total > max_entry:
+            raise WriteRejected(
+                f"write batch of {total} bytes exceeds [stream] max_entry_bytes ({max_entry})"
+            )
+        first = self._next_seq
+        self._next_seq += len(mutations)
+        entries = [
+            Entry(first + i, op, key, b"" if op == Op.DELETE else value)
+            for i, (op, key, value) in enumerate(mutations)
+        ]
+        body, self._chain = encode_body(entries, self._chain)
+        record = Record(first, len(entries), body)
+        future = asyncio.get_running_loop().create_future() if want_future else None
+        self._pending.append(_Pending(record, entries, future, self._chain))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return future
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            group, self._pending = self._pending, []
+            try:
+                # one WAL fsync for every write that queued up meanwhile (group commit)
+                await _run_to_completion(loop, self._commit, group)
+            except Exception as exc:
+                self._broken = f"the primary's WAL or store failed: {exc}; restart the primary"
+                log.error("write failed, refusing further writes: %s", exc)
+                for p in (*group, *self._pending):
+                    if p.future is not None and not p.future.done():
+                        p.future.set_exception(PrimaryUnavailable(self._broken))
+                self._pending = []
+                return
+            for p in group:
+                if p.future is not None and not p.future.done():
+                    p.future.set_result((p.record.first_seq, p.record.last_seq))
+            cond = self._condition()
+            async with cond:
+                cond.notify_all()
+            first, last = group[0].record.first_seq, group[-1].record.last_seq
+            try:
+                self.pm.hook.kevo_repl_batch_applied(
+                    node="primary", first_seq=first, last_seq=last, count=last - first + 1
+                )
+            except Exception:
+                log.exception("a batch_applied hook failed")
+
+    def _commit(self, group: list[_Pending]) -> None:
+        self.retention.before_append(sum(len(p.record.body) for p in group), len(group))
+        self.wal.append([p.record for p in group])
+        entries = [e for p in group for e in p.entries]
+        self.store.apply(entries, self.history_id, group[-1].chain)
+
+    # -- streaming ---------------------------------------------------------------------------
+
+    def check_start(self, request: rpb.WALStreamRequest) -> tuple[grpc.StatusCode, str] | None:
+        start = request.start_sequence
+        if start < 1:
+            return grpc.StatusCode.INVALID_ARGUMENT, "start_sequence must be at least 1"
+        if request.history_id and request.history_id != self.history_id and start > 1:
+            return (
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"replica position belongs to history {request.history_id}, this primary's "
+                f"history is {self.history_id}: the replica diverged and must be rebuilt",
+            )
+        if start > self.head + 1:
+            return (
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"replica wants sequence {start} but this primary's log ends at {self.head}: "
+                "the replica is ahead of the primary (diverged)",
+            )
+        if start < self.wal.first_sequence:
+            return (
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"sequence {start} is no longer retained (first retained: "
+                f"{self.wal.first_sequence})",
+            )
+        if request.HasField("chain") and start > 1:
+            mine = self.chain_at(start - 1)
+            if mine is not None and mine != request.chain:
+                return (
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"the replica's history forks from this primary's at or before sequence "
+                    f"{start - 1} (hash chain {request.chain:016x}, primary's {mine:016x}): "
+                    "the replica diverged and must be rebuilt",
+                )
+        return None
+
+    def trailer(self, *, first: bool = False) -> bytes:
+        """Fields appended to a response: protobuf merges concatenated messages."""
+        msg = rpb.WALStreamResponse(head_sequence=self.head, primary_time_ns=time.time_ns())
+        if self.received_waiters:
+            msg.want_received_acks = True
+        if first:
+            msg.history_id = self.history_id
+        return bytes(msg.SerializeToString())
+
+    async def stream(
+        self, request: rpb.WALStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        problem = self.check_start(request)
+        if problem is not None:
+            log.warning(
+                "refused stream for replica %r from %s: %s",
+                request.replica_id,
+                context.peer(),
+                problem[1],
+            )
+            await context.abort(problem[0], problem[1])
+        session = Session(
+            uuid.uuid4().hex, request.replica_id or context.peer(), context.peer(),
+            request.start_sequence,
+        )
+        for old in self.sessions.values():
+            if request.replica_id and old.replica_id == session.replica_id:
+                # the newer stream wins: the old one is a zombie or a misconfigured twin
+                old.superseded_by = session.peer
+        self.sessions[session.session_id] = session
+        if any(s.superseded_by for s in self.sessions.values()):
+            cond = self._condition()
+            async with cond:
+                cond.notify_all()
+        if request.replica_id:
+            self.slots.get(request.replica_id)
+        await context.send_initial_metadata(((SESSION_HEADER, session.session_id),))
+        log.info(
+            "replica %r (%s) streaming from %d, session %s, protocol %d, %s",
+            session.replica_id, session.peer, session.start, session.session_id,
+            request.protocol_version,
+            wire.negotiate(request, self.registry.compressors_by_id()).describe(),
+        )
+        pos = request.start_sequence
+        cap = self.cfg.stream.max_batch_bytes
+        neg = wire.negotiate(request, self.registry.compressors_by_id())
+        heartbeat = self.cfg.stream.heartbeat_s
+        cond = self._condition()
+        first = True
+        try:
+            while True:
+                if session.superseded_by is not None:
+                    log.warning(
+                        "session %s of replica %r superseded by a newer stream from %s",
+                        session.session_id, session.replica_id, session.superseded_by,
+                    )
+                    await context.abort(
+                        grpc.StatusCode.ABORTED,
+                        f"superseded by a newer stream for replica_id {session.replica_id!r} "
+                        f"from {session.superseded_by}",
+                    )
+                if session.rewind is not None:
+                    log.info("session %s rewinds to %d", session.session_id, session.rewind)
+                    pos, session.rewind = session.rewind, None
+                if pos <= self.head:
+                    try:
+                        records = await asyncio.to_thread(self.wal.read, pos, cap)
+                    except SequenceNotRetained as exc:
+                        await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+                    for msg in wire.shape(records, neg, cap):
+                        yield msg + self.trailer(first=first)
+                        first = False
+                    pos = records[-1].last_seq + 1
+                    session.sent = records[-1].last_seq
+                    continue
+                ready = functools.partial(self._has_work, session, pos)
+                async with cond:
+                    try:
+                        await asyncio.wait_for(cond.wait_for(ready), heartbeat)
+                    except TimeoutError:
+                        pass
+                if not self._has_work(session, pos):
+                    yield self.trailer(first=first)  # heartbeat: head and clock, no entries
+                    first = False
+        finally:
+            self.sessions.pop(session.session_id, None)
+            log.info("session %s of replica %r ended", session.session_id, session.replica_id)
+
+    def _has_work(self, session: Session, pos: int) -> bool:
+        return (
+            self.head >= pos or session.rewind is not None or session.superseded_by is not None
+        )
+
+    async def _session_of(self, context: grpc.aio.ServicerContext) -> Session:
+        """The live session named by the call's session-id metadata; NOT_FOUND otherwise."""
+        for key, value in context.invocation_metadata() or ():
+            if key == SESSION_HEADER and str(value) in self.sessions:
+                return self.sessions[str(value)]
+        await context.abort(grpc.StatusCode.NOT_FOUND, "unknown or missing session-id")
+        raise AssertionError("unreachable")
+
+    async def acknowledge(
+        self, request: rpb.Ack, context: grpc.aio.ServicerContext
+    ) -> rpb.AckResponse:
+        session = await self._session_of(context)
+        seq = request.acknowledged_up_to
+        if seq > self.head:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"ack of {seq} is past this primary's head {self.head}",
+            )
+        self.slots.ack(session.replica_id, seq)
+        session.received = max(session.received, request.received_up_to, seq)
+        if self._ack_waiters:
+            cond = self._acks_condition()
+            async with cond:
+                cond.notify_all()
+        return rpb.AckResponse(success=True)
+
+    # -- semi-synchronous writes -----------------------------------------------------------
+
+    def _acks_condition(self) -> asyncio.Condition:
+        if self._acks_changed is None:
+            self._acks_changed = asyncio.Condition()
+        return self._acks_changed
+
+    def acked_by(self, sequence: int, durable: bool) -> list[str]:
+        """Replica ids that acknowledged `sequence` (durable, or at least received)."""
+        ids = {rid for rid, slot in self.slots.slots.items() if slot.acked >= sequence}
+        if not durable:
+            ids |= {s.replica_id for s in self.sessions.values() if s.received >= sequence}
+        return sorted(ids)
+
+    async def wait_for_acks(
+        self, sequence: int, count: int, durable: bool, timeout: float
+    ) -> tuple[list[str], bool]:
+        """Wait until `count` replicas acknowledged `sequence`; return who did, and whether
+        that happened before `timeout` seconds."""
+        cond = self._acks_condition()
+        self._ack_waiters += 1
+        try:
+            async with cond:
+                await asyncio.wait_for(
+                    cond.wait_for(lambda: len(self.acked_by(sequence, durable)) >= count),
+                    timeout,
+                )
+            return self.acked_by(sequence, durable), True
+        except TimeoutError:
+            return self.acked_by(sequence, durable), False
+        finally:
+            self._ack_waiters -= 1
+
+    async def negative_acknowledge(
+        self, request: rpb.Nack, context: grpc.aio.ServicerContext
+    ) -> rpb.NackResponse:
+        session = await self._session_of(context)
+        seq = request.missing_from_sequence
+        if seq < self.wal.first_sequence:
+            await context.abort(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"sequence {seq} is no longer retained (first: {self.wal.first_sequence})",
+            )
+        if seq > self.head + 1:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"nack of {seq} is past head {self.head}"
+            )
+        log.info("replica %r asks for a re-send from %d", session.replica_id, seq)
+        session.rewind = seq
+        cond = self._condition()
+        async with cond:
+            cond.notify_all()
+        return rpb.NackResponse(success=True)
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await self._flusher
+        await self.retention.close()
+        await self.slots.close()
+        self.wal.close()
+        self.store.sync()
+        self.store.close()
+
+
+async def _run_to_completion(loop: asyncio.AbstractEventLoop, fn: object, *args: object) -> None:
+    """Run blocking `fn` in a thread; if the caller is cancelled, still wait for the thread,
+    so a store or WAL is never closed under a running commit."""
+    assert callable(fn)
+    fut = loop.run_in_executor(None, fn, *args)
+    try:
+        await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await fut
+        raise

@@ -1,0 +1,114 @@
+"""Per-replica slots on the primary: each replica id's highest acknowledged sequence.
+
+Slots are kept in a small JSON file written atomically (fsynced); writes are coalesced so that
+a storm of acks costs one file write per interval, not one per ack. Retention flushes the
+table before it deletes WAL, so the file on disk never claims less than what was pruned for.
+
+A slot's acked sequence never moves backwards. A slot is `lost` once retention had to delete
+WAL it still needed (a cap was hit); its replica then bootstraps from a snapshot, and its
+first ack at a retained position makes the slot hold retention again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kevo_repl.storage.store import write_file_atomically
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Slot:
+    replica_id: str
+    acked: int = 0
+    last_ack_at: float = 0.0
+    #: retention deleted WAL this slot needed; it holds no retention until it acks again
+    lost: bool = False
+    lost_at: float = 0.0
+    #: wall-clock time the replica was last seen streaming (updated while it streams)
+    last_seen_at: float = 0.0
+
+
+class SlotTable:
+    def __init__(self, path: Path, flush_interval_s: float = 0.2) -> None:
+        self.path = path
+        self.slots: dict[str, Slot] = {}
+        self._dirty = False
+        self._flush_interval = flush_interval_s
+        self._flusher: asyncio.Task[None] | None = None
+        # flush() runs on the event loop's worker threads and on retention's; one at a time
+        self._write_lock = threading.Lock()
+        #: called on the event loop after every ack, with the slot and the acked sequence
+        self.on_ack: Callable[[Slot, int], None] | None = None
+        if path.exists():
+            for item in json.loads(path.read_text()):
+                slot = Slot(**item)
+                self.slots[slot.replica_id] = slot
+
+    def get(self, replica_id: str) -> Slot:
+        slot = self.slots.get(replica_id)
+        if slot is None:
+            slot = self.slots[replica_id] = Slot(replica_id, last_seen_at=time.time())
+            log.info("new slot for replica %r", replica_id)
+            self._mark_dirty()
+        return slot
+
+    def ack(self, replica_id: str, sequence: int) -> None:
+        slot = self.get(replica_id)
+        slot.last_ack_at = slot.last_seen_at = time.time()
+        if sequence > slot.acked:  # a slot never moves backwards
+            slot.acked = sequence
+            self._mark_dirty()
+        if self.on_ack is not None:
+            self.on_ack(slot, sequence)
+
+    def drop(self, replica_id: str) -> Slot | None:
+        """Forget a slot; return it (None when there was none)."""
+        slot = self.slots.pop(replica_id, None)
+        if slot is not None:
+            self._mark_dirty()
+        return slot
+
+    def mark_dirty(self) -> None:
+        """Someone changed a slot in place: write the table soon."""
+        self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        self._dirty = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self._flush_interval)
+        await asyncio.to_thread(self.flush)
+
+    def flush(self) -> None:
+        with self._write_lock:
+            if not self._dirty:
+                return
+            self._dirty = False
+            slots = list(self.slots.values())
+            data = json.dumps([asdict(s) for s in slots], indent=1).encode()
+            write_file_atomically(self.path, data)
+
+    async def close(self) -> None:
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+            try:
+                await self._flusher
+            except asyncio.CancelledError:
+                pass
+        self.flush()

@@ -1,0 +1,1 @@
+"""The replica: the receive/apply/ack pipeline, its state machine, and snapshot bootstrap."""

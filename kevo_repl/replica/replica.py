@@ -1,0 +1,668 @@
+"""The replica: stream the primary's WAL, apply it durably with its position, acknowledge.
+
+Three tasks form a pipeline so that the next response arrives while the current batch is
+being applied:
+
+  receive  — reads responses, verifies checksum/layout/order, queues batches (bounded queue:
+             when it is full, gRPC flow control holds the primary back)
+  apply    — takes everything queued (up to a cap), applies it and the new position in ONE
+             store transaction with the store's own sync, in a worker thread
+  ack      — reports the durable position; acks coalesce (one in flight, the newest wins)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+import time
+import zlib
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from operator import attrgetter
+from typing import Any
+
+import grpc
+import pluggy
+
+from kevo_repl.config import Config
+from kevo_repl.errors import ReplicationError
+from kevo_repl.plugin.engine import Applier, Position
+from kevo_repl.plugin.manager import Registry
+from kevo_repl.protocol import chain as chain_mod
+from kevo_repl.protocol.codec import CodecError, Entry, checksum, decode, decode_batch
+from kevo_repl.protocol.compression import CODEC_NONE
+from kevo_repl.protocol.constants import PROTOCOL_VERSION, SESSION_HEADER
+from kevo_repl.protocol.proto import replication_pb2 as rpb
+from kevo_repl.protocol.transport import MAX_MESSAGE_BYTES, call_metadata
+from kevo_repl.protocol.wire import Unpacker, UnpackError
+from kevo_repl.replica.bootstrap import Bootstrap, recover_install
+from kevo_repl.replica.state import TRANSITIONS, State, StateMachine
+from kevo_repl.storage.store import open_store
+
+log = logging.getLogger(__name__)
+
+_seq_of = attrgetter("sequence_number")
+_payload_of = attrgetter("payload")
+_checksum_of = attrgetter("checksum")
+_fragment_of = attrgetter("fragment_type")
+_STREAM = "/kevo.replication.WALReplicationService/StreamWAL"
+_ACK = "/kevo.replication.WALReplicationService/Acknowledge"
+_NACK = "/kevo.replication.WALReplicationService/NegativeAcknowledge"
+# A re-send the primary has not started this many seconds after a nack ends the session
+# (a reconnect from the durable position repairs it too).
+_NACK_PATIENCE_S = 5.0
+# How long a new stream may take to start (its response headers) before it is abandoned.
+_CONNECT_TIMEOUT_S = 10.0
+
+
+class _RestartSession(Exception):
+    """The stream is no longer usable; reconnect from the durable position."""
+
+
+@dataclass
+class ReplicaStats:
+    reconnects: int = 0
+    corrupt_entries: int = 0
+    gaps: int = 0
+    duplicates_skipped: int = 0
+    head_sequence: int = 0
+    last_error: str = ""
+    backoff_history: deque[float] = field(default_factory=lambda: deque(maxlen=10))
+
+
+class Replica:
+    def __init__(self, cfg: Config, registry: Registry, pm: pluggy.PluginManager) -> None:
+        self.cfg = cfg
+        self.pm = pm
+        self.replica_id = cfg.replica.replica_id
+        recover_install(cfg.data_dir)  # finish, or discard, a snapshot install cut short
+        self.store: Applier = open_store(cfg, registry, durable=True)
+        self.connector = registry.get("connector", cfg.connector.name)
+        self.bootstrap = Bootstrap(self, registry)  # for when our position is not retained
+        self.position: Position = self.store.position()
+        self.stats = ReplicaStats()
+        self.sm = StateMachine(on_change=self._state_changed)
+        self.fatal: str | None = None
+        # last sequence handed to the apply queue (>= position.sequence)
+        self._received = self.position.sequence
+        self._queue: asyncio.Queue[list[Entry]] = asyncio.Queue(cfg.replica.queue_batches)
+        self._durable_changed = asyncio.Event()
+        self._session_id = ""
+        self._channel: Any = None
+        self._session_task: asyncio.Task[None] | None = None
+        self._corrupt_at: tuple[int, int] = (0, 0)  # (sequence, times seen corrupt)
+        self._primary_history = self.position.history_id
+        self._resync = False  # an apply failed: re-stream from the durable position
+        self._stopping = False
+        self._auth = call_metadata(cfg.connector)
+        compressors = registry.compressors_by_id()
+        self._codec_id = int(registry.get("compressor", cfg.compressor.name).codec_id)
+        self._unpacker = Unpacker(compressors, MAX_MESSAGE_BYTES)
+        # for lag and stall reporting (monotonic clock unless said otherwise)
+        self._connected = False
+        self._last_message_at: float | None = None
+        self._last_progress_at = time.monotonic()
+        self._behind_since_primary_ns: int | None = None  # primary clock: head passed us
+        self._clock_offset_ns = 0  # primary clock minus ours, from the latest response
+        # (when, position) after recent applies: the apply rate
+        self._progress_log: deque[tuple[float, int]] = deque(maxlen=64)
+        # the log's hash chain after the last received entry (0: unknown, e.g. right after a
+        # snapshot install: then the primary's value is adopted), and after each queued batch
+        self._recv_chain = self.position.chain
+        self._chain_after: dict[int, int] = {}
+        self._batch_payloads: list[bytes] = []  # payloads of the entries _verify last accepted
+        apply_params = inspect.signature(self.store.apply).parameters
+        self._store_keeps_chain = "chain" in apply_params or any(
+            p.kind is p.VAR_KEYWORD for p in apply_params.values()
+        )
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _state_changed(self, old: State, new: State, reason: str) -> None:
+        if new is State.ERROR:
+            log.warning("replica %s: ERROR: %s", self.replica_id, reason)
+        try:
+            self.pm.hook.kevo_repl_state_changed(
+                node=self.replica_id, old=old.value, new=new.value, reason=reason
+            )
+        except Exception:
+            log.exception("a state_changed hook failed")
+
+    def _move(self, new: State, reason: str = "") -> None:
+        """A move of the connection side (connect, error, reconnect): always valid."""
+        self.sm.move(new, reason)
+
+    def _progress(self, new: State, reason: str = "") -> None:
+        """A move of the apply side. The connection's state dominates: when a reconnect has
+        reset the machine meanwhile, the apply side's progress does not move it."""
+        if new in TRANSITIONS[self.sm.state]:
+            self.sm.move(new, reason)
+
+    # -- main loop -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Replicate until stop() or a fatal error (divergence, repeated corruption)."""
+        apply_task = asyncio.create_task(self._apply_loop(), name="replica-apply")
+        ack_task = asyncio.create_task(self._ack_loop(), name="replica-ack")
+        attempt = 0
+        try:
+            while not self._stopping:
+                made_progress = False
+                before = self.position.sequence
+                bootstrap = False
+                try:
+                    self._session_task = asyncio.create_task(self._session())
+                    await self._session_task
+                    self._error("the primary ended the stream")
+                except _RestartSession as exc:
+                    self._error(str(exc))
+                except grpc.aio.AioRpcError as exc:
+                    fatal, reason = self._explain(exc)
+                    if fatal:
+                        self._fatal(reason)
+                        return
+                    bootstrap = self.bootstrap.wanted(exc)
+                    if not bootstrap:
+                        self._error(reason)
+                except ReplicationError as exc:
+                    self._fatal(str(exc))
+                    return
+                except asyncio.CancelledError:
+                    me = asyncio.current_task()
+                    if me is not None and me.cancelling():
+                        raise  # run() itself is being cancelled: never swallow that
+                    if self._stopping:
+                        break  # stop() ended the session
+                    self._error("session restarted")
+                finally:
+                    self._connected = False
+                    await self._close_channel()
+                if self._resync:
+                    # the session is over, so nothing can queue behind this reset
+                    self._resync = False
+                    self._drain_queue()
+                    self._received = self.position.sequence
+                    self._recv_chain = self.position.chain
+                    self._chain_after.clear()
+                if bootstrap:
+                    apply_task, ack_task = await self.bootstrap.install(apply_task, ack_task)
+                    if self.fatal:
+                        return
+                made_progress = self.position.sequence > before or self._received > before
+                if self._stopping:
+                    break
+                attempt = 0 if made_progress else attempt + 1
+                self.stats.reconnects += 1
+                delay = self._backoff(attempt)
+                self.stats.backoff_history.append(delay)
+                await asyncio.sleep(delay)
+                self._move(State.CONNECTING, "reconnecting")
+        finally:
+            for task in (apply_task, ack_task):
+                task.cancel()
+            for task in (apply_task, ack_task):
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+
+    def _explain(self, exc: grpc.aio.AioRpcError) -> tuple[bool, str]:
+        """Whether a failed stream is fatal, and a message an operator can act on."""
+        code, details = exc.code(), exc.details() or ""
+        primary = self.cfg.replica.primary
+        if code == grpc.StatusCode.OUT_OF_RANGE and self.bootstrap.enabled:
+            return False, f"primary no longer retains our position ({details}); bootstrapping"
+        if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE):
+            return True, f"primary refused the stream: {code.name}: {details}"
+        if code == grpc.StatusCode.ABORTED and "superseded" in details:
+            return True, f"another replica with id {self.replica_id!r} took over: {details}"
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return False, (
+                f"primary {primary} refused our credentials ({details}); "
+                "check [connector] token"
+            )
+        lowered = details.lower()
+        if code == grpc.StatusCode.UNAVAILABLE and any(
+            w in lowered for w in ("ssl", "handshake", "certificate", "tls")
+        ):
+            return False, (
+                f"TLS handshake with {primary} failed ({details}); check [connector] tls_ca, "
+                "tls_cert/tls_key and tls_server_name"
+            )
+        return False, f"stream from {primary} failed: {code.name}: {details}"
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with jitter, capped; attempt 0 is the first retry."""
+        cap = self.cfg.replica.backoff_max_s
+        base = min(cap, self.cfg.replica.backoff_initial_s * (2.0**attempt))
+        return base * random.uniform(0.5, 1.0)
+
+    def _error(self, reason: str) -> None:
+        self.stats.last_error = reason
+        self._move(State.ERROR, reason)
+
+    def _fatal(self, reason: str) -> None:
+        self.fatal = reason
+        self._error(reason)
+        log.error("replica %s stopped replicating: %s", self.replica_id, reason)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._session_task is not None:
+            self._session_task.cancel()
+
+    def close(self) -> None:
+        self.store.close()
+
+    async def _close_channel(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close()
+
+    # -- one connection ------------------------------------------------------------------------
+
+    async def _session(self) -> None:
+        self._channel = self.connector(self.cfg.replica.primary, asdict(self.cfg.connector))
+        stream = self._channel.unary_stream(
+            _STREAM,
+            request_serializer=rpb.WALStreamRequest.SerializeToString,
+            response_deserializer=rpb.WALStreamResponse.FromString,
+        )
+        start = self._received + 1
+        request = rpb.WALStreamRequest(
+            start_sequence=start,
+            protocol_version=PROTOCOL_VERSION,
+            replica_id=self.replica_id,
+            history_id=self.position.history_id,
+            compression_supported=self._codec_id != CODEC_NONE,
+            preferred_codec=self._codec_id,  # type: ignore[arg-type]  # enum fields take ints
+            block_compression=True,
+        )
+        if self._recv_chain:
+            request.chain = self._recv_chain
+        self._unpacker.reset()
+        call = stream(request, metadata=self._auth)
+        try:
+            # a deadline on the stream's start: a connection that never completes its set-up
+            # (seen with a GOAWAY arriving mid-handshake) is abandoned and the channel closed
+            metadata = await asyncio.wait_for(call.initial_metadata(), _CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            call.cancel()
+            raise _RestartSession(
+                f"the stream from {self.cfg.replica.primary} did not start within "
+                f"{_CONNECT_TIMEOUT_S:g}s"
+            ) from None
+        self._session_id = ""
+        for key, value in metadata or ():
+            if key == SESSION_HEADER:
+                self._session_id = str(value)
+        log.info(
+            "replica %s connected to %s, streaming from %d (session %s)",
+            self.replica_id, self.cfg.replica.primary, start, self._session_id,
+        )
+        self._connected = True
+        self.stats.last_error = ""  # connected again: an earlier failure is history
+        self._last_message_at = self._last_progress_at = time.monotonic()
+        self._move(State.STREAMING_ENTRIES, f"connected, streaming from {start}")
+        self.bootstrap.stream_started()  # after an install: ack the new position at once
+        loop = asyncio.get_running_loop()
+        nacked: tuple[int, float] | None = None  # (sequence asked for, when)
+        async for resp in call:
+            if resp is None:
+                # gRPC hands over None for a message that does not parse (damaged in flight)
+                self._count_corrupt(self._received + 1)
+                raise _RestartSession("a response from the primary did not parse; reconnecting")
+            if resp.history_id:
+                self._check_history(resp.history_id)
+            self._observe(resp)
+            corrupt_before = self.stats.corrupt_entries
+            batch: list[Entry] = []
+            problem: str | None = None
+            try:
+                plain = self._unpacker.unpack(resp)
+            except UnpackError as exc:
+                self._count_corrupt(self._received + 1)
+                problem = f"corrupt response: {exc}"
+            else:
+                if plain is not None and plain.entries:
+                    batch, problem = self._verify(plain)
+            if problem is not None:
+                self._unpacker.reset()  # a re-send starts at a batch boundary
+            if batch:
+                nacked = None
+                if self.sm.state is State.WAITING_FOR_DATA:
+                    self._progress(State.STREAMING_ENTRIES, "entries arrived")
+                assert plain is not None
+                chain_after = self._extend_chain(plain, batch)
+                self._chain_after[batch[-1].seq] = chain_after
+                await self._queue.put(batch)
+                self._received = batch[-1].seq
+                self._recv_chain = chain_after
+                if resp.want_received_acks:  # a semi-sync writer waits for receipt
+                    self._durable_changed.set()
+            expected = self._received + 1
+            if problem is not None and (
+                # a corrupt entry is asked for every time (bounded by max_corrupt_retries);
+                # a gap once: what was already in flight before the re-send shows the same gap
+                self.stats.corrupt_entries > corrupt_before
+                or nacked is None
+                or nacked[0] != expected
+            ):
+                await self._nack(expected, problem)
+                nacked = (expected, loop.time())
+            elif nacked is not None and loop.time() - nacked[1] > _NACK_PATIENCE_S:
+                raise _RestartSession(
+                    f"the primary did not re-send from {nacked[0]}; reconnecting"
+                )
+
+    def _extend_chain(self, plain: rpb.WALStreamResponse, batch: list[Entry]) -> int:
+        """The hash chain after `batch`, checked against the primary's where the response
+        carries it: a mismatch means this replica's log and the primary's differ."""
+        entries = plain.entries
+        payloads = self._batch_payloads  # what _verify accepted, in order
+        assert len(payloads) == len(batch)
+        value = self._recv_chain
+        if value:
+            value = chain_mod.over(value, payloads)
+        if plain.HasField("chain") and batch[-1].seq == entries[-1].sequence_number:
+            if value and value != plain.chain:
+                raise ReplicationError(
+                    f"divergence: after sequence {batch[-1].seq} this replica's hash chain is "
+                    f"{value:016x} but the primary's is {plain.chain:016x}; entries "
+                    f"{batch[0].seq}..{batch[-1].seq} were not applied"
+                )
+            value = plain.chain
+        return value
+
+    def _check_history(self, history_id: str) -> None:
+        mine = self.position.history_id
+        if mine and mine != history_id and self.position.sequence > 0:
+            raise ReplicationError(
+                f"primary history {history_id} differs from this replica's {mine}: diverged"
+            )
+        self._primary_history = history_id
+
+    def _verify(self, resp: rpb.WALStreamResponse) -> tuple[list[Entry], str | None]:
+        """Entries of `resp` that continue the received sequence, and the first problem."""
+        expected = self._received + 1
+        if resp.compressed and resp.codec != rpb.NONE:
+            return [], f"compressed payloads (codec {resp.codec}) were not negotiated"
+        fast = self._verify_fast(resp.entries, expected)
+        if fast is not None:
+            return fast, None
+        return self._verify_each(resp.entries, expected)
+
+    def _verify_fast(self, entries: Any, expected: int) -> list[Entry] | None:
+        """The whole response at batch level (C-level maps, no per-entry Python code) when
+        it is clean: contiguous from at most `expected`, unfragmented, checksums and layout
+        right. None when anything is off; _verify_each then finds and reports it."""
+        entries = list(entries)  # one wrapper object per entry, reused by every map below
+        n = len(entries)
+        seqs = list(map(_seq_of, entries))
+        first = seqs[0]
+        if first > expected or seqs != list(range(first, first + n)):
+            return None
+        skip = expected - first
+        if skip >= n:
+            self.stats.duplicates_skipped += n
+            return []
+        if skip:
+            entries = entries[skip:]
+            seqs = seqs[skip:]
+        if list(map(_fragment_of, entries)).count(rpb.FULL) != len(seqs):
+            return None
+        payloads = list(map(_payload_of, entries))
+        crcs = list(map(_checksum_of, entries))
+        if crcs != list(map(zlib.crc32, payloads)) and crcs.count(0) != len(crcs):
+            return None  # a mismatch, or a mix of set and unset checksums
+        out = decode_batch(payloads, seqs)
+        if out is not None:
+            self.stats.duplicates_skipped += skip
+            self._batch_payloads = payloads  # for the hash chain, without another pass
+        return out
+
+    def _verify_each(self, entries: Any, expected: int) -> tuple[list[Entry], str | None]:
+        out: list[Entry] = []
+        payloads: list[bytes] = []
+        self._batch_payloads = payloads
+        for e in entries:
+            seq = e.sequence_number
+            if seq < expected:
+                self.stats.duplicates_skipped += 1
+                continue
+            if seq > expected:
+                self.stats.gaps += 1
+                return out, f"gap: expected sequence {expected}, got {seq}"
+            if e.fragment_type != rpb.FULL:
+                return out, f"fragmented entry {seq} is not supported yet"
+            payload = e.payload
+            try:
+                if e.checksum and checksum(payload) != e.checksum:
+                    raise CodecError(f"checksum mismatch in entry {seq}")
+                entry = decode(payload, seq)
+            except CodecError as exc:
+                self._count_corrupt(seq)
+                return out, f"corrupt entry: {exc}"
+            out.append(entry)
+            payloads.append(payload)
+            expected += 1
+        return out, None
+
+    def _count_corrupt(self, seq: int) -> None:
+        self.stats.corrupt_entries += 1
+        times = self._corrupt_at[1] + 1 if self._corrupt_at[0] == seq else 1
+        self._corrupt_at = (seq, times)
+        log.warning("replica %s: entry %d is corrupt (%d times)", self.replica_id, seq, times)
+        if times > self.cfg.replica.max_corrupt_retries:
+            raise ReplicationError(
+                f"entry {seq} arrived corrupt {times} times; giving up on this primary"
+            )
+
+    async def _nack(self, sequence: int, reason: str) -> None:
+        log.info("replica %s: %s; asking for a re-send from %d", self.replica_id, reason, sequence)
+        nack = self._channel.unary_unary(
+            _NACK,
+            request_serializer=rpb.Nack.SerializeToString,
+            response_deserializer=rpb.NackResponse.FromString,
+        )
+        try:
+            await nack(
+                rpb.Nack(missing_from_sequence=sequence),
+                metadata=((SESSION_HEADER, self._session_id), *self._auth),
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _RestartSession(f"nack failed ({exc.code().name}), reconnecting") from exc
+
+    # -- apply -----------------------------------------------------------------------------------
+
+    async def _apply_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        cap = self.cfg.replica.max_apply_entries
+        while True:
+            batch = await self._queue.get()
+            # everything that queued up while the last commit ran goes into one transaction
+            while len(batch) < cap and not self._queue.empty():
+                batch.extend(self._queue.get_nowait())
+            # After a failed apply the queue may still hold entries from before the reset:
+            # apply only what continues the durable position, exactly once.
+            done = self.position.sequence
+            if batch[0].seq <= done:
+                skipped = min(len(batch), done - batch[0].seq + 1)
+                self.stats.duplicates_skipped += skipped
+                batch = batch[skipped:]
+            if not batch or batch[0].seq != done + 1:
+                continue
+            self._progress(State.APPLYING_ENTRIES, f"{len(batch)} entries")
+            history = self._primary_history or self.position.history_id
+            # apply and sync in one trip to the worker thread: a second trip would wait for
+            # the event loop (busy verifying the next response) while the store sits idle
+            chain = self._chain_after.pop(batch[-1].seq, 0)
+            for seq in [s for s in self._chain_after if s < batch[-1].seq]:
+                del self._chain_after[seq]
+            fut = loop.run_in_executor(None, self._apply_durably, batch, history, chain)
+            try:
+                new_pos, sync_error = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                await fut  # never leave a commit running under a closing store
+                raise
+            except Exception as exc:
+                # Nothing of this batch is applied (one transaction); drop what is queued
+                # and re-stream from the durable position.
+                log.error("replica %s: apply failed: %s", self.replica_id, exc)
+                self._drain_queue()
+                self._resync = True
+                self.stats.last_error = f"apply failed: {exc}"
+                if self._session_task is not None:
+                    self._session_task.cancel()
+                continue
+            self._progress(State.FSYNC_PENDING, f"committed through {new_pos.sequence}")
+            if sync_error is not None:
+                raise sync_error
+            self.position = new_pos
+            self._last_progress_at = time.monotonic()
+            self._progress_log.append((self._last_progress_at, new_pos.sequence))
+            self._progress(State.ACKNOWLEDGING, f"durable through {new_pos.sequence}")
+            self._durable_changed.set()
+            try:
+                self.pm.hook.kevo_repl_batch_applied(
+                    node=self.replica_id,
+                    first_seq=batch[0].seq,
+                    last_seq=batch[-1].seq,
+                    count=len(batch),
+                )
+            except Exception:
+                log.exception("a batch_applied hook failed")
+            if self._queue.empty():
+                self._progress(State.WAITING_FOR_DATA, "caught up with what was received")
+            else:
+                self._progress(State.APPLYING_ENTRIES, "more entries queued")
+
+    def _apply_durably(
+        self, batch: list[Entry], history: str, chain: int
+    ) -> tuple[Position, BaseException | None]:
+        """In a worker thread: apply (raising if that fails), then sync; a failed sync is
+        returned, to be raised by the apply loop as before."""
+        if self._store_keeps_chain:
+            new_pos = self.store.apply(batch, history, chain=chain)
+        else:  # an applier written before the chain existed
+            new_pos = self.store.apply(batch, history)
+        try:
+            self.store.sync()
+        except Exception as exc:
+            return new_pos, exc
+        return new_pos, None
+
+    def _drain_queue(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    # -- ack -------------------------------------------------------------------------------------
+
+    async def _ack_loop(self) -> None:
+        """One ack in flight at a time, always the newest positions: acks coalesce and never
+        hold up receive or apply. Each session is told our position once at its start."""
+        sent: tuple[str, int, int] = ("", 0, 0)  # (session, durable, received) delivered
+        while True:
+            await self._durable_changed.wait()
+            self._durable_changed.clear()
+            durable = self.position.sequence
+            received = max(self._received, durable)
+            session = self._session_id
+            if self._channel is None or not session:
+                continue
+            if sent[0] == session and durable <= sent[1] and received <= sent[2]:
+                continue
+            ack = self._channel.unary_unary(
+                _ACK,
+                request_serializer=rpb.Ack.SerializeToString,
+                response_deserializer=rpb.AckResponse.FromString,
+            )
+            try:
+                await ack(
+                    rpb.Ack(acknowledged_up_to=durable, received_up_to=received),
+                    metadata=((SESSION_HEADER, session), *self._auth),
+                    timeout=10,
+                )
+                sent = (session, durable, received)
+            except (grpc.aio.AioRpcError, RuntimeError) as exc:
+                # the next batch (or the next session) acks again
+                log.info("replica %s: ack of %d not delivered: %s", self.replica_id, durable, exc)
+
+    # -- observation -----------------------------------------------------------------------------
+
+    def _observe(self, resp: rpb.WALStreamResponse) -> None:
+        """Head and clock from a response (heartbeats included): the basis of lag."""
+        now = time.monotonic()
+        self._last_message_at = now
+        if resp.primary_time_ns:
+            self._clock_offset_ns = resp.primary_time_ns - time.time_ns()
+        if resp.head_sequence:
+            self.stats.head_sequence = resp.head_sequence
+            if resp.head_sequence <= self.position.sequence:
+                self._behind_since_primary_ns = None
+            elif self._behind_since_primary_ns is None:
+                self._behind_since_primary_ns = resp.primary_time_ns or (
+                    time.time_ns() + self._clock_offset_ns
+                )
+
+    def lag(self) -> tuple[int, float, bool]:
+        """(entries behind, seconds behind on the primary's clock, stalled)."""
+        head = max(self.stats.head_sequence, self.position.sequence)
+        entries = head - self.position.sequence
+        now = time.monotonic()
+        stall_after = self.cfg.stream.stall_after_s
+        # a connection that delivers not even heartbeats hides how far behind we are
+        silent = self._last_message_at is not None and now - self._last_message_at > max(
+            stall_after, 3 * self.cfg.stream.heartbeat_s
+        )
+        if entries == 0:
+            self._behind_since_primary_ns = None
+            return 0, 0.0, self._connected and silent
+        seconds = 0.0
+        if self._behind_since_primary_ns is not None:
+            primary_now = time.time_ns() + self._clock_offset_ns
+            seconds = max(0.0, (primary_now - self._behind_since_primary_ns) / 1e9)
+        stuck = now - self._last_progress_at > stall_after
+        return entries, seconds, self._connected and (stuck or silent)
+
+    def apply_rate(self, window_s: float = 5.0) -> float:
+        """Entries applied per second over the last `window_s` seconds."""
+        now = time.monotonic()
+        recent = [(t, s) for t, s in self._progress_log if now - t <= window_s]
+        if not recent:
+            return 0.0
+        t0, s0 = recent[0]
+        if len(recent) == 1 or now - t0 <= 0:
+            return 0.0
+        return (self.position.sequence - s0) / (now - t0)
+
+    def status(self) -> dict[str, Any]:
+        lag_entries, lag_seconds, stalled = self.lag()
+        return {
+            "role": "replica",
+            "state": self.sm.state.value,
+            "last_applied": self.position.sequence,
+            "head_sequence": max(self.stats.head_sequence, self.position.sequence),
+            "history_id": self.position.history_id,
+            "applied_entries": self.position.applied_entries,
+            "primary": self.cfg.replica.primary,
+            "replica_id": self.replica_id,
+            "last_error": self.fatal or self.stats.last_error,
+            "reconnects": self.stats.reconnects,
+            "corrupt_entries": self.stats.corrupt_entries,
+            "gaps": self.stats.gaps,
+            "duplicates_skipped": self.stats.duplicates_skipped,
+            "lag_entries": lag_entries,
+            "lag_seconds": lag_seconds,
+            "stalled": stalled,
+            "connected": self._connected,
+            "last_message_age_s": (
+                time.monotonic() - self._last_message_at if self._last_message_at else -1.0
+            ),
+            "backoff_history_s": list(self.stats.backoff_history),
+            "received_sequence": max(self._received, self.position.sequence),
+            "apply_rate": self.apply_rate(),
+        }

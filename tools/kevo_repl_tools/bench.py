@@ -1,0 +1,774 @@
+"""`kevo-repl bench`: catch-up, live lag and write throughput of real node processes.
+
+Every scenario starts its own primary (and replica) as child processes on loopback, in a
+fresh work directory, and always stops them again. Each returns one flat-ish dict; the CLI
+prints it as a table or, with ``--json``, as one JSON object. This module (with the CLI) is
+the only library code allowed to print.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from kevo_repl.client.client import AsyncStreamWriter, Client
+from kevo_repl.errors import KevoReplError
+from kevo_repl.plugin.manager import build_registry
+from kevo_repl.protocol.codec import Entry, Op
+from kevo_repl.protocol.proto import node_pb2 as npb
+from kevo_repl.protocol.transport import channel_options
+from kevo_repl_tools.bench_probe import ENV_PROBE_FILE
+from kevo_repl_tools.launcher import NodeProcess
+
+log = logging.getLogger(__name__)
+
+SCENARIOS = ("catchup", "lag", "write")
+KEY_SIZE = 16
+VALUE_SIZE = 100
+_WRITE_METHOD = "/kevo.repl.Node/Write"
+_STATUS_POLL_S = 0.005
+_FILLER = b"x" * VALUE_SIZE
+
+
+@dataclass
+class BenchOptions:
+    applier: str = "lmdb"
+    codec: str = "none"
+    count: int = 500_000
+    rate: int = 20_000
+    seconds: float = 10.0
+    dir: str | None = None
+    #: write scenario: concurrent writers and entries per write of each cell
+    writers: Sequence[int] = (1, 8, 64)
+    batches: Sequence[int] = (1, 1000)
+    #: write scenario: also run every cell with one SIGSTOPped replica
+    stalled: bool = True
+    #: catch-up: raw baseline batch size (entries per synced batch)
+    raw_batch: int = 1000
+    #: catch-up: concurrent clients preloading the primary
+    preload_clients: int = 4
+    #: lag: entries per write (a write every batch/rate seconds)
+    lag_batch: int = 100
+    vs_redis: bool = False
+    #: upper bound on any single wait (node start, catch-up, drain)
+    timeout: float = 600.0
+    log_level: str = "WARNING"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def key_of(i: int) -> bytes:
+    return b"%016d" % i
+
+
+def value_of(i: int) -> bytes:
+    return (b"%016d" % i + _FILLER)[:VALUE_SIZE]
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident set size (VmHWM) of a live process, in MiB; 0.0 if unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, min(len(sorted_values), math.ceil(q / 100.0 * len(sorted_values))))
+    return sorted_values[rank - 1]
+
+
+def _check_backends(opts: BenchOptions) -> None:
+    registry = build_registry()
+    registry.get("applier", opts.applier)  # raises a ConfigError listing what exists
+    registry.get("compressor", opts.codec)
+
+
+@contextmanager
+def _workdir(opts: BenchOptions, scenario: str) -> Iterator[Path]:
+    if opts.dir:
+        root = Path(opts.dir) / scenario
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        yield root
+        return
+    root = Path(tempfile.mkdtemp(prefix=f"kevo-bench-{scenario}-"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _config_file(root: Path, opts: BenchOptions) -> Path:
+    path = root / "bench.toml"
+    path.write_text(f'[compressor]\nname = "{opts.codec}"\n')
+    return path
+
+
+class _Cluster:
+    """The node processes of one scenario; all are stopped (and resumed first, if stopped)."""
+
+    def __init__(self, root: Path, opts: BenchOptions) -> None:
+        self.root = root
+        self.opts = opts
+        self.config = _config_file(root, opts)
+        self.nodes: list[NodeProcess] = []
+
+    def _env(self, probe: Path | None) -> dict[str, str]:
+        env = dict(self.opts.extra_env)
+        if probe is not None:
+            mods = [m for m in os.environ.get("KEVO_REPL_PLUGINS", "").split(",") if m]
+            env["KEVO_REPL_PLUGINS"] = ",".join([*mods, "kevo_repl_tools.bench_probe"])
+            env[ENV_PROBE_FILE] = str(probe)
+        return env
+
+    def primary(self, probe: Path | None = None) -> NodeProcess:
+        node = NodeProcess(
+            "primary", self.root / "primary", applier=self.opts.applier, config=self.config,
+            env=self._env(probe), log_level=self.opts.log_level,
+        )
+        self.nodes.append(node)
+        node.start(timeout=min(60.0, self.opts.timeout))
+        return node
+
+    def replica(
+        self, primary: NodeProcess, probe: Path | None = None, replica_id: str = "bench"
+    ) -> NodeProcess:
+        node = NodeProcess(
+            "replica", self.root / f"replica-{replica_id}", primary=primary.address,
+            replica_id=replica_id, applier=self.opts.applier, config=self.config,
+            env=self._env(probe), log_level=self.opts.log_level,
+        )
+        self.nodes.append(node)
+        return node
+
+    def close(self) -> None:
+        for node in reversed(self.nodes):
+            if node.running:
+                try:
+                    os.kill(node.pid, signal.SIGCONT)
+                except OSError:
+                    pass
+            node.terminate(timeout=15.0)
+
+
+@contextmanager
+def _cluster(root: Path, opts: BenchOptions) -> Iterator[_Cluster]:
+    c = _Cluster(root, opts)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def _wait_status(
+    node: NodeProcess, done: Callable[[dict[str, Any]], bool], timeout: float, what: str
+) -> dict[str, Any]:
+    """Poll a node's status every few milliseconds until `done` holds (bounded)."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    with Client(node.address, timeout=10.0) as c:
+        while True:
+            try:
+                st = c.status()
+                if st.get("last_error") and st.get("state") == "ERROR" and "stopped" in str(
+                    st.get("last_error")
+                ):
+                    raise KevoReplError(f"{what}: node failed: {st['last_error']}")
+                if done(st):
+                    return st
+                last_error = None
+            except grpc.RpcError as exc:
+                last_error = exc
+            if time.monotonic() > deadline:
+                raise KevoReplError(
+                    f"timed out after {timeout:.0f}s waiting for {what} "
+                    f"(last error: {last_error})\n{node.log_tail()}"
+                )
+            if not node.running:
+                raise KevoReplError(f"{what}: the node exited\n{node.log_tail()}")
+            time.sleep(_STATUS_POLL_S)
+
+
+def _write_request(first: int, n: int) -> bytes:
+    req = npb.WriteRequest(
+        mutations=[
+            npb.Mutation(op=npb.Op.Value("PUT"), key=key_of(i), value=value_of(i))
+            for i in range(first, first + n)
+        ]
+    )
+    return bytes(req.SerializeToString())
+
+
+def _preload(address: str, count: int, clients: int, batch: int = 1000) -> None:
+    """Write entries 0..count-1 in `batch`-entry writes from several client threads."""
+    starts = list(range(0, count, batch))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        channel = grpc.insecure_channel(address, options=channel_options())
+        write = channel.unary_unary(
+            _WRITE_METHOD, request_serializer=_identity, response_deserializer=_identity
+        )
+        try:
+            while True:
+                with lock:
+                    if not starts or errors:
+                        return
+                    first = starts.pop(0)
+                write(_write_request(first, min(batch, count - first)), timeout=120.0)
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+        finally:
+            channel.close()
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(max(1, clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise KevoReplError(f"preloading the primary failed: {errors[0]}")
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+# -- catch-up -----------------------------------------------------------------------------------
+
+
+def raw_baseline(applier: str, count: int, batch: int, path: Path) -> dict[str, float]:
+    """`count` entries straight into a fresh durable store of the same type, `batch` per
+    transaction; only the apply calls are timed (building entries is not)."""
+    factory = build_registry().get("applier", applier)
+    store = factory(path, {}, True)
+    spent = 0.0
+    try:
+        for first in range(1, count + 1, batch):
+            n = min(batch, count + 1 - first)
+            entries = [
+                Entry(s, Op.PUT, key_of(s - 1), value_of(s - 1)) for s in range(first, first + n)
+            ]
+            started = time.perf_counter()
+            store.apply(entries, "bench")
+            store.sync()
+            spent += time.perf_counter() - started
+        if store.position().sequence != count:
+            raise KevoReplError(f"raw baseline store ends at {store.position().sequence}")
+    finally:
+        store.close()
+    return {"raw_seconds": spent, "raw_entries_per_s": count / spent if spent else 0.0}
+
+
+def run_catchup(opts: BenchOptions) -> dict[str, Any]:
+    _check_backends(opts)
+    if opts.count < 1:
+        raise KevoReplError("--count must be at least 1")
+    with _workdir(opts, "catchup") as root, _cluster(root, opts) as cluster:
+        primary = cluster.primary()
+        started = time.perf_counter()
+        _preload(primary.address, opts.count, opts.preload_clients)
+        preload_s = time.perf_counter() - started
+        head = primary.status()["head_sequence"]
+        if head != opts.count:
+            raise KevoReplError(f"the primary holds {head} entries, not {opts.count}")
+        replica = cluster.replica(primary)
+        started = time.perf_counter()
+        replica.start(timeout=min(60.0, opts.timeout))
+        listening = time.perf_counter()
+        _wait_status(
+            replica, lambda st: st["last_applied"] >= head, opts.timeout, "the replica to catch up"
+        )
+        seconds = time.perf_counter() - started
+        replica_rss = peak_rss_mb(replica.pid)
+        primary_rss = peak_rss_mb(primary.pid)
+        st = replica.status()
+        cluster.close()
+        raw = raw_baseline(opts.applier, opts.count, opts.raw_batch, root / "raw")
+    eps = opts.count / seconds
+    return {
+        "scenario": "catchup",
+        "applier": opts.applier,
+        "codec": opts.codec,
+        "count": opts.count,
+        "seconds": round(seconds, 4),
+        "start_to_listening_s": round(listening - started, 4),
+        "entries_per_s": round(eps, 1),
+        "raw_seconds": round(raw["raw_seconds"], 4),
+        "raw_entries_per_s": round(raw["raw_entries_per_s"], 1),
+        "ratio": round(eps / raw["raw_entries_per_s"], 4) if raw["raw_entries_per_s"] else 0.0,
+        "applied_entries": st["applied_entries"],
+        "preload_s": round(preload_s, 3),
+        "replica_rss_mb": replica_rss,
+        "primary_rss_mb": primary_rss,
+    }
+
+
+# -- lag ----------------------------------------------------------------------------------------
+
+
+def _read_probe(path: Path) -> list[tuple[int, int]]:
+    """(last_seq, time_ns) of every line in a probe file, in file order."""
+    out: list[tuple[int, int]] = []
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            out.append((int(parts[1]), int(parts[2])))
+    return out
+
+
+def batch_lags_ms(
+    primary: Sequence[tuple[int, int]], replica: Sequence[tuple[int, int]]
+) -> list[float]:
+    """For each primary batch, the time until the replica first held its last sequence."""
+    rep_seqs = [s for s, _ in replica]
+    lags: list[float] = []
+    for last, t_primary in primary:
+        i = bisect.bisect_left(rep_seqs, last)
+        if i == len(rep_seqs):
+            continue
+        lags.append(max(0.0, (replica[i][1] - t_primary) / 1e6))
+    return lags
+
+
+def _paced_writes(address: str, rate: int, seconds: float, batch: int) -> tuple[int, float]:
+    """Write `batch`-entry writes so that `rate` entries/s go in for `seconds`; returns the
+    entries written and the seconds it took. A late write is sent at once (no catch-up burst
+    beyond one interval)."""
+    interval = batch / rate
+    channel = grpc.insecure_channel(address, options=channel_options())
+    write = channel.unary_unary(
+        _WRITE_METHOD, request_serializer=_identity, response_deserializer=_identity
+    )
+    written = 0
+    try:
+        started = time.perf_counter()
+        due = started
+        end = started + seconds
+        i = 0
+        while due < end:
+            now = time.perf_counter()
+            if due > now:
+                time.sleep(due - now)
+            write(_write_request(i, batch), timeout=30.0)
+            i += batch
+            written += batch
+            due = max(due + interval, time.perf_counter() - interval)
+        return written, time.perf_counter() - started
+    finally:
+        channel.close()
+
+
+def run_lag(opts: BenchOptions) -> dict[str, Any]:
+    _check_backends(opts)
+    if opts.rate < 1 or opts.seconds <= 0:
+        raise KevoReplError("--rate and --seconds must be positive")
+    batch = max(1, min(opts.lag_batch, opts.rate))
+    with _workdir(opts, "lag") as root, _cluster(root, opts) as cluster:
+        p_probe, r_probe = root / "primary.probe", root / "replica.probe"
+        primary = cluster.primary(probe=p_probe)
+        replica = cluster.replica(primary, probe=r_probe)
+        replica.start(timeout=min(60.0, opts.timeout))
+        _wait_status(
+            replica, lambda st: st["state"] in ("WAITING_FOR_DATA", "STREAMING_ENTRIES"),
+            min(60.0, opts.timeout), "the replica to connect",
+        )
+        written, spent = _paced_writes(primary.address, opts.rate, opts.seconds, batch)
+        head = primary.status()["head_sequence"]
+        _wait_status(
+            replica, lambda st: st["last_applied"] >= head, opts.timeout, "the replica to drain"
+        )
+        replica_rss = peak_rss_mb(replica.pid)
+        primary_rss = peak_rss_mb(primary.pid)
+        cluster.close()  # flushes and closes the probe files
+        p_lines = [x for x in _read_probe(p_probe)]
+        r_lines = _read_probe(r_probe)
+    lags = sorted(batch_lags_ms(p_lines, r_lines))
+    if not lags:
+        raise KevoReplError("no batch was seen on both the primary and the replica")
+    return {
+        "scenario": "lag",
+        "applier": opts.applier,
+        "codec": opts.codec,
+        "rate": opts.rate,
+        "seconds": opts.seconds,
+        "write_batch": batch,
+        "entries": written,
+        "achieved_rate": round(written / spent, 1),
+        "primary_batches": len(p_lines),
+        "replica_batches": len(r_lines),
+        "lag_p50_ms": round(_percentile(lags, 50), 3),
+        "lag_p99_ms": round(_percentile(lags, 99), 3),
+        "lag_max_ms": round(lags[-1], 3),
+        "replica_rss_mb": replica_rss,
+        "primary_rss_mb": primary_rss,
+    }
+
+
+# -- write --------------------------------------------------------------------------------------
+
+
+async def _stream_cell(address: str, writers: int, batch: int, seconds: float) -> dict[str, Any]:
+    """The same load through one WriteStream shared by all writers (AsyncStreamWriter)."""
+    writes = 0
+    async with AsyncStreamWriter(address) as sw:
+        muts: list[list[tuple[int, bytes, bytes]]] = [
+            [(Op.PUT, f"s{w:07d}-{i:07d}".encode()[-16:], b"v" * 100) for i in range(batch)]
+            for w in range(writers)
+        ]
+        await sw.write(muts[0])  # warm the stream up
+        end = time.perf_counter() + seconds
+
+        async def writer(m: list[tuple[int, bytes, bytes]]) -> None:
+            nonlocal writes
+            while time.perf_counter() < end:
+                await sw.write(m)
+                writes += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(writer(m) for m in muts))
+        spent = time.perf_counter() - started
+    return _cell("stream", writers, batch, writes, spent)
+
+
+def _cell(api: str, writers: int, batch: int, writes: int, spent: float) -> dict[str, Any]:
+    return {
+        "api": api,
+        "writers": writers,
+        "batch": batch,
+        "writes": writes,
+        "writes_per_s": round(writes / spent, 1),
+        "entries_per_s": round(writes * batch / spent, 1),
+    }
+
+
+async def _write_cell(address: str, writers: int, batch: int, seconds: float) -> dict[str, Any]:
+    """`writers` concurrent writers, each sending `batch`-entry writes back to back."""
+    # every writer owns its keys; its request is built once and re-sent as bytes
+    requests = [_write_request(w * 1_000_000, batch) for w in range(writers)]
+    writes = 0
+    async with grpc.aio.insecure_channel(address, options=channel_options()) as channel:
+        write = channel.unary_unary(
+            _WRITE_METHOD, request_serializer=_identity, response_deserializer=_identity
+        )
+        await write(requests[0], timeout=30.0)  # warm the connection up
+        end = time.perf_counter() + seconds
+
+        async def writer(req: bytes) -> None:
+            nonlocal writes
+            while time.perf_counter() < end:
+                await write(req, timeout=30.0)
+                writes += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(writer(r) for r in requests))
+        spent = time.perf_counter() - started
+    return _cell("unary", writers, batch, writes, spent)
+
+
+def run_write(opts: BenchOptions) -> dict[str, Any]:
+    _check_backends(opts)
+    if opts.seconds <= 0 or not opts.writers or not opts.batches:
+        raise KevoReplError("--seconds must be positive; --writers and --batches not empty")
+    cells: list[dict[str, Any]] = []
+    replica_rss = 0.0
+    with _workdir(opts, "write") as root, _cluster(root, opts) as cluster:
+        primary = cluster.primary()
+        modes = [False, True] if opts.stalled else [False]
+        for stalled in modes:
+            replica: NodeProcess | None = None
+            if stalled:
+                replica = cluster.replica(primary)
+                replica.start(timeout=min(60.0, opts.timeout))
+                head = primary.status()["head_sequence"]
+                # let it catch up first, so that it is stalled mid-stream, not mid-catch-up
+                _wait_status(
+                    replica, lambda st, h=head: st["last_applied"] >= h,  # type: ignore[misc]  # mypy cannot type a default-bound lambda
+                    opts.timeout, "the replica to catch up before it is stalled",
+                )
+                os.kill(replica.pid, signal.SIGSTOP)
+            try:
+                for writers in opts.writers:
+                    for batch in opts.batches:
+                        for run_cell in (_write_cell, _stream_cell):
+                            cell = asyncio.run(
+                                run_cell(primary.address, writers, batch, opts.seconds)
+                            )
+                            cell["stalled_replica"] = stalled
+                            cells.append(cell)
+            finally:
+                if replica is not None:
+                    os.kill(replica.pid, signal.SIGCONT)
+                    replica_rss = peak_rss_mb(replica.pid)
+        primary_rss = peak_rss_mb(primary.pid)
+    result: dict[str, Any] = {
+        "scenario": "write",
+        "applier": opts.applier,
+        "codec": opts.codec,
+        "seconds_per_cell": opts.seconds,
+        "cells": cells,
+        "replica_rss_mb": replica_rss,
+        "primary_rss_mb": primary_rss,
+    }
+    for cell in cells:
+        if cell["writers"] == max(opts.writers) and cell["batch"] == 1 and not cell[
+            "stalled_replica"
+        ]:
+            suffix = "" if cell["api"] == "unary" else "_stream"
+            key = f"writes_per_s_{cell['writers']}_writers_single{suffix}"
+            result[key] = cell["writes_per_s"]
+    return result
+
+
+# -- Redis comparison ---------------------------------------------------------------------------
+
+
+class _Resp:
+    """Just enough of the Redis protocol (RESP2) to load a primary and read INFO."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60.0)
+        self.reader = self.sock.makefile("rb")
+
+    @staticmethod
+    def encode(*parts: bytes) -> bytes:
+        out = [b"*%d\r\n" % len(parts)]
+        for p in parts:
+            out.append(b"$%d\r\n%s\r\n" % (len(p), p))
+        return b"".join(out)
+
+    def read(self) -> Any:
+        line = self.reader.readline()
+        if not line:
+            raise KevoReplError("redis closed the connection")
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            raise KevoReplError(f"redis: {rest.decode(errors='replace')}")
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else self.reader.read(n + 2)[:-2]
+        if kind == b"*":
+            return [self.read() for _ in range(int(rest))]
+        raise KevoReplError(f"redis: unexpected reply {line!r}")
+
+    def call(self, *parts: bytes) -> Any:
+        self.sock.sendall(self.encode(*parts))
+        return self.read()
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _start_redis(
+    root: Path, name: str, extra: Sequence[str], timeout: float
+) -> tuple[subprocess.Popen[bytes], int]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise KevoReplError("redis-server is not on PATH")
+    port = _free_port()
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d), "--save", "",
+           "--logfile", str(d / "redis.log"), *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = _Resp(port)
+            try:
+                if conn.call(b"PING") == b"PONG":
+                    return proc, port
+            finally:
+                conn.close()
+        except (OSError, KevoReplError):
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            proc.wait(10)
+            raise KevoReplError(f"redis-server ({name}) did not start within {timeout}s")
+        time.sleep(0.01)
+
+
+def run_redis_catchup(opts: BenchOptions) -> dict[str, Any]:
+    """The same catch-up through a Redis primary and replica on loopback: the replica has
+    appendonly with appendfsync always, and is caught up once its link is up and it holds
+    every key."""
+    procs: list[subprocess.Popen[bytes]] = []
+    with _workdir(opts, "redis") as root:
+        try:
+            primary, pport = _start_redis(root, "primary", [], 30.0)
+            procs.append(primary)
+            conn = _Resp(pport)
+            try:
+                for first in range(0, opts.count, 1000):
+                    parts = [b"MSET"]
+                    for i in range(first, min(first + 1000, opts.count)):
+                        parts += [key_of(i), value_of(i)]
+                    conn.call(*parts)
+            finally:
+                conn.close()
+            started = time.perf_counter()
+            replica, rport = _start_redis(
+                root, "replica",
+                ["--replicaof", "127.0.0.1", str(pport), "--appendonly", "yes",
+                 "--appendfsync", "always"],
+                30.0,
+            )
+            procs.append(replica)
+            deadline = time.monotonic() + opts.timeout
+            conn = _Resp(rport)
+            try:
+                while True:
+                    info = conn.call(b"INFO", b"replication") or b""
+                    if (
+                        b"master_link_status:up" in info
+                        and b"master_sync_in_progress:0" in info
+                        and conn.call(b"DBSIZE") >= opts.count
+                    ):
+                        break
+                    if time.monotonic() > deadline:
+                        raise KevoReplError("timed out waiting for the Redis replica")
+                    time.sleep(_STATUS_POLL_S)
+            finally:
+                conn.close()
+            seconds = time.perf_counter() - started
+            replica_rss = peak_rss_mb(replica.pid)
+            primary_rss = peak_rss_mb(primary.pid)
+        finally:
+            for proc in procs:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+    return {
+        "count": opts.count,
+        "seconds": round(seconds, 4),
+        "entries_per_s": round(opts.count / seconds, 1),
+        "replica_rss_mb": replica_rss,
+        "primary_rss_mb": primary_rss,
+    }
+
+
+# -- driver -------------------------------------------------------------------------------------
+
+_RUNNERS: dict[str, Callable[[BenchOptions], dict[str, Any]]] = {
+    "catchup": run_catchup,
+    "lag": run_lag,
+    "write": run_write,
+}
+
+
+def run(scenario: str, opts: BenchOptions, runs: int = 1) -> dict[str, Any]:
+    """Run a scenario `runs` times; with more than one run, numbers are the medians and the
+    single runs are under "runs"."""
+    if scenario not in _RUNNERS:
+        raise KevoReplError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
+    results = [_RUNNERS[scenario](opts) for _ in range(max(1, runs))]
+    result = results[0] if len(results) == 1 else _median_of(results)
+    if opts.vs_redis and scenario == "catchup":
+        if shutil.which("redis-server") is None:
+            result["redis"] = {"skipped": "redis-server is not on PATH"}
+        else:
+            redis = [run_redis_catchup(opts) for _ in range(max(1, runs))]
+            result["redis"] = redis[0] if len(redis) == 1 else _median_of(redis)
+    return result
+
+
+def _median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in results[0].items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            if key == "cells":
+                out[key] = [
+                    _median_of([r["cells"][i] for r in results])
+                    for i in range(len(results[0]["cells"]))
+                ]
+            else:
+                out[key] = value
+            continue
+        if key in ("count", "rate", "writers", "batch"):
+            out[key] = value
+            continue
+        out[key] = round(statistics.median(r[key] for r in results), 4)
+    if "cells" not in results[0]:
+        out["runs"] = results
+    else:
+        out["runs"] = len(results)
+    return out
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines: list[str] = []
+    scalars = [(k, v) for k, v in result.items() if k not in ("cells", "runs", "redis")]
+    width = max(len(k) for k, _ in scalars)
+    lines += [f"{k:<{width}}  {v}" for k, v in scalars]
+    cells = result.get("cells")
+    if cells:
+        lines.append("")
+        lines.append(
+            f"{'api':>6} {'writers':>7} {'batch':>6} {'stalled':>8} {'writes/s':>12} "
+            f"{'entries/s':>12}"
+        )
+        for c in cells:
+            lines.append(
+                f"{c.get('api', 'unary'):>6} {c['writers']:>7} {c['batch']:>6} "
+                f"{'yes' if c['stalled_replica'] else 'no':>8} "
+                f"{c['writes_per_s']:>12,.0f} {c['entries_per_s']:>12,.0f}"
+            )
+    redis = result.get("redis")
+    if redis:
+        lines.append("")
+        lines.append("redis:")
+        lines += [f"  {k:<{width}}  {v}" for k, v in redis.items() if k != "runs"]
+    return "\n".join(lines)
+
