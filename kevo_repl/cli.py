@@ -246,6 +246,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result.equal else 1
 
 
+def cmd_wal_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .wal_check import check_wal, describe
+
+    report = check_wal(Path(args.data_dir))
+    if args.json:
+        print(report.to_json())
+    else:
+        print("\n".join(describe(report)))
+    return 1 if report.damaged else 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .plugins import build_registry
 
@@ -440,6 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
                    slots_sub)
     s.add_argument("replica_id", help="the slot's replica id")
     s.set_defaults(func=cmd_slots_drop)
+
+    wal = sub.add_parser("wal", help="inspect a stopped or running primary's WAL on disk")
+    wal_sub = wal.add_subparsers(dest="wal_command", required=True)
+    s = wal_sub.add_parser("check", help="report damage in DATA_DIR/wal without changing "
+                           "anything; exit 1 when the primary would refuse to start on it")
+    s.add_argument("data_dir", metavar="DATA_DIR", help="the primary's data directory")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_wal_check)
 
     s = sub.add_parser("verify", help="compare a primary and a replica at a common position; "
                        "exit 1 and print the differing key ranges when they differ")

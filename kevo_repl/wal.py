@@ -195,7 +195,23 @@ def _pread_exact(fd: int, size: int, offset: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _segment_header_problem(raw: bytes, first_seq: int) -> str | None:
+def list_segments(directory: Path) -> list[tuple[int, Path]]:
+    """(first sequence, path) of every segment file in `directory`, oldest first."""
+    found: list[tuple[int, Path]] = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if not entry.name.endswith(".wal"):
+                continue
+            match = _SEGMENT_NAME.fullmatch(entry.name)
+            if match is None or int(match.group(1)) < 1:
+                raise WALError(f"{entry.path}: not a valid segment file name")
+            found.append((int(match.group(1)), Path(entry.path)))
+    found.sort()
+    return found
+
+
+def segment_header_problem(raw: bytes, first_seq: int) -> str | None:
+    """What is wrong with a segment's header bytes, None when nothing is."""
     if len(raw) < _SEGMENT_HEADER.size:
         return f"segment header is {len(raw)} of {_SEGMENT_HEADER.size} bytes"
     magic, version, seq = _SEGMENT_HEADER.unpack_from(raw)
@@ -393,17 +409,7 @@ class WAL:
                 _fsync_dir(created.parent)
 
     def _list_segments(self) -> list[tuple[int, Path]]:
-        found: list[tuple[int, Path]] = []
-        with os.scandir(self._dir) as entries:
-            for entry in entries:
-                if not entry.name.endswith(".wal"):
-                    continue
-                match = _SEGMENT_NAME.fullmatch(entry.name)
-                if match is None or int(match.group(1)) < 1:
-                    raise WALError(f"{entry.path}: not a valid segment file name")
-                found.append((int(match.group(1)), Path(entry.path)))
-        found.sort()
-        return found
+        return list_segments(self._dir)
 
     def _load_history(self, has_segments: bool) -> str:
         path = self._dir / _HISTORY
@@ -459,7 +465,7 @@ class WAL:
 
     def _recover_segment(self, seg: _Segment, is_last: bool) -> None:
         file_size = os.fstat(seg.fd).st_size
-        problem = _segment_header_problem(os.pread(seg.fd, _SEGMENT_HEADER.size, 0), seg.first_seq)
+        problem = segment_header_problem(os.pread(seg.fd, _SEGMENT_HEADER.size, 0), seg.first_seq)
         if problem is not None:
             # The header is synced before any record goes in, so a bad header is a torn
             # creation only when nothing follows it.
