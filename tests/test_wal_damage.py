@@ -173,3 +173,48 @@ def test_damaged_last_record_a_replica_acknowledged_refuses(tmp_path: Path) -> N
     finally:
         replica.kill()
         primary.kill()
+
+
+def test_rebuild_the_primary_from_a_replica(tmp_path: Path) -> None:
+    """The documented way back: a new primary filled from the stopped replica's store, and
+    replicas re-created empty, which bootstrap from it."""
+    primary = _primary(tmp_path)
+    replica = NodeProcess("replica", tmp_path / "replica", applier="lmdb",
+                          primary="", replica_id="r1")
+    new_primary = NodeProcess("primary", tmp_path / "new-primary", applier="leveldb")
+    new_replica = NodeProcess("replica", tmp_path / "new-replica", applier="lmdb",
+                              primary="", replica_id="r1")
+    try:
+        primary.start()
+        replica.primary = primary.address
+        replica.start()
+        _put(primary, 300, 0)
+        wait_caught_up(primary, replica)
+        want = replica.digest()
+        assert (want["sequence"], want["keys"]) == (300, 300)
+        replica.terminate()
+        primary.terminate()
+        _xor_byte(_last_segment(primary.data_dir), 46)
+        _assert_refuses(primary, ["valid record follows"])
+
+        new_primary.start()
+        args = ["rebuild-primary", "--from-replica", str(replica.data_dir), "--applier", "lmdb",
+                "--target", new_primary.address, "--batch-bytes", "20000"]
+        res = cli(*args)
+        assert res.returncode == 0, res.stderr
+        result = json.loads(res.stdout)
+        assert result["replica_sequence"] == 300 and result["keys"] == 300
+        assert result["first_sequence"] == 1 and result["last_sequence"] == 300
+        got = new_primary.digest()
+        assert (got["keys"], got["digest"]) == (want["keys"], want["digest"])
+        # A second copy into the now non-empty primary is refused.
+        again = cli(*args)
+        assert again.returncode == 2 and "is not empty" in again.stderr
+
+        new_replica.primary = new_primary.address
+        new_replica.start()
+        wait_caught_up(new_primary, new_replica)
+        assert new_replica.digest()["digest"] == want["digest"]
+    finally:
+        for node in (new_replica, new_primary, replica, primary):
+            node.kill()
