@@ -360,6 +360,12 @@ class WAL:
 
         self._make_directory()
         found = self._list_segments()
+        if not found and acknowledged > 0:
+            # A new, empty WAL would hand out sequence 1.. again.
+            raise WALError(
+                f"{self._dir} holds no segment, but sequence {acknowledged} was acknowledged; "
+                "nothing was changed"
+            )
         self.history_id: str = self._load_history(bool(found))
         try:
             self._recover(found)

@@ -470,6 +470,17 @@ def test_torn_segment_header_holding_an_acknowledged_sequence_refuses(tmp_path: 
         assert wal.last_sequence == 3
 
 
+def test_no_segments_but_an_acknowledged_sequence_refuses(tmp_path: Path) -> None:
+    with WAL(tmp_path) as wal:
+        wal.append([make_record(1, 3)])
+    for path in segments(tmp_path):
+        path.unlink()
+    before = snapshot(tmp_path)
+    with pytest.raises(WALError, match="holds no segment, but sequence 3 was acknowledged"):
+        WAL(tmp_path, acknowledged=3)
+    assert snapshot(tmp_path) == before
+
+
 def test_scan_past_a_long_torn_tail_is_bounded(tmp_path: Path) -> None:
     """4 MiB of garbage after the last record (the worst case: every offset is tried) is
     recognised as a torn tail within a bounded time, and cut."""
