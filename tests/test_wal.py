@@ -383,6 +383,122 @@ def test_corruption_beyond_a_torn_tail_refuses_to_open(tmp_path: Path, damage: s
     assert snapshot(tmp_path) == before  # nothing was "repaired" away
 
 
+# -- damage in the last segment ------------------------------------------------------------
+# A bad record is a torn tail only when nothing valid follows it and no acknowledged sequence
+# is in it; otherwise the open refuses, names file, offset and last good sequence, and
+# changes nothing on disk.
+
+
+def _last_segment_records(directory: Path) -> tuple[Path, list[tuple[int, int, int]]]:
+    """The last segment and (offset, first, last) of each of its records."""
+    path = segments(directory)[-1]
+    data = path.read_bytes()
+    out: list[tuple[int, int, int]] = []
+    pos = SEGMENT_HEADER
+    while pos < len(data):
+        _, length, first, count = struct.unpack_from("<IIQI", data, pos)
+        out.append((pos, first, first + count - 1))
+        pos += RECORD_HEADER + length
+    return path, out
+
+
+@pytest.mark.parametrize(
+    ("record", "field_offset"),
+    [
+        (0, 2),  # the first record's checksum
+        (0, 5),  # its length: the scan cannot step to the next record by it
+        (0, 9),  # its first sequence
+        (0, 30),  # its body (offset 46 of the file, as in the report)
+        (1, 16),  # its count
+        (-2, RECORD_HEADER + 1),  # the body of the record before the last
+    ],
+)
+def test_damage_followed_by_valid_records_refuses(
+    tmp_path: Path, record: int, field_offset: int
+) -> None:
+    with WAL(tmp_path, segment_bytes=4096) as wal:
+        fill(wal, 100)
+    path, records = _last_segment_records(tmp_path)
+    assert len(records) >= 3
+    offset, first, _ = records[record]
+    flip_byte(path, offset + field_offset)
+    before = snapshot(tmp_path)
+
+    with pytest.raises(WALError) as err:
+        WAL(tmp_path, segment_bytes=4096)
+    msg = str(err.value)
+    assert f"{path} offset {offset}:" in msg
+    assert f"last good sequence {first - 1}" in msg
+    assert "valid record follows" in msg
+    assert snapshot(tmp_path) == before  # not one byte cut
+
+
+def test_torn_tail_holding_an_acknowledged_sequence_refuses(tmp_path: Path) -> None:
+    with WAL(tmp_path, segment_bytes=4096) as wal:
+        written = fill(wal, 60)
+    path, records = _last_segment_records(tmp_path)
+    offset, first, last = records[-1]
+    assert last == written[-1].last_seq
+    flip_byte(path, offset + RECORD_HEADER + 2)  # nothing follows: looks like a torn write
+    before = snapshot(tmp_path)
+
+    for acknowledged in (first, last):
+        with pytest.raises(WALError) as err:
+            WAL(tmp_path, segment_bytes=4096, acknowledged=acknowledged)
+        msg = str(err.value)
+        assert f"{path} offset {offset}:" in msg
+        assert f"last good sequence {first - 1}" in msg
+        assert f"sequence {acknowledged} was acknowledged" in msg
+        assert snapshot(tmp_path) == before
+
+    # Nothing acknowledged in it: a torn tail, cut as before.
+    with WAL(tmp_path, segment_bytes=4096, acknowledged=first - 1) as wal:
+        assert wal.last_sequence == first - 1
+    assert path.stat().st_size == offset
+
+
+def test_torn_segment_header_holding_an_acknowledged_sequence_refuses(tmp_path: Path) -> None:
+    with WAL(tmp_path) as wal:
+        wal.append([make_record(1, 3)])
+    (tmp_path / f"{4:020d}.wal").write_bytes(b"KVR")  # a torn creation of segment 4
+    before = snapshot(tmp_path)
+    with pytest.raises(WALError, match=r"0{19}4\.wal offset 0: .*last good sequence 3.*"
+                       r"sequence 4 was acknowledged"):
+        WAL(tmp_path, acknowledged=4)
+    assert snapshot(tmp_path) == before
+    with WAL(tmp_path, acknowledged=3) as wal:
+        assert wal.last_sequence == 3
+
+
+def test_no_segments_but_an_acknowledged_sequence_refuses(tmp_path: Path) -> None:
+    with WAL(tmp_path) as wal:
+        wal.append([make_record(1, 3)])
+    for path in segments(tmp_path):
+        path.unlink()
+    before = snapshot(tmp_path)
+    with pytest.raises(WALError, match="holds no segment, but sequence 3 was acknowledged"):
+        WAL(tmp_path, acknowledged=3)
+    assert snapshot(tmp_path) == before
+
+
+def test_scan_past_a_long_torn_tail_is_bounded(tmp_path: Path) -> None:
+    """4 MiB of garbage after the last record (the worst case: every offset is tried) is
+    recognised as a torn tail within a bounded time, and cut."""
+    with WAL(tmp_path, segment_bytes=1 << 30) as wal:
+        fill(wal, 20)
+        last = wal.last_sequence
+    path = segments(tmp_path)[-1]
+    good_size = path.stat().st_size
+    rng = random.Random(7)
+    with path.open("ab") as f:
+        f.write(rng.randbytes(2 << 20) + bytes(2 << 20))
+    started = time.monotonic()
+    with WAL(tmp_path, segment_bytes=1 << 30) as wal:
+        assert wal.last_sequence == last
+    assert time.monotonic() - started < 20.0
+    assert path.stat().st_size == good_size
+
+
 # -- appending ------------------------------------------------------------------------------
 
 

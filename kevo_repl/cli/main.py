@@ -241,6 +241,36 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result.equal else 1
 
 
+def cmd_wal_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kevo_repl.storage.wal_check import check_wal, describe
+
+    report = check_wal(Path(args.data_dir))
+    if args.json:
+        print(report.to_json())
+    else:
+        print("\n".join(describe(report)))
+    return 1 if report.damaged else 0
+
+
+def cmd_rebuild_primary(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from kevo_repl.client.rebuild import rebuild_primary
+    from kevo_repl.plugin.manager import build_registry
+
+    cfg = config_mod.load(args.config)
+    cfg.node.role = "replica"
+    cfg.node.data_dir = args.from_replica
+    if args.applier is not None:
+        cfg.applier.name = args.applier
+    result = rebuild_primary(cfg, build_registry(), args.target,
+                             batch_bytes=args.batch_bytes, timeout=args.timeout)
+    print(json.dumps(asdict(result), sort_keys=True))
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from kevo_repl.plugin.manager import build_registry
 
@@ -358,6 +388,27 @@ def build_parser() -> argparse.ArgumentParser:
                    slots_sub)
     s.add_argument("replica_id", help="the slot's replica id")
     s.set_defaults(func=cmd_slots_drop)
+
+    wal = sub.add_parser("wal", help="inspect a stopped or running primary's WAL on disk")
+    wal_sub = wal.add_subparsers(dest="wal_command", required=True)
+    s = wal_sub.add_parser("check", help="report damage in DATA_DIR/wal without changing "
+                           "anything; exit 1 when the primary would refuse to start on it")
+    s.add_argument("data_dir", metavar="DATA_DIR", help="the primary's data directory")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_wal_check)
+
+    s = sub.add_parser("rebuild-primary", help="write a stopped replica's store into a new, "
+                       "empty primary (the way back from a damaged WAL)")
+    s.add_argument("--from-replica", required=True, metavar="DATA_DIR",
+                   help="the stopped replica's data directory")
+    s.add_argument("--applier", help="the replica's applier (default: from --config)")
+    s.add_argument("--config", help="the replica's TOML file: its [applier] opens the store, its "
+                   "[connector] reaches the new primary")
+    s.add_argument("--target", required=True, help="the new primary's HOST:PORT")
+    s.add_argument("--batch-bytes", type=int, default=4 << 20,
+                   help="bytes of keys and values per write batch")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    s.set_defaults(func=cmd_rebuild_primary)
 
     s = sub.add_parser("verify", help="compare a primary and a replica at a common position; "
                        "exit 1 and print the differing key ranges when they differ")

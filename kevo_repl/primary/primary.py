@@ -69,12 +69,21 @@ class Primary:
         data_dir = cfg.data_dir
         self.store: Applier = open_store(cfg, registry, durable=False)
         try:
-            self.wal = WAL(data_dir / "wal", segment_bytes=cfg.wal.segment_bytes)
+            self.slots = SlotTable(data_dir / "slots.json")
+            # What the store applied and replicas acknowledged was acknowledged to a client:
+            # WAL recovery must not cut a tail holding it, or its sequences would be reused.
+            acknowledged = max(
+                [self.store.position().sequence, *(s.acked for s in self.slots.slots.values())]
+            )
+            self.wal = WAL(
+                data_dir / "wal",
+                segment_bytes=cfg.wal.segment_bytes,
+                acknowledged=acknowledged,
+            )
         except BaseException:
             self.store.close()
             raise
         self.history_id = self.wal.history_id
-        self.slots = SlotTable(data_dir / "slots.json")
         self.sessions: dict[str, Session] = {}
         self._next_seq = self.wal.last_sequence + 1
         self._chain = self._chain_at_head()

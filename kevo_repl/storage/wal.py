@@ -20,12 +20,19 @@ Recovery relies on two rules of the write path: a segment's header is durable (f
 directory) before any record goes into it, and a segment is durable before the next one is
 created. So only the last segment can end in a torn write; damage anywhere else is real
 corruption of acknowledged data and stops the open.
+
+Even in the last segment a bad record is a torn write only when nothing valid follows it: a
+record with a good checksum further on means the bad bytes were once durable (a damaged disk
+or a stray write), so the open refuses, names the file, offset and last good sequence, and
+changes nothing. A torn tail is also kept, and the open refused, when dropping it would lose a
+sequence known to be acknowledged elsewhere (`acknowledged`: the primary's store, its slots).
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
+import mmap
 import os
 import re
 import struct
@@ -64,6 +71,21 @@ _ITER_BATCH = 4 << 20
 
 class SequenceNotRetained(WALError):
     """The requested sequence is below the first one the WAL still holds (it was pruned)."""
+
+
+@dataclass
+class SegmentScan:
+    """What a read-only scan of one segment file found."""
+
+    first_seq: int
+    file_size: int
+    end: int  # offset just past the last good record (the header's end if none)
+    last_seq: int  # first_seq - 1 while no record is good
+    problem: str | None = None  # why the bytes from `end` on are not a record
+    firsts: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -158,7 +180,23 @@ def _pread_exact(fd: int, size: int, offset: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _segment_header_problem(raw: bytes, first_seq: int) -> str | None:
+def list_segments(directory: Path) -> list[tuple[int, Path]]:
+    """(first sequence, path) of every segment file in `directory`, oldest first."""
+    found: list[tuple[int, Path]] = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if not entry.name.endswith(".wal"):
+                continue
+            match = _SEGMENT_NAME.fullmatch(entry.name)
+            if match is None or int(match.group(1)) < 1:
+                raise WALError(f"{entry.path}: not a valid segment file name")
+            found.append((int(match.group(1)), Path(entry.path)))
+    found.sort()
+    return found
+
+
+def segment_header_problem(raw: bytes, first_seq: int) -> str | None:
+    """What is wrong with a segment's header bytes, None when nothing is."""
     if len(raw) < _SEGMENT_HEADER.size:
         return f"segment header is {len(raw)} of {_SEGMENT_HEADER.size} bytes"
     magic, version, seq = _SEGMENT_HEADER.unpack_from(raw)
@@ -191,6 +229,83 @@ def _trim(rec: Record, from_seq: int, where: str) -> Record:
     return Record(from_seq, count, body)
 
 
+def scan_segment(path: Path, first_seq: int, file_size: int) -> SegmentScan:
+    """Index the records of a segment whose header is good, changing nothing; stop at the
+    first bytes that are not a good record and say why in `problem`.
+
+    Raise WALError for records whose checksum holds but whose content is impossible.
+    """
+    offset = _SEGMENT_HEADER.size
+    scan = SegmentScan(first_seq, file_size, offset, first_seq - 1)
+    expected = first_seq
+    with open(path, "rb", buffering=_SCAN_BUFFER) as f:
+        f.seek(offset)
+        while offset < file_size:
+            head = f.read(_RECORD_HEADER.size)
+            if len(head) < _RECORD_HEADER.size:
+                scan.problem = f"partial record header of {len(head)} bytes"
+                break
+            crc, length, first, count = _RECORD_HEADER.unpack(head)
+            end = offset + _RECORD_HEADER.size + length
+            if end > file_size:
+                scan.problem = f"record length {length} runs past the end of the file"
+                break
+            body = f.read(length)
+            if len(body) != length:
+                raise WALError(f"{path} offset {offset}: file shrank while opening")
+            if zlib.crc32(body, zlib.crc32(head[_CRC.size :])) != crc:
+                scan.problem = "checksum mismatch"
+                break
+            if count < 1:
+                raise WALError(f"{path} offset {offset}: record with no entries")
+            if first != expected:
+                raise WALError(
+                    f"{path} offset {offset}: record starts at sequence {first}, "
+                    f"expected {expected}"
+                )
+            scan.counts.append(count)
+            scan.offsets.append(offset)
+            scan.lengths.append(length)
+            scan.firsts.append(first)
+            expected = first + count
+            scan.last_seq = expected - 1
+            offset = end
+    scan.end = offset
+    return scan
+
+
+def valid_record_after(path: Path, bad_at: int, file_size: int, expected: int) -> int | None:
+    """The offset of the first record past `bad_at` whose checksum holds and that could
+    follow sequence `expected - 1`, or None when there is none (a torn tail).
+
+    Every offset is tried, since the bad record's length field may be the damaged part. The
+    header fields are checked before the checksum: a record starts at a sequence from
+    `expected` on, at most one entry per byte skipped (every entry takes bytes), and has
+    1..length entries. The file is mapped, not read, so the scan needs no buffer.
+    """
+    last_start = file_size - _RECORD_HEADER.size
+    if last_start <= bad_at:
+        return None
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if len(mm) < file_size:
+            raise WALError(f"{path}: file shrank while opening")
+        view = memoryview(mm)
+        try:
+            for pos in range(bad_at + 1, last_start + 1):
+                crc, length, first, count = _RECORD_HEADER.unpack_from(mm, pos)
+                if not (1 <= count <= length and expected <= first <= expected + pos - bad_at):
+                    continue
+                body_at = pos + _RECORD_HEADER.size
+                if body_at + length > file_size:
+                    continue
+                fields_crc = zlib.crc32(view[pos + _CRC.size : body_at])
+                if zlib.crc32(view[body_at : body_at + length], fields_crc) == crc:
+                    return pos
+        finally:
+            view.release()
+    return None
+
+
 class WAL:
     """Segmented write-ahead log of the primary.
 
@@ -199,8 +314,18 @@ class WAL:
     """
 
     def __init__(
-        self, directory: Path, *, segment_bytes: int = 64 * 1024 * 1024, fsync: bool = True
+        self,
+        directory: Path,
+        *,
+        segment_bytes: int = 64 * 1024 * 1024,
+        fsync: bool = True,
+        acknowledged: int = 0,
     ) -> None:
+        """Open (recovering) or create the WAL in `directory`.
+
+        `acknowledged` is the highest sequence known to have been acknowledged outside the
+        WAL; recovery refuses, changing nothing, rather than drop a tail holding it.
+        """
         if segment_bytes < 1:
             raise WALError(f"segment_bytes must be positive, not {segment_bytes}")
         self._dir = Path(directory)
@@ -216,9 +341,16 @@ class WAL:
         self._size = 0
         self._closed = False
         self._failure: str | None = None
+        self._acknowledged = acknowledged
 
         self._make_directory()
         found = self._list_segments()
+        if not found and acknowledged > 0:
+            # A new, empty WAL would hand out sequence 1.. again.
+            raise WALError(
+                f"{self._dir} holds no segment, but sequence {acknowledged} was acknowledged; "
+                "nothing was changed"
+            )
         self.history_id: str = self._load_history(bool(found))
         try:
             self._recover(found)
@@ -268,17 +400,7 @@ class WAL:
                 _fsync_dir(created.parent)
 
     def _list_segments(self) -> list[tuple[int, Path]]:
-        found: list[tuple[int, Path]] = []
-        with os.scandir(self._dir) as entries:
-            for entry in entries:
-                if not entry.name.endswith(".wal"):
-                    continue
-                match = _SEGMENT_NAME.fullmatch(entry.name)
-                if match is None or int(match.group(1)) < 1:
-                    raise WALError(f"{entry.path}: not a valid segment file name")
-                found.append((int(match.group(1)), Path(entry.path)))
-        found.sort()
-        return found
+        return list_segments(self._dir)
 
     def _load_history(self, has_segments: bool) -> str:
         path = self._dir / _HISTORY
@@ -334,12 +456,15 @@ class WAL:
 
     def _recover_segment(self, seg: _Segment, is_last: bool) -> None:
         file_size = os.fstat(seg.fd).st_size
-        problem = _segment_header_problem(os.pread(seg.fd, _SEGMENT_HEADER.size, 0), seg.first_seq)
+        problem = segment_header_problem(os.pread(seg.fd, _SEGMENT_HEADER.size, 0), seg.first_seq)
         if problem is not None:
             # The header is synced before any record goes in, so a bad header is a torn
             # creation only when nothing follows it.
             if not (is_last and file_size <= _SEGMENT_HEADER.size):
-                raise WALError(f"{seg.path} offset 0: {problem}")
+                raise WALError(
+                    f"{seg.path} offset 0: {problem}; last good sequence {seg.first_seq - 1}"
+                )
+            self._refuse_losing_acknowledged(seg.path, 0, problem, seg.first_seq - 1)
             if file_size:
                 log.warning(
                     "WAL %s: dropped %s bytes of a torn segment header; last good sequence %s",
@@ -350,10 +475,24 @@ class WAL:
             self._write_segment_header(seg)
             seg.size = _SEGMENT_HEADER.size
             return
-        end, bad = self._scan_records(seg, file_size)
+        scan = scan_segment(seg.path, seg.first_seq, file_size)
+        seg.counts, seg.offsets, seg.lengths = scan.counts, scan.offsets, scan.lengths
+        seg.firsts, seg.last_seq = scan.firsts, scan.last_seq
+        end, bad = scan.end, scan.problem
         if bad is not None:
+            where = f"{seg.path} offset {end}: {bad}"
             if not is_last:
-                raise WALError(f"{seg.path} offset {end}: {bad}")
+                raise WALError(f"{where}; last good sequence {seg.last_seq}")
+            # Everything is checked before the tail is cut, so a refusal changes nothing.
+            valid_at = valid_record_after(seg.path, end, file_size, seg.last_seq + 1)
+            if valid_at is not None:
+                raise WALError(
+                    f"{where}, yet a valid record follows at offset {valid_at}: durable "
+                    f"records are damaged, this is no torn tail; last good sequence "
+                    f"{seg.last_seq}. Nothing was changed; rebuild this primary from a replica "
+                    "(see README, 'A damaged WAL')"
+                )
+            self._refuse_losing_acknowledged(seg.path, end, bad, seg.last_seq)
             log.warning(
                 "WAL %s: dropped %s bytes of a torn tail at offset %s (%s); last good sequence %s",
                 seg.path,
@@ -367,44 +506,17 @@ class WAL:
                 os.fsync(seg.fd)
         seg.size = end
 
-    def _scan_records(self, seg: _Segment, file_size: int) -> tuple[int, str | None]:
-        """Index the records of `seg`; return the end of the last good one and why the bytes
-        after it are not a record (None when the file ends there).
-
-        Raise WALError for records whose checksum holds but whose content is impossible.
-        """
-        offset = _SEGMENT_HEADER.size
-        expected = seg.first_seq
-        with open(seg.path, "rb", buffering=_SCAN_BUFFER) as f:
-            f.seek(offset)
-            while offset < file_size:
-                head = f.read(_RECORD_HEADER.size)
-                if len(head) < _RECORD_HEADER.size:
-                    return offset, f"partial record header of {len(head)} bytes"
-                crc, length, first, count = _RECORD_HEADER.unpack(head)
-                end = offset + _RECORD_HEADER.size + length
-                if end > file_size:
-                    return offset, f"record length {length} runs past the end of the file"
-                body = f.read(length)
-                if len(body) != length:
-                    raise WALError(f"{seg.path} offset {offset}: file shrank while opening")
-                if zlib.crc32(body, zlib.crc32(head[_CRC.size :])) != crc:
-                    return offset, "checksum mismatch"
-                if count < 1:
-                    raise WALError(f"{seg.path} offset {offset}: record with no entries")
-                if first != expected:
-                    raise WALError(
-                        f"{seg.path} offset {offset}: record starts at sequence {first}, "
-                        f"expected {expected}"
-                    )
-                seg.counts.append(count)
-                seg.offsets.append(offset)
-                seg.lengths.append(length)
-                seg.firsts.append(first)
-                expected = first + count
-                seg.last_seq = expected - 1
-                offset = end
-        return offset, None
+    def _refuse_losing_acknowledged(
+        self, path: Path, offset: int, problem: str, last_good: int
+    ) -> None:
+        """Raise unless cutting the tail after `last_good` loses no acknowledged sequence."""
+        if self._acknowledged > last_good:
+            raise WALError(
+                f"{path} offset {offset}: {problem}; last good sequence {last_good}, but "
+                f"sequence {self._acknowledged} was acknowledged: the damaged tail holds "
+                "acknowledged records. Nothing was changed; rebuild this primary from a "
+                "replica (see README, 'A damaged WAL')"
+            )
 
     # -- write ---------------------------------------------------------------------------
 

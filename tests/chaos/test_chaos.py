@@ -95,6 +95,21 @@ def test_short_chaos_pass(tmp_path: Path, seed: int) -> None:
     assert json.loads((run_dir / "report.json").read_text())["ok"] is True
 
 
+def test_wal_bitflips_are_refused_never_lose_data(tmp_path: Path) -> None:
+    """`wal_bitflip` (not a default kind): a bit flipped in the stopped primary's active WAL
+    segment must make its start refuse, naming file, offset and last good sequence, with the
+    segment unchanged; once the bit is flipped back nothing returned is missing."""
+    rep = run_chaos(ChaosOptions(seed=7, duration=12.0, dir=tmp_path,
+                                 kinds=("wal_bitflip", "kill"), targets=("primary",)))
+    text = format_report(rep, timeline=True)
+    assert rep.ok, text
+    assert rep.faults_per_kind["wal_bitflip"] >= 3, text
+    refused = [e for e in rep.timeline if "the primary refused to start" in e.text]
+    assert len(refused) == rep.faults_per_kind["wal_bitflip"], text
+    assert rep.writes_returned > 10 and rep.stores["primary"]["missing"] == 0, text
+    assert all(s is not None for s in rep.convergence_s.values()), text
+
+
 def test_short_chaos_pass_through_the_cli(tmp_path: Path) -> None:
     seed = SEEDS[2]
     res = subprocess.run(

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from kevo_repl.client.client import Client, SemiSync
+from kevo_repl.errors import KevoReplError
 from kevo_repl.plugin.manager import ENV_EXTRA_PLUGINS, Registry, get_plugin_manager
 from kevo_repl.protocol.codec import Op
 from kevo_repl_tools import chaos_plugins
@@ -60,6 +61,8 @@ _PLUGIN_MODULE = "kevo_repl_tools.chaos_plugins"
 _CALL_TIMEOUT_S = 10.0
 _STATUS_TIMEOUT_S = 2.0
 _START_TIMEOUT_S = 30.0
+#: bytes of a WAL segment's header (kevo_repl.storage.wal); wal_bitflip flips bits after it
+_WAL_SEGMENT_HEADER = 16
 _JOIN_TIMEOUT_S = 20.0
 
 _PRIMARY_TOML = """\
@@ -233,6 +236,8 @@ class ChaosRun:
         self._threads: list[threading.Thread] = []
         self._primary_address = ""
         self._corrupt_base: dict[int, int] = {}
+        #: wal_bitflip faults in progress: (segment, offset, mask) to undo at their end
+        self._bitflips: dict[int, tuple[Path, int, int]] = {}
         #: semi-sync writes a replica acknowledged as durable: (last sequence, when) per
         #: replica, until a status sample shows its position at or past them
         self._claims: dict[str, list[tuple[int, float]]] = {r: [] for r in REPLICAS}
@@ -464,6 +469,11 @@ class ChaosRun:
             self._corrupt_base[f.id] = proxy.corrupted
             # every value the writers write holds VALUE_MARKER: "corrupt" hits entry data
             proxy.corrupt(int(f.param), VALUE_MARKER if f.kind == "corrupt" else b"")
+        elif f.kind == "wal_bitflip":
+            with self._lock:
+                node.state = "down"
+            node.proc.kill()
+            self._flip_wal_bit(node, f)
         elif f.kind == "disk_error":
             control = node.proc.data_dir / chaos_plugins.DISK_ERROR_FILE
             tmp = control.with_name(control.name + ".tmp")
@@ -477,6 +487,13 @@ class ChaosRun:
         note = ""
         if f.kind in ("kill", "restart"):
             self._restart(node, f)
+        elif f.kind == "wal_bitflip":
+            flip = self._bitflips.pop(f.id, None)
+            if flip is not None:
+                _xor_byte(*flip)  # undone: the WAL is as the primary left it
+                note = f": flip at offset {flip[1]} undone"
+            if not node.proc.running:
+                self._restart(node, f)
         elif f.kind == "retention":
             note = ": " + self._wait_out_of_retention(f.target)
             self._restart(node, f)
@@ -504,6 +521,42 @@ class ChaosRun:
                 node.proc.kill()
                 self._restart(node, f)
         self.event(f.id, "end", f"{f.kind} {f.target} healed{note}")
+
+    def _flip_wal_bit(self, node: _Node, f: Fault) -> None:
+        """Flip one bit of a record in the stopped primary's active segment and start it:
+        a start that succeeds, or a refusal that changed the segment, is a violation."""
+        segment = sorted((node.proc.data_dir / "wal").glob("*.wal"))[-1]
+        size = segment.stat().st_size
+        if size <= _WAL_SEGMENT_HEADER:
+            self.event(f.id, "note", f"{segment.name} holds no record yet: nothing flipped")
+            return
+        rng = random.Random(f.seed)
+        offset = rng.randrange(_WAL_SEGMENT_HEADER, size)
+        mask = 1 << rng.randrange(8)
+        _xor_byte(segment, offset, mask)
+        damaged = segment.read_bytes()
+        self._bitflips[f.id] = (segment, offset, mask)
+        try:
+            node.proc.start(_START_TIMEOUT_S)
+        except KevoReplError:
+            refusal = node.proc.stderr_file.read_text()[-2000:]
+            self.event(f.id, "note", f"flipped bit {mask:#04x} at {segment.name} offset "
+                       f"{offset}: the primary refused to start")
+            if str(segment) not in refusal or "last good sequence" not in refusal:
+                self.checker.violate("wal", f"fault #{f.id}: the primary's refusal does not "
+                                     f"name {segment} and its last good sequence:\n{refusal}")
+            if segment.read_bytes() != damaged:
+                self._bitflips.pop(f.id)  # cut or rewritten: flipping back would not undo it
+                self.checker.violate("durability", f"fault #{f.id}: the refused start changed "
+                                     f"{segment} (a bit flipped at offset {offset})")
+            return
+        # It served on a damaged WAL: what it cut cannot be undone by flipping the bit back.
+        self._bitflips.pop(f.id)
+        with self._lock:
+            self.pids.append(node.proc.pid)
+            node.state = "up"
+        self.checker.violate("durability", f"fault #{f.id}: the primary started on a WAL with "
+                             f"a bit flipped at {segment} offset {offset}")
 
     def _wait_out_of_retention(self, replica: str, timeout: float = 20.0) -> str:
         """Keep `replica` down (bounded) until the primary no longer retains its position.
@@ -794,6 +847,14 @@ class ChaosRun:
             violations=list(self.checker.violations),
         )
         return rep
+
+
+def _xor_byte(path: Path, offset: int, mask: int) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ mask]))
 
 
 def run_chaos(opts: ChaosOptions) -> ChaosReport:

@@ -66,6 +66,11 @@ KINDS: dict[str, KindSpec] = {
                           "SIGKILL the replica and keep it down while writes go on until the "
                           "primary (max_retained_bytes 1 MiB) no longer retains its position, "
                           "so that it must bootstrap from a snapshot; then restart it"),
+    "wal_bitflip": KindSpec(("primary",), (0.5, 2.0), (0, 0), "", 1.0,
+                            "SIGKILL the primary, flip one bit inside its active WAL segment "
+                            "and start it: it must refuse, naming file, offset and last good "
+                            "sequence, with the segment unchanged; then undo the flip and "
+                            "start it again"),
 }
 
 #: Kinds in a run unless asked otherwise. Not `restart`: a clean shutdown's GOAWAY reaching a
