@@ -352,7 +352,8 @@ class Primary:
             log.warning("refused stream from %s: %s", context.peer(), problem[1])
             await context.abort(problem[0], problem[1])
         replica_id = bound_replica_id(request.replica_id, context, from_cert)
-        live = self.live_session(replica_id)
+        named = bool(request.replica_id) or from_cert  # else a v1 peer, named after its address
+        live = self.live_session(replica_id) if named else None
         if live is not None:
             # the live stream keeps its slot; a dead one is freed by keepalive, then a new
             # stream may take over
@@ -368,7 +369,7 @@ class Primary:
             sent=request.start_sequence - 1, context=context,
         )
         self.sessions[session.session_id] = session
-        if request.replica_id or from_cert:
+        if named:
             self.slots.get(replica_id)
         await context.send_initial_metadata(((SESSION_HEADER, session.session_id),))
         log.info(
