@@ -225,13 +225,13 @@ class Replica:
             # our own previous session until the primary notices it is dead (keepalive), or a
             # twin with the same id: retry, never take over a live slot
             return False, (
-                f"primary {primary} refused the stream: {details}; retrying (is another "
-                f"replica configured with id {self.replica_id!r}?)"
+                f"primary {primary} refused the stream (ALREADY_EXISTS: {details}); retrying "
+                f"(is another replica configured with id {self.replica_id!r}?)"
             )
         if code == grpc.StatusCode.PERMISSION_DENIED:
             return False, (
-                f"primary {primary} denied replication ({details}); check [replica] "
-                "replication_token, the client certificate and replica_id"
+                f"primary {primary} denied replication (PERMISSION_DENIED: {details}); check "
+                "[replica] replication_token, the client certificate and replica_id"
             )
         if code == grpc.StatusCode.INVALID_ARGUMENT and "replica id" in details:
             return True, f"primary refused our replica id: {details}"

@@ -316,7 +316,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     }
 
 
-async def test_replica_id_bound_to_client_certificate(tmp_path: Path, pki: dict[str, bytes]) -> None:
+async def test_replica_id_bound_to_client_certificate(
+    tmp_path: Path, pki: dict[str, bytes]
+) -> None:
     d = Path(pki["dir"].decode())
     node = await _started(_config(
         tmp_path, tls_cert=str(d / "server.pem"), tls_key=str(d / "server.key"),
