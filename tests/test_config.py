@@ -68,3 +68,15 @@ def test_parse_address() -> None:
     with pytest.raises(ConfigError):
         parse_address("127.0.0.1:99999")
     assert Config().data_dir == Path("./data")
+
+
+def test_replica_flags_set_id_and_replication_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kevo_repl.cli import _node_config, build_parser
+
+    monkeypatch.delenv("KEVO_REPL_REPLICATION_TOKEN", raising=False)
+    args = build_parser().parse_args(["replica", "--replication-token", "rt", "--replica-id", "x"])
+    cfg = _node_config(args, "replica")
+    assert cfg.replica.replication_token == "rt" and cfg.replica.replica_id == "x"
+    monkeypatch.setenv("KEVO_REPL_REPLICATION_TOKEN", "from-env")
+    cfg = _node_config(build_parser().parse_args(["replica"]), "replica")
+    assert cfg.replica.replication_token == "from-env" and cfg.replica.replica_id == ""
