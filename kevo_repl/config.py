@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kevo_repl.errors import ConfigError
+from kevo_repl.identity import replica_id_problem
 
 ROLES = ("primary", "replica")
 #: the largest gRPC message either side accepts (kevo_repl.protocol.transport uses it)
@@ -35,8 +36,13 @@ class ReplicaConfig:
 
     #: the primary's HOST:PORT
     primary: str = "127.0.0.1:50052"
-    #: this replica's name; the primary keeps a durable slot (acked position) per name
-    replica_id: str = "r1"
+    #: this replica's name (1 to 128 of A-Z a-z 0-9 . _ -); the primary keeps a durable slot
+    #: (acked position) per name. Empty: an id derived once (host name plus a random suffix)
+    #: and kept in DATA_DIR/replica_id
+    replica_id: str = ""
+    #: the primary's [server] replication_token, sent instead of [connector] token on
+    #: replication calls; empty = send [connector] token
+    replication_token: str = ""
     #: responses buffered between receive and apply; bounds replica memory (flow control)
     queue_batches: int = 8
     #: most entries applied in one store transaction when batches queue up
@@ -110,8 +116,15 @@ class ServerConfig:
     tls_key: str = ""
     #: when set, clients must present a certificate signed by this CA (mutual TLS)
     tls_client_ca: str = ""
-    #: when set, every call must carry this token
+    #: when set, every client-API call must carry this token (and every replication call,
+    #: unless replication_token is set)
     token: str = ""
+    #: when set, replication calls (StreamWAL, Acknowledge, NegativeAcknowledge, Snapshot)
+    #: must carry this token; [server] token does not grant them (PERMISSION_DENIED)
+    replication_token: str = ""
+    #: with mutual TLS: a replica's id must be its client certificate's common name or one of
+    #: its subject alternative names (PERMISSION_DENIED otherwise)
+    replica_id_from_cert: bool = False
     #: the server pings idle clients this often, so a vanished replica's session is freed
     keepalive_s: float = 10.0
     #: how long a ping may go unanswered before the connection is closed
@@ -210,8 +223,10 @@ class Config:
             parse_address(self.node.metrics, "[node] metrics")
         if self.node.role == "replica":
             parse_address(self.replica.primary, "[replica] primary")
-            if not self.replica.replica_id:
-                raise ConfigError("[replica] replica_id must not be empty")
+            if self.replica.replica_id:
+                problem = replica_id_problem(self.replica.replica_id)
+                if problem is not None:
+                    raise ConfigError(f"[replica] replica_id: {problem}")
         for name, value in (
             ("[wal] segment_bytes", self.wal.segment_bytes),
             ("[stream] max_batch_bytes", self.stream.max_batch_bytes),
@@ -244,6 +259,14 @@ class Config:
             raise ConfigError("[server] tls_cert and tls_key go together")
         if self.server.tls_client_ca and not self.server.tls_cert:
             raise ConfigError("[server] tls_client_ca needs tls_cert and tls_key")
+        if self.server.replica_id_from_cert and not self.server.tls_client_ca:
+            raise ConfigError(
+                "[server] replica_id_from_cert needs mutual TLS (tls_client_ca, tls_cert, tls_key)"
+            )
+        if self.server.replication_token and self.server.replication_token == self.server.token:
+            raise ConfigError(
+                "[server] replication_token must differ from token: replication is its own role"
+            )
         if bool(self.connector.tls_cert) != bool(self.connector.tls_key):
             raise ConfigError("[connector] tls_cert and tls_key go together")
         if self.connector.tls_cert and not self.connector.tls_ca:

@@ -42,7 +42,8 @@ class Cluster:
         return node
 
     def replica(
-        self, primary: NodeProcess, name: str = "replica", replica_id: str = "r1", **kw: object
+        self, primary: NodeProcess, name: str = "replica", replica_id: str | None = "r1",
+        **kw: object,
     ) -> NodeProcess:
         kw.setdefault("env", self.env())
         kw.setdefault("applier", self.applier)

@@ -213,18 +213,88 @@ def test_lag_while_replica_is_frozen_and_dead_session_freed(cluster, tmp_path: P
     wait_until(lambda: primary.status()["replicas"][0]["connected"], 30, "the replica to return")
 
 
-def test_newer_stream_with_same_replica_id_wins(cluster, tmp_path: Path) -> None:
+def test_second_replica_with_a_live_id_is_refused_until_the_first_is_dead(
+    cluster, tmp_path: Path
+) -> None:
     primary = cluster.primary()
     first = cluster.replica(primary, name="first", replica_id="same")
     load(primary.address, 100)
     wait_caught_up(primary, first)
-    second = cluster.replica(primary, name="second", replica_id="same")
-    wait_until(lambda: first.status()["state"] == "ERROR" and "took over" in
-               first.status()["last_error"], 30, "the older stream to be superseded")
-    assert "superseded" in first.status()["last_error"]
+    second = cluster.replica(primary, name="second", replica_id="same",
+                             config=_write(tmp_path / "second.toml", FAST))
+    wait_until(lambda: "already streaming" in second.status()["last_error"], 30,
+               "the second stream to be refused")
+    st = second.status()
+    assert "ALREADY_EXISTS" in st["last_error"] and st["last_applied"] == 0
+    # the live replica keeps its slot and goes on
     load(primary.address, 100, start=100)
-    wait_caught_up(primary, second)
+    wait_caught_up(primary, first)
     [slot] = primary.status()["replicas"]
-    assert slot["connected"] and slot["replica_id"] == "same"
-    res = cli("status", "--target", first.address, "--json")
-    assert json.loads(res.stdout)["state"] == "ERROR"
+    assert slot["connected"] and slot["acked_sequence"] == 200
+    assert first.status()["state"] != "ERROR" and first.status()["last_error"] == ""
+    assert second.status()["last_applied"] == 0
+    # once the first is dead, the second (still retrying) takes over the slot
+    first.kill()
+    wait_until(lambda: second.status()["last_applied"] == 200, 60, "the takeover")
+    assert_same_digest(primary, second)
+
+
+def test_replication_token_is_its_own_role(cluster, tmp_path: Path) -> None:
+    pconf = _write(tmp_path / "p.toml",
+                   {"server": {"token": "client-s3cret", "replication_token": "repl-s3cret"}})
+    client = ConnectorConfig(token="client-s3cret")
+    primary = cluster.primary(config=pconf, client_config=client)
+    ok = cluster.replica(primary, name="ok", replica_id="ok", config=_write(
+        tmp_path / "ok.toml", {"replica": {"replication_token": "repl-s3cret"}}))
+    # a replica holding only the client-API token
+    denied = cluster.replica(primary, name="denied", replica_id="denied", config=_write(
+        tmp_path / "denied.toml", FAST, {"connector": {"token": "client-s3cret"}}))
+    res = cli("put", "--target", primary.address, "--token", "client-s3cret", "a", "1")
+    assert res.returncode == 0, res.stderr
+    wait_caught_up(primary, ok)
+    wait_until(lambda: "PERMISSION_DENIED" in denied.status()["last_error"] or
+               "denied replication" in denied.status()["last_error"], 30, "the refusal")
+    assert denied.status()["last_applied"] == 0
+    assert [r["replica_id"] for r in primary.status()["replicas"]] == ["ok"]
+    res = cli("put", "--target", primary.address, "--token", "repl-s3cret", "b", "2")
+    assert res.returncode != 0 and "PERMISSION_DENIED" in res.stderr
+
+
+def test_replica_id_bound_to_certificate(cluster, tmp_path: Path, pki: dict[str, str]) -> None:
+    server = _tls_server(pki, mutual=True)
+    server["server"]["replica_id_from_cert"] = True
+    pconf = _write(tmp_path / "p.toml", server)
+    primary = cluster.primary(config=pconf, client_config=_client_cfg(pki, mutual=True))
+    conn = {"connector": {"tls_ca": pki["ca.pem"], "tls_cert": pki["client.pem"],
+                          "tls_key": pki["client.key"]}}
+    bound = cluster.replica(primary, name="bound", replica_id="replica-r1",
+                            config=_write(tmp_path / "bound.toml", conn))
+    other = cluster.replica(primary, name="other", replica_id="r2",
+                            config=_write(tmp_path / "other.toml", FAST, conn))
+    with primary.client() as c:
+        c.write([(1, f"k{i}".encode(), b"v") for i in range(100)])
+    wait_caught_up(primary, bound)
+    wait_until(lambda: "PERMISSION_DENIED" in other.status()["last_error"], 30, "the refusal")
+    assert "not bound to the client certificate" in other.status()["last_error"]
+    assert other.status()["last_applied"] == 0
+    assert [r["replica_id"] for r in primary.status()["replicas"]] == ["replica-r1"]
+
+
+def test_replica_without_id_derives_one_and_keeps_it(cluster) -> None:
+    primary = cluster.primary()
+    a = cluster.replica(primary, name="a", replica_id=None)
+    b = cluster.replica(primary, name="b", replica_id=None)
+    load(primary.address, 100)
+    wait_caught_up(primary, a, b)
+    ids = {(r / "replica_id").read_text().strip() for r in (a.data_dir, b.data_dir)}
+    assert len(ids) == 2 and "r1" not in ids
+    assert {r["replica_id"] for r in primary.status()["replicas"]} == ids
+    a_id = (a.data_dir / "replica_id").read_text().strip()
+    assert a.status()["replica_id"] == a_id
+    a.kill()
+    a.start()
+    load(primary.address, 100, start=100)
+    wait_caught_up(primary, a, b)
+    assert a.status()["replica_id"] == a_id
+    slots = primary.status()["replicas"]
+    assert len(slots) == 2 and all(s["connected"] and s["acked_sequence"] == 200 for s in slots)

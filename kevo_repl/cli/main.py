@@ -55,6 +55,8 @@ def _node_config(args: argparse.Namespace, role: str) -> config_mod.Config:
             cfg.replica.primary = args.primary
         if args.replica_id is not None:
             cfg.replica.replica_id = args.replica_id
+        if args.replication_token is not None:
+            cfg.replica.replication_token = args.replication_token
     return cfg
 
 
@@ -323,7 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--metrics", help="HOST:PORT to serve Prometheus /metrics on")
         if role == "replica":
             s.add_argument("--primary", help="the primary's HOST:PORT")
-            s.add_argument("--replica-id", help="this replica's durable name on the primary")
+            s.add_argument("--replica-id", help="this replica's durable name on the primary "
+                           "(default: derived once and kept in DATA_DIR/replica_id)")
+            s.add_argument("--replication-token",
+                           default=os.environ.get("KEVO_REPL_REPLICATION_TOKEN"),
+                           help="the primary's replication token "
+                           "(default: $KEVO_REPL_REPLICATION_TOKEN)")
         s.set_defaults(func=cmd_node)
 
     def client_cmd(

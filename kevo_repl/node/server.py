@@ -382,7 +382,10 @@ class Node:
             self.primary = Primary(cfg, self.registry, self.pm)
         else:
             self.replica = Replica(cfg, self.registry, self.pm)
-        interceptors = [TokenInterceptor(cfg.server.token)] if cfg.server.token else []
+        interceptors = (
+            [TokenInterceptor(cfg.server.token, cfg.server.replication_token)]
+            if cfg.server.token or cfg.server.replication_token else []
+        )
         server = grpc.aio.server(
             options=server_options(cfg.server), interceptors=interceptors
         )
@@ -406,10 +409,11 @@ class Node:
         self.address = f"{host}:{port}"
         write_file_atomically(Path(cfg.data_dir) / ADDRESS_FILE, self.address.encode())
         log.info(
-            "%s listening on %s (pid %d, %s%s)",
+            "%s listening on %s (pid %d, %s%s%s)",
             cfg.node.role, self.address, os.getpid(),
             "mutual TLS" if cfg.server.tls_client_ca else "TLS" if creds else "plaintext",
             ", token required" if cfg.server.token else "",
+            ", replication token required" if cfg.server.replication_token else "",
         )
         if cfg.node.metrics:
             self._metrics, self.metrics_address = serve_metrics(

@@ -15,6 +15,7 @@ import pluggy
 
 from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError, StoreError
+from kevo_repl.identity import bound_replica_id, check_replica_id
 from kevo_repl.plugin.engine import Applier
 from kevo_repl.plugin.manager import Registry
 from kevo_repl.primary.retention import Retention
@@ -44,10 +45,12 @@ class Session:
     replica_id: str
     peer: str
     start: int
+    #: the highest sequence handed to this stream; the replica holds start - 1 already
     sent: int = 0
     rewind: int | None = None
-    superseded_by: str | None = None  # peer of a newer stream with the same replica id
     received: int = 0  # what the replica reported received (not yet durable), for semi-sync
+    #: the StreamWAL call; once it is done the session is dead even before its cleanup ran
+    context: grpc.aio.ServicerContext | None = None
     opened_at: float = field(default_factory=time.time)
 
 
@@ -323,21 +326,31 @@ class Primary:
                 problem[1],
             )
             await context.abort(problem[0], problem[1])
+        from_cert = self.cfg.server.replica_id_from_cert
+        problem = check_replica_id(request.replica_id, context, from_cert)
+        if problem is not None:
+            log.warning("refused stream from %s: %s", context.peer(), problem[1])
+            await context.abort(problem[0], problem[1])
+        replica_id = bound_replica_id(request.replica_id, context, from_cert)
+        named = bool(request.replica_id) or from_cert  # else a v1 peer, named after its address
+        live = self.live_session(replica_id) if named else None
+        if live is not None:
+            # the live stream keeps its slot; a dead one is freed by keepalive, then a new
+            # stream may take over
+            message = (
+                f"replica id {replica_id!r} is already streaming from {live.peer} (for "
+                f"{time.time() - live.opened_at:.0f}s); a second stream is refused while that "
+                "session is alive"
+            )
+            log.warning("refused stream from %s: %s", context.peer(), message)
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, message)
         session = Session(
-            uuid.uuid4().hex, request.replica_id or context.peer(), context.peer(),
-            request.start_sequence,
+            uuid.uuid4().hex, replica_id, context.peer(), request.start_sequence,
+            sent=request.start_sequence - 1, context=context,
         )
-        for old in self.sessions.values():
-            if request.replica_id and old.replica_id == session.replica_id:
-                # the newer stream wins: the old one is a zombie or a misconfigured twin
-                old.superseded_by = session.peer
         self.sessions[session.session_id] = session
-        if any(s.superseded_by for s in self.sessions.values()):
-            cond = self._condition()
-            async with cond:
-                cond.notify_all()
-        if request.replica_id:
-            self.slots.get(request.replica_id)
+        if named:
+            self.slots.get(replica_id)
         await context.send_initial_metadata(((SESSION_HEADER, session.session_id),))
         log.info(
             "replica %r (%s) streaming from %d, session %s, protocol %d, %s",
@@ -353,16 +366,6 @@ class Primary:
         first = True
         try:
             while True:
-                if session.superseded_by is not None:
-                    log.warning(
-                        "session %s of replica %r superseded by a newer stream from %s",
-                        session.session_id, session.replica_id, session.superseded_by,
-                    )
-                    await context.abort(
-                        grpc.StatusCode.ABORTED,
-                        f"superseded by a newer stream for replica_id {session.replica_id!r} "
-                        f"from {session.superseded_by}",
-                    )
                 if session.rewind is not None:
                     log.info("session %s rewinds to %d", session.session_id, session.rewind)
                     pos, session.rewind = session.rewind, None
@@ -371,11 +374,12 @@ class Primary:
                         records = await asyncio.to_thread(self.wal.read, pos, cap)
                     except SequenceNotRetained as exc:
                         await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+                    # before the yield: the replica may ack what it got before we resume
+                    session.sent = max(session.sent, records[-1].last_seq)
                     for msg in wire.shape(records, neg, cap):
                         yield msg + self.trailer(first=first)
                         first = False
                     pos = records[-1].last_seq + 1
-                    session.sent = records[-1].last_seq
                     continue
                 ready = functools.partial(self._has_work, session, pos)
                 async with cond:
@@ -391,9 +395,16 @@ class Primary:
             log.info("session %s of replica %r ended", session.session_id, session.replica_id)
 
     def _has_work(self, session: Session, pos: int) -> bool:
-        return (
-            self.head >= pos or session.rewind is not None or session.superseded_by is not None
-        )
+        return self.head >= pos or session.rewind is not None
+
+    def live_session(self, replica_id: str) -> Session | None:
+        """The session streaming to `replica_id`, if one is alive."""
+        for session in self.sessions.values():
+            if session.replica_id == replica_id and not (
+                session.context is not None and session.context.done()
+            ):
+                return session
+        return None
 
     async def _session_of(self, context: grpc.aio.ServicerContext) -> Session:
         """The live session named by the call's session-id metadata; NOT_FOUND otherwise."""
@@ -408,13 +419,16 @@ class Primary:
     ) -> rpb.AckResponse:
         session = await self._session_of(context)
         seq = request.acknowledged_up_to
-        if seq > self.head:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"ack of {seq} is past this primary's head {self.head}",
+        # a KevoDB v1 replica reports no received level: it has what it made durable
+        received = request.received_up_to or seq
+        problem = ack_problem(seq, received, session.sent)
+        if problem is not None:
+            log.warning(
+                "refused ack from replica %r (%s): %s", session.replica_id, session.peer, problem
             )
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         self.slots.ack(session.replica_id, seq)
-        session.received = max(session.received, request.received_up_to, seq)
+        session.received = max(session.received, received)
         if self._ack_waiters:
             cond = self._acks_condition()
             async with cond:
@@ -485,6 +499,16 @@ class Primary:
         self.wal.close()
         self.store.sync()
         self.store.close()
+
+
+def ack_problem(durable: int, received: int, sent: int) -> str | None:
+    """Why an ack is impossible for a session that was sent up to `sent` (it must hold
+    durable <= received <= sent), or None."""
+    if received < durable:
+        return f"ack claims {durable} durable but only {received} received"
+    if received > sent:
+        return f"ack claims {received} received but this session was sent only up to {sent}"
+    return None
 
 
 async def _run_to_completion(loop: asyncio.AbstractEventLoop, fn: object, *args: object) -> None:

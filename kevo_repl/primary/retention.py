@@ -68,7 +68,10 @@ class Retention:
     def __init__(self, primary: Primary) -> None:
         self.primary = primary
         self.cfg = primary.cfg.retention
-        self.snapshots = SnapshotService(primary.store, primary.cfg.snapshot, self.request_check)
+        self.snapshots = SnapshotService(
+            primary.store, primary.cfg.snapshot, self.request_check,
+            primary.cfg.server.replica_id_from_cert,
+        )
         self.started_at = time.time()
         self.pruned_bytes = 0
         self.prunes = 0

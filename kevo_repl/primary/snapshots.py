@@ -30,6 +30,7 @@ import grpc
 
 from kevo_repl.config import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, SnapshotConfig
 from kevo_repl.errors import StoreError
+from kevo_repl.identity import bound_replica_id, check_replica_id
 from kevo_repl.plugin.engine import Applier, Position, StoreSnapshot
 from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.snapshot_chunks import encode_records
@@ -111,10 +112,15 @@ class SnapshotService:
     """The primary's side of the Snapshot RPC."""
 
     def __init__(
-        self, store: Applier, cfg: SnapshotConfig, on_release: Callable[[], None]
+        self,
+        store: Applier,
+        cfg: SnapshotConfig,
+        on_release: Callable[[], None],
+        replica_id_from_cert: bool = False,
     ) -> None:
         self.store = store
         self.cfg = cfg
+        self._from_cert = replica_id_from_cert
         self.held: dict[str, HeldSnapshot] = {}
         self.served = 0  # snapshots streamed to the end
         self._on_release = on_release
@@ -132,7 +138,11 @@ class SnapshotService:
     async def serve(
         self, request: rpb.SnapshotRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rpb.SnapshotChunk]:
-        replica_id = request.replica_id or context.peer()
+        problem = check_replica_id(request.replica_id, context, self._from_cert)
+        if problem is not None:
+            log.warning("refused snapshot for %s: %s", context.peer(), problem[1])
+            await context.abort(problem[0], problem[1])
+        replica_id = bound_replica_id(request.replica_id, context, self._from_cert)
         limit = self.cfg.max_chunk_bytes
         if request.max_chunk_bytes:
             limit = min(limit, max(MIN_CHUNK_BYTES, request.max_chunk_bytes))

@@ -1,7 +1,8 @@
 """gRPC channel and server settings: message limits, keepalive, TLS and token auth.
 
-Both sides must agree on these, so they live in one place. A server with a token checks it on
-every call through `TokenInterceptor`; a client sends it as `authorization: Bearer <token>`.
+Both sides must agree on these, so they live in one place. A server with a token (and/or a
+replication token) checks it on every call through `TokenInterceptor`; a client sends it as
+`authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
@@ -118,11 +119,18 @@ def open_channel(address: str, cfg: ConnectorConfig) -> grpc.Channel:
     return grpc.secure_channel(address, creds, options=channel_options(cfg))
 
 
-class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
-    """Refuses every call that does not carry the server's token (UNAUTHENTICATED)."""
+#: the replication service: its calls are the replication role's
+REPLICATION_PREFIX = "/kevo.replication.WALReplicationService/"
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+    """Refuses calls without the right token. With a replication token, replication calls need
+    it and client-API calls need the client token: one role's token never grants the other's
+    (PERMISSION_DENIED); a missing or unknown token is UNAUTHENTICATED."""
+
+    def __init__(self, token: str, replication_token: str = "") -> None:
+        self._client = f"Bearer {token}".encode() if token else None
+        self._replication = f"Bearer {replication_token}".encode() if replication_token else None
 
     async def intercept_service(
         self,
@@ -130,22 +138,42 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        presented = ""
+        if handler is None:
+            return handler
+        presented = b""
         for key, value in details.invocation_metadata or ():
             if key == AUTH_HEADER:
-                presented = value if isinstance(value, str) else value.decode(errors="replace")
-        if handler is None or hmac.compare_digest(presented.encode(), self._expected):
+                presented = value.encode() if isinstance(value, str) else bytes(value)
+        replication = str(details.method).startswith(REPLICATION_PREFIX)
+        wanted: bytes | None
+        other: bytes | None
+        if replication and self._replication is not None:
+            wanted, other, role = self._replication, self._client, "replication"
+        else:
+            wanted, other, role = self._client, self._replication, "client"
+        if wanted is None or hmac.compare_digest(presented, wanted):
             return handler
+        if other is not None and hmac.compare_digest(presented, other):
+            return _refusal(
+                handler, grpc.StatusCode.PERMISSION_DENIED,
+                f"this token does not grant {role} calls: they need this server's {role} token",
+            )
         reason = "missing token" if not presented else "wrong token"
-        return _refusal(handler, f"{reason}: this server requires a valid shared token")
+        what = "replication token" if role == "replication" else "shared token"
+        return _refusal(
+            handler, grpc.StatusCode.UNAUTHENTICATED,
+            f"{reason}: this server requires a valid {what}",
+        )
 
 
-def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+def _refusal(
+    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler:
     async def abort(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(code, message)
 
     async def abort_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(code, message)
         yield  # pragma: no cover  # makes this an async generator, as the handler must be
 
     kw = {

@@ -19,7 +19,7 @@ import random
 import time
 import zlib
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from operator import attrgetter
 from typing import Any
 
@@ -38,6 +38,7 @@ from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.transport import MAX_MESSAGE_BYTES, call_metadata
 from kevo_repl.protocol.wire import Unpacker, UnpackError
 from kevo_repl.replica.bootstrap import Bootstrap, recover_install
+from kevo_repl.replica.replica_id import stored_replica_id
 from kevo_repl.replica.state import TRANSITIONS, State, StateMachine
 from kevo_repl.storage.store import open_store
 
@@ -76,7 +77,8 @@ class Replica:
     def __init__(self, cfg: Config, registry: Registry, pm: pluggy.PluginManager) -> None:
         self.cfg = cfg
         self.pm = pm
-        self.replica_id = cfg.replica.replica_id
+        # no default id: a shared one would take over another replica's slot
+        self.replica_id = cfg.replica.replica_id or stored_replica_id(cfg.data_dir)
         recover_install(cfg.data_dir)  # finish, or discard, a snapshot install cut short
         self.store: Applier = open_store(cfg, registry, durable=True)
         self.connector = registry.get("connector", cfg.connector.name)
@@ -96,7 +98,10 @@ class Replica:
         self._primary_history = self.position.history_id
         self._resync = False  # an apply failed: re-stream from the durable position
         self._stopping = False
-        self._auth = call_metadata(cfg.connector)
+        # replication is a role: its own token when the primary requires one
+        self._auth = call_metadata(
+            replace(cfg.connector, token=cfg.replica.replication_token or cfg.connector.token)
+        )
         compressors = registry.compressors_by_id()
         self._codec_id = int(registry.get("compressor", cfg.compressor.name).codec_id)
         self._unpacker = Unpacker(compressors, MAX_MESSAGE_BYTES)
@@ -216,8 +221,20 @@ class Replica:
             return False, f"primary no longer retains our position ({details}); bootstrapping"
         if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE):
             return True, f"primary refused the stream: {code.name}: {details}"
-        if code == grpc.StatusCode.ABORTED and "superseded" in details:
-            return True, f"another replica with id {self.replica_id!r} took over: {details}"
+        if code == grpc.StatusCode.ALREADY_EXISTS:
+            # our own previous session until the primary notices it is dead (keepalive), or a
+            # twin with the same id: retry, never take over a live slot
+            return False, (
+                f"primary {primary} refused the stream (ALREADY_EXISTS: {details}); retrying "
+                f"(is another replica configured with id {self.replica_id!r}?)"
+            )
+        if code == grpc.StatusCode.PERMISSION_DENIED:
+            return False, (
+                f"primary {primary} denied replication (PERMISSION_DENIED: {details}); check "
+                "[replica] replication_token, the client certificate and replica_id"
+            )
+        if code == grpc.StatusCode.INVALID_ARGUMENT and "replica id" in details:
+            return True, f"primary refused our replica id: {details}"
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return False, (
                 f"primary {primary} refused our credentials ({details}); "

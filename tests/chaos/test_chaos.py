@@ -128,10 +128,14 @@ def test_checker_catches_an_applier_that_commits_the_position_before_the_data(
     tmp_path: Path,
 ) -> None:
     """broken-lmdb commits r1's position in one transaction and its data in the next: the
-    SIGKILLs of the schedule land between the two, entries are lost, and the run fails."""
+    SIGKILLs of the schedule land between the two, entries are lost, and the run fails.
+
+    The window between the two commits is widened to 0.3 s so that a streaming r1 spends most
+    of its time inside it: with the default 50 ms a loaded machine often kills r1 while it
+    waits to reconnect, outside every window, and the broken store survives by luck."""
     rep = run_chaos(ChaosOptions(
         seed=5, duration=12.0, dir=tmp_path, kinds=("kill",), targets=("r1",),
-        replica_appliers=("broken-lmdb", "faulty-leveldb"),
+        replica_appliers=("broken-lmdb", "faulty-leveldb"), broken_window_s=0.3,
     ))
     text = format_report(rep)
     print(text)

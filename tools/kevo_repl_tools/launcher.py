@@ -67,8 +67,10 @@ class NodeProcess:
         if self.config:
             cmd += ["--config", str(self.config)]
         if self.role == "replica":
-            assert self.primary and self.replica_id
-            cmd += ["--primary", self.primary, "--replica-id", self.replica_id]
+            assert self.primary
+            cmd += ["--primary", self.primary]
+            if self.replica_id:
+                cmd += ["--replica-id", self.replica_id]
         return cmd
 
     def start(self, timeout: float = 30.0) -> str:
