@@ -58,10 +58,6 @@ def fields(schema: type[Any]) -> dict[str, FieldInfo]:
     return out
 
 
-def _number(value: float) -> str:
-    return str(value)
-
-
 def bounds(t: mi.Type) -> str:
     """The range of a number type in words ("positive", "from 1 to 64"), or ""."""
     if isinstance(t, mi.StrType):
@@ -82,11 +78,11 @@ def bounds(t: mi.Type) -> str:
             return "positive"
         if low == 0:
             return "0 or positive"
-        return f"{'more than' if exclusive_low else 'at least'} {_number(low)}"
+        return f"{'more than' if exclusive_low else 'at least'} {low}"
     if low is None or exclusive_low or exclusive_high:
-        lo = "" if low is None else f"{'>' if exclusive_low else '>='} {_number(low)}, "
-        return f"{lo}{'<' if exclusive_high else '<='} {_number(high)}"
-    return f"from {_number(low)} to {_number(high)}"
+        lo = "" if low is None else f"{'>' if exclusive_low else '>='} {low}, "
+        return f"{lo}{'<' if exclusive_high else '<='} {high}"
+    return f"from {low} to {high}"
 
 
 def describe(t: mi.Type) -> str:
@@ -141,18 +137,25 @@ def convert_value(field: FieldInfo, value: Any, where: str) -> Any:
     )
 
 
+#: longest rendering of a bad value an error quotes
+MAX_SHOWN = 80
+
+
 def _show_any(value: Any) -> str:
     try:
-        return _show(value)
+        shown = _show(value)
     except (TypeError, msgspec.EncodeError):
-        return repr(value)
+        shown = repr(value)
+    return shown if len(shown) <= MAX_SHOWN else shown[: MAX_SHOWN - 3] + "..."
 
 
 def convert(schema: type[T], table: Any, where: str) -> T:
     """Build `schema` from `table`, a TOML table: every key must be declared and every value
     of its declared type and range. `where` names the table in errors ("[node]")."""
     if not isinstance(table, Mapping):
-        raise ConfigError(f"{where} must be a table, not {type(table).__name__} ({table!r})")
+        raise ConfigError(
+            f"{where} must be a table, not {type(table).__name__} ({_show_any(table)})"
+        )
     declared = fields(schema)
     unknown = sorted(str(k) for k in table if k not in declared)
     if unknown:

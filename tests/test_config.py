@@ -106,6 +106,13 @@ def test_every_bound_is_enforced_at_its_edge(section: str) -> None:
                 from_tables({section: {name: t.le + 1}})
 
 
+def test_an_error_quotes_a_bad_value_only_so_far() -> None:
+    with pytest.raises(ConfigError) as info:
+        from_tables({"node": {"listen": ["x" * 10_000]}})
+    assert str(info.value).startswith("[node] listen must be str, not list")
+    assert len(str(info.value)) < 200
+
+
 def test_validate_checks_values_set_after_load() -> None:
     # flags and code change a loaded config; validate() holds them to the same schema
     cfg = Config()
