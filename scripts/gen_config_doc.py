@@ -1,5 +1,6 @@
-"""Write docs/configuration.md: every TOML section and key with its default and meaning,
-read from kevo_repl/config.py (the dataclasses and their `#:` comments).
+"""Write docs/configuration.md from the configuration schema: every TOML section and key with
+what it accepts, its default and its meaning, as declared in kevo_repl/config.py, and the
+`[applier.options]` the built-in appliers declare (plugins/*/kevo_repl_*/options.py).
 
 Usage: python scripts/gen_config_doc.py [OUT]   (default docs/configuration.md)
 A test fails when the checked-in file is stale.
@@ -7,35 +8,22 @@ A test fails when the checked-in file is stale.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import json
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kevo_repl import config  # noqa: E402  # after the path is set
+# after the path is set
+from kevo_repl_leveldb.options import LevelDBOptions  # noqa: E402
+from kevo_repl_lmdb.options import LMDBOptions  # noqa: E402
 
+from kevo_repl import config, schema  # noqa: E402
 
-def _comments() -> dict[tuple[str, str], str]:
-    """(class name, field) -> the `#:` comment lines right above the field."""
-    source = (ROOT / "kevo_repl" / "config.py").read_text()
-    lines = source.splitlines()
-    out: dict[tuple[str, str], str] = {}
-    for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.ClassDef):
-            continue
-        for stmt in node.body:
-            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-                doc: list[str] = []
-                i = stmt.lineno - 2
-                while i >= 0 and lines[i].strip().startswith("#:"):
-                    doc.insert(0, lines[i].strip()[2:].strip())
-                    i -= 1
-                out[(node.name, stmt.target.id)] = " ".join(doc)
-    return out
+#: the built-in appliers' declared options, documented under [applier.options]
+APPLIER_OPTIONS: dict[str, type[Any]] = {"lmdb": LMDBOptions, "leveldb": LevelDBOptions}
 
 
 def _class_doc(cls: type) -> str:
@@ -43,36 +31,40 @@ def _class_doc(cls: type) -> str:
     return "" if doc.startswith(cls.__name__ + "(") else " ".join(doc.split())
 
 
+def _table(cls: type[Any]) -> list[str]:
+    out = ["| key | accepts | default | meaning |", "|---|---|---|---|"]
+    for f in schema.fields(cls).values():
+        accepts = schema.describe(f.type).replace("|", "\\|")
+        meaning = (f.description or "—").replace("|", "\\|")
+        out.append(f"| `{f.name}` | {accepts} | `{schema.show_default(f.default)}` | {meaning} |")
+    return out
+
+
+def _section(title: str, cls: type[Any]) -> list[str]:
+    out = [f"## {title}", ""]
+    doc = _class_doc(cls)
+    if doc:
+        out += [doc, ""]
+    return [*out, *_table(cls), ""]
+
+
 def render() -> str:
-    comments = _comments()
-    cfg = config.Config()
     out = [
         "# Configuration reference",
         "",
-        "Generated from `kevo_repl/config.py` by `python scripts/gen_config_doc.py`; a test "
-        "fails when it is stale. Every key is optional: the default is used when a key or a "
-        "whole section is left out, so `kevo-repl demo` and a bare `kevo-repl primary` need no "
-        "file. Command-line flags (`--data-dir`, `--listen`, `--applier`, `--primary`, "
-        "`--replica-id`, `--metrics`) override the file. An unknown section or key, or a value "
-        "of the wrong type, is an error that names it.",
+        "Generated from the schema in `kevo_repl/config.py` (and the appliers' declared "
+        "options) by `python scripts/gen_config_doc.py`; a test fails when it is stale. Every "
+        "key is optional: the default is used when a key or a whole section is left out, so "
+        "`kevo-repl demo` and a bare `kevo-repl primary` need no file. Command-line flags "
+        "(`--data-dir`, `--listen`, `--applier`, `--primary`, `--replica-id`, `--metrics`) "
+        "override the file. An unknown section or key, a value of the wrong type or out of "
+        "range is an error that names the section, the key and what it accepts.",
         "",
     ]
-    for section in dataclasses.fields(cfg):
-        value = getattr(cfg, section.name)
-        cls = type(value)
-        out.append(f"## [{section.name}]")
-        out.append("")
-        doc = _class_doc(cls)
-        if doc:
-            out += [doc, ""]
-        out.append("| key | default | meaning |")
-        out.append("|---|---|---|")
-        for f in dataclasses.fields(value):
-            default = getattr(value, f.name)
-            shown = "{}" if default == {} else json.dumps(default)
-            meaning = comments.get((cls.__name__, f.name), "") or "—"
-            out.append(f"| `{f.name}` | `{shown}` | {meaning} |")
-        out.append("")
+    for section in dataclasses.fields(config.Config):
+        out += _section(f"[{section.name}]", type(getattr(config.Config(), section.name)))
+    for name, cls in APPLIER_OPTIONS.items():
+        out += _section(f"[applier.options] of the {name} applier", cls)
     return "\n".join(out)
 
 

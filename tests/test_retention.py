@@ -51,8 +51,8 @@ def wal_dir_bytes(data_dir: Path) -> int:
 
 @pytest.mark.parametrize(("text", "match"), [
     ("[retention]\nmax_retained_bytes = 1000\n", "at least twice"),
-    ("[retention]\nmax_retained_age_s = -1\n", "0 \\(off\\) or positive"),
-    ("[retention]\ndrop_inactive_after_s = -5\n", "0 \\(off\\) or positive"),
+    ("[retention]\nmax_retained_age_s = -1\n", "must be 0 or positive"),
+    ("[retention]\ndrop_inactive_after_s = -5\n", "must be 0 or positive"),
     ("[retention]\ncheck_interval_s = 0\n", "must be positive"),
     ("[snapshot]\nmax_chunk_bytes = 10\n", "max_chunk_bytes must be from"),
     ("[snapshot]\nmax_held = 0\n", "max_held"),

@@ -39,7 +39,7 @@ def _setup_logging(level: str, log_file: str | None) -> None:
     )
 
 
-def _node_config(args: argparse.Namespace, role: str) -> config_mod.Config:
+def _node_config(args: argparse.Namespace, role: config_mod.Role) -> config_mod.Config:
     cfg = config_mod.load(args.config)
     cfg.node.role = role
     if args.data_dir is not None:

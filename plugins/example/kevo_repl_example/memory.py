@@ -15,15 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kevo_repl.errors import ConfigError, StoreError
+from kevo_repl.errors import StoreError
 from kevo_repl.plugin.engine import ApplierFactory, Position
 from kevo_repl.protocol.codec import Entry, Op
 
-log = logging.getLogger(__name__)
+from .options import DEFAULT_MAX_KEY_SIZE, parse_options
 
-#: the same limit as the shipped appliers, so a memory node can replicate to or from them
-DEFAULT_MAX_KEY_SIZE = 511
-_VALID_OPTIONS = ("max_key_size",)
+log = logging.getLogger(__name__)
 
 
 class MemorySnapshot:
@@ -165,18 +163,7 @@ class MemoryApplier:
 
 def open_applier(path: Path, options: Mapping[str, Any], durable: bool) -> MemoryApplier:
     """The factory kevo-repl calls. `path` and `durable` are unused: nothing is stored on disk."""
-    unknown = sorted(str(k) for k in options if k not in _VALID_OPTIONS)
-    if unknown:
-        raise ConfigError(
-            f"unknown memory applier option(s) {', '.join(map(repr, unknown))} in "
-            f"[applier.options]; valid options: {', '.join(_VALID_OPTIONS)}"
-        )
-    max_key_size = options.get("max_key_size", DEFAULT_MAX_KEY_SIZE)
-    if isinstance(max_key_size, bool) or not isinstance(max_key_size, int) or max_key_size <= 0:
-        raise ConfigError(
-            f"memory applier option 'max_key_size' must be a positive integer, "
-            f"not {max_key_size!r}"
-        )
+    max_key_size = parse_options(options).max_key_size
     log.info("opened an in-memory store (nothing is written under %s)", path)
     return MemoryApplier(max_key_size)
 

@@ -1,13 +1,14 @@
-"""The `[applier.options]` table of the LevelDB applier, checked strictly."""
+"""The `[applier.options]` of the LevelDB applier, declared as a schema the host checks."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from kevo_repl.errors import ConfigError
-from kevo_repl.plugin.engine import reject_unknown_options
+from msgspec import Meta
+
+from kevo_repl.plugin.options import parse_applier_options
 
 #: 32 MiB memtable (LevelDB's own default is 4 MiB): fewer, larger level-0 files keep
 #: compaction from throttling a replica that catches up a long backlog.
@@ -23,13 +24,30 @@ COMPRESSIONS = ("snappy", "none")
 
 @dataclass(frozen=True)
 class LevelDBOptions:
-    write_buffer_size: int = DEFAULT_WRITE_BUFFER_SIZE
-    lru_cache_size: int = DEFAULT_LRU_CACHE_SIZE
-    max_open_files: int = DEFAULT_MAX_OPEN_FILES
-    block_size: int = DEFAULT_BLOCK_SIZE
-    bloom_filter_bits: int = DEFAULT_BLOOM_FILTER_BITS
-    compression: str = "snappy"
-    paranoid_checks: bool = False
+    """`[applier.options]` when `[applier] name = "leveldb"`."""
+
+    write_buffer_size: Annotated[
+        int, Meta(ge=1, description="bytes of the memtable before it is written to a file")
+    ] = DEFAULT_WRITE_BUFFER_SIZE
+    lru_cache_size: Annotated[
+        int, Meta(ge=1, description="bytes of the cache of uncompressed blocks")
+    ] = DEFAULT_LRU_CACHE_SIZE
+    max_open_files: Annotated[
+        int, Meta(ge=1, description="most table files LevelDB keeps open")
+    ] = DEFAULT_MAX_OPEN_FILES
+    block_size: Annotated[
+        int, Meta(ge=1, description="bytes of user data per block")
+    ] = DEFAULT_BLOCK_SIZE
+    bloom_filter_bits: Annotated[
+        int, Meta(ge=0, le=64, description="bloom filter bits per key; 0 = no filter")
+    ] = DEFAULT_BLOOM_FILTER_BITS
+    # None: what Python callers may pass for "none" (TOML has no null)
+    compression: Annotated[
+        Literal["snappy", "none"] | None, Meta(description="block compression")
+    ] = "snappy"
+    paranoid_checks: Annotated[
+        bool, Meta(description="check every read aggressively and stop on any corruption")
+    ] = False
 
     def plyvel_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``plyvel.DB``."""
@@ -39,52 +57,11 @@ class LevelDBOptions:
             "max_open_files": self.max_open_files,
             "block_size": self.block_size,
             "bloom_filter_bits": self.bloom_filter_bits,
-            "compression": None if self.compression == "none" else self.compression,
+            "compression": None if self.compression in (None, "none") else self.compression,
             "paranoid_checks": self.paranoid_checks,
         }
 
 
-_POSITIVE_INTS = ("write_buffer_size", "lru_cache_size", "max_open_files", "block_size")
-_VALID = (*_POSITIVE_INTS, "bloom_filter_bits", "compression", "paranoid_checks")
-
-
-def _is_int(value: object) -> bool:
-    # bool is an int subclass, but `block_size = true` is certainly a mistake.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def parse_options(options: Mapping[str, Any]) -> LevelDBOptions:
-    """Build LevelDBOptions, raising ConfigError for unknown names or wrong values."""
-    reject_unknown_options(options, _VALID, "leveldb")
-    valid = ", ".join(_VALID)
-
-    def bad(name: str, wanted: str) -> ConfigError:
-        value = options[name]
-        return ConfigError(
-            f"leveldb applier option {name!r} must be {wanted}, "
-            f"not {value!r} ({type(value).__name__}); valid options: {valid}"
-        )
-
-    values: dict[str, Any] = {}
-    for name in _POSITIVE_INTS:
-        if name in options:
-            if not _is_int(options[name]) or options[name] <= 0:
-                raise bad(name, "a positive integer")
-            values[name] = options[name]
-    if "bloom_filter_bits" in options:
-        bits = options["bloom_filter_bits"]
-        if not _is_int(bits) or not 0 <= bits <= 64:
-            raise bad("bloom_filter_bits", "an integer from 0 (no filter) to 64")
-        values["bloom_filter_bits"] = bits
-    if "compression" in options:
-        compression = options["compression"]
-        if compression is None:  # from Python callers; TOML has no null
-            compression = "none"
-        if compression not in COMPRESSIONS:
-            raise bad("compression", " or ".join(repr(c) for c in COMPRESSIONS))
-        values["compression"] = compression
-    if "paranoid_checks" in options:
-        if not isinstance(options["paranoid_checks"], bool):
-            raise bad("paranoid_checks", "true or false")
-        values["paranoid_checks"] = options["paranoid_checks"]
-    return LevelDBOptions(**values)
+    """LevelDBOptions from the table; ConfigError for an unknown key or a wrong value."""
+    return parse_applier_options(LevelDBOptions, options, "leveldb")
