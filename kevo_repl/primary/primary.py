@@ -27,6 +27,7 @@ from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.records import Record, chain_of, decode_body, encode_body
 from kevo_repl.storage.store import open_store
 from kevo_repl.storage.wal import WAL, SequenceNotRetained
+from kevo_repl.tasks import run_blocking
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,20 @@ class Primary:
         self.semisync_degraded = 0
         self._replay_store()
         # WAL retention for the slots, within the caps, and snapshots for bootstrapping replicas
-        self.retention = Retention(self)
+        self.retention = Retention(
+            cfg.retention, cfg.snapshot, self.wal, self.store, self.slots, self.connected_replicas
+        )
 
     # -- start-up ----------------------------------------------------------------------------
+
+    def connected_replicas(self) -> set[str]:
+        """The ids of the replicas streaming now."""
+        return {s.replica_id for s in list(self.sessions.values())}
+
+    @property
+    def broken(self) -> str | None:
+        """Why the primary refuses writes (its WAL or store failed), or None."""
+        return self._broken
 
     def _chain_at_head(self) -> int:
         if self.wal.last_sequence == 0:
@@ -224,12 +236,11 @@ class Primary:
         return future
 
     async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._pending:
             group, self._pending = self._pending, []
             try:
                 # one WAL fsync for every write that queued up meanwhile (group commit)
-                await _run_to_completion(loop, self._commit, group)
+                await run_blocking(self._commit, group)
             except Exception as exc:
                 self._broken = f"the primary's WAL or store failed: {exc}; restart the primary"
                 log.error("write failed, refusing further writes: %s", exc)
@@ -476,15 +487,3 @@ class Primary:
         self.wal.close()
         self.store.sync()
         self.store.close()
-
-
-async def _run_to_completion(loop: asyncio.AbstractEventLoop, fn: object, *args: object) -> None:
-    """Run blocking `fn` in a thread; if the caller is cancelled, still wait for the thread,
-    so a store or WAL is never closed under a running commit."""
-    assert callable(fn)
-    fut = loop.run_in_executor(None, fn, *args)
-    try:
-        await asyncio.shield(fut)
-    except asyncio.CancelledError:
-        await fut
-        raise
