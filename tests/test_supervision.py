@@ -212,3 +212,49 @@ async def test_node_replica_task_that_raises_puts_the_node_in_error(tmp_path: Pa
         assert remote["state"] == "ERROR" and "TypeError" in remote["last_error"]
     finally:
         await asyncio.wait_for(node.stop(), 10)
+
+
+# ---------------------------------------------------------------------------------------------
+# the primary's background tasks
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_failed_slot_flush_task_puts_the_primary_in_error(tmp_path: Path) -> None:
+    """The slot table's background write fails (its disk went away): the primary says so in
+    Status (ERROR, last_error) and refuses writes, rather than run on with slots it cannot
+    persist."""
+    cfg = Config()
+    cfg.node.role = "primary"
+    cfg.node.data_dir = str(tmp_path / "primary")
+    cfg.node.listen = "127.0.0.1:0"
+    node = Node(cfg)
+    await node.start()
+    try:
+        p = node.primary
+        assert p is not None
+        first, last = await p.write([(Op.PUT, b"a", b"1")])
+        assert (first, last) == (1, 1)
+
+        def failing_flush() -> None:
+            raise OSError("slots.json: no space left on device")
+
+        p.slots.flush = failing_flush  # type: ignore[method-assign]
+        p.slots.ack("r1", 1)  # marks the table dirty: the background flush starts
+        for _ in range(500):  # at most 5 s
+            if node.service.status()["state"] == "ERROR":
+                break
+            await asyncio.sleep(0.01)
+        st = node.service.status()
+        assert st["state"] == "ERROR"
+        assert "slots-flush failed: OSError" in st["last_error"]
+        client = Client(node.address, timeout=5)
+        try:
+            with pytest.raises(Exception, match="slots-flush failed"):
+                await asyncio.to_thread(client.put, b"b", b"2")
+            assert (await asyncio.to_thread(client.status))["state"] == "ERROR"
+        finally:
+            client.close()
+        assert p.head == 1  # nothing was written after the failure
+        del p.slots.flush  # the real flush again, for a clean stop
+    finally:
+        await asyncio.wait_for(node.stop(), 10)

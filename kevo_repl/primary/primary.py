@@ -27,7 +27,7 @@ from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.records import Record, chain_of, decode_body, encode_body
 from kevo_repl.storage.store import open_store
 from kevo_repl.storage.wal import WAL, SequenceNotRetained
-from kevo_repl.tasks import run_blocking
+from kevo_repl.tasks import Supervisor, run_blocking
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,9 @@ class Primary:
             self.store.close()
             raise
         self.history_id = self.wal.history_id
-        self.slots = SlotTable(data_dir / "slots.json")
+        # the primary's background tasks; one that fails stops writes (ERROR, last_error)
+        self.tasks = Supervisor("primary", self._task_failed)
+        self.slots = SlotTable(data_dir / "slots.json", spawn=self.tasks.spawn)
         self.sessions: dict[str, Session] = {}
         self._next_seq = self.wal.last_sequence + 1
         self._chain = self._chain_at_head()
@@ -99,6 +101,11 @@ class Primary:
     def connected_replicas(self) -> set[str]:
         """The ids of the replicas streaming now."""
         return {s.replica_id for s in list(self.sessions.values())}
+
+    def _task_failed(self, name: str, exc: BaseException) -> None:
+        if self._broken is None:
+            self._broken = f"{name} failed: {type(exc).__name__}: {exc}; restart the primary"
+            log.error("refusing further writes: %s", self._broken)
 
     @property
     def broken(self) -> str | None:
@@ -232,7 +239,7 @@ class Primary:
         future = asyncio.get_running_loop().create_future() if want_future else None
         self._pending.append(_Pending(record, entries, future, self._chain))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+            self._flusher = self.tasks.spawn(self._flush(), "primary-commit")
         return future
 
     async def _flush(self) -> None:
