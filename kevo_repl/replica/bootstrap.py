@@ -177,6 +177,14 @@ class Bootstrap:
         self.progress = Progress()
         self.installed = 0
         self.last_error = ""
+        # a switch that completed and was not yet taken (its caller may have been cancelled)
+        self._switched: Installed | None = None
+
+    def take_switched(self) -> Installed | None:
+        """The store of a switch that completed since the last call: the live store was
+        closed for it, so the caller must adopt it even if its install() was cancelled."""
+        switched, self._switched = self._switched, None
+        return switched
 
     def wanted(self, exc: grpc.aio.AioRpcError) -> bool:
         return self.enabled and exc.code() == grpc.StatusCode.OUT_OF_RANGE
@@ -384,7 +392,8 @@ class Bootstrap:
             self.replica_id, position.sequence, p.keys, p.chunks,
             time.monotonic() - started, position.sequence + 1,
         )
-        return Installed(store, store.position())
+        self._switched = Installed(store, store.position())
+        return self._switched
 
     # -- visibility and shutdown -----------------------------------------------------------------
 

@@ -210,7 +210,8 @@ class Replica:
                 if bootstrap and not self._stopping:
                     await self._tasks.cancel(apply_task, ack_task)  # a commit runs to its end
                     self._drain_queue()
-                    await self._bootstrap()
+                    if self.fatal is None:  # the pipeline may have failed as it stopped
+                        await self._bootstrap()
                     if self.fatal:
                         return
                     apply_task, ack_task = self._start_pipeline()
@@ -222,6 +223,8 @@ class Replica:
                 delay = self._backoff(attempt)
                 self.stats.backoff_history.append(delay)
                 await asyncio.sleep(delay)
+                if self._stopping or self.fatal is not None:
+                    break  # a task failed meanwhile: stay in ERROR
                 self._move(State.CONNECTING, "reconnecting")
         finally:
             await self._tasks.cancel(apply_task, ack_task)
@@ -242,10 +245,15 @@ class Replica:
                 self._error(str(exc))
             return
         except asyncio.CancelledError:
+            # a switch runs to its end even when cancelled: its store is ours now
+            switched = self.bootstrap.take_switched()
+            if switched is not None:
+                self._adopt(switched)
             me = asyncio.current_task()
             if me is not None and me.cancelling():
                 raise  # run() itself is being cancelled
             return  # stop() ended the install
+        self.bootstrap.take_switched()
         self._adopt(installed)
         self._move(State.CONNECTING, "snapshot installed")
 
