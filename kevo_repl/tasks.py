@@ -13,14 +13,20 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
+async def run_blocking(
+    fn: Callable[..., T], *args: Any, finished_under_cancel: Callable[[T], None] | None = None
+) -> T:
     """Run blocking `fn` in a worker thread. If the caller is cancelled, still wait for the
-    thread before the cancel goes on: no store or WAL is ever closed under a running commit."""
+    thread before the cancel goes on: no store or WAL is ever closed under a running commit.
+    `finished_under_cancel` gets the result of a call that completed that way (a commit that
+    happened must not be forgotten)."""
     fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
     try:
         return await asyncio.shield(fut)
     except asyncio.CancelledError:
-        await fut
+        result = await fut
+        if finished_under_cancel is not None:
+            finished_under_cancel(result)
         raise
 
 

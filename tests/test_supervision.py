@@ -117,12 +117,14 @@ async def test_run_blocking_waits_for_the_thread_when_cancelled() -> None:
         finished.append(True)
         return 1
 
-    task = asyncio.create_task(run_blocking(slow))
+    results: list[int] = []
+    task = asyncio.create_task(run_blocking(slow, finished_under_cancel=results.append))
     await asyncio.wait_for(started.wait(), 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
     assert finished == [True]  # the thread ended before the cancel went through
+    assert results == [1]  # and what it did is handed over, not forgotten
 
 
 # ---------------------------------------------------------------------------------------------

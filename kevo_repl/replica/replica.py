@@ -570,7 +570,8 @@ class Replica:
             try:
                 # a cancel waits for a running commit: never one under a closing store
                 new_pos, sync_error = await run_blocking(
-                    self._apply_durably, batch, history, chain
+                    self._apply_durably, batch, history, chain,
+                    finished_under_cancel=self._durable_under_cancel,
                 )
             except Exception as exc:
                 # Nothing of this batch is applied (one transaction); drop what is queued
@@ -618,6 +619,13 @@ class Replica:
         except Exception as exc:
             return new_pos, exc
         return new_pos, None
+
+    def _durable_under_cancel(self, result: tuple[Position, BaseException | None]) -> None:
+        """A commit that ran to its end while the apply task was cancelled: if it was synced,
+        its position is ours (status must not claim less than the store holds)."""
+        new_pos, sync_error = result
+        if sync_error is None:
+            self.position = new_pos
 
     def _drain_queue(self) -> None:
         while not self._queue.empty():
