@@ -57,8 +57,6 @@ def reach_ins(root: Path) -> list[str]:
     return found
 
 
-@pytest.mark.xfail(strict=True, reason="bootstrap still drives the replica's internals; the "
-                   "redesign's next step makes it a phase of its own")
 def test_no_module_touches_another_modules_private_names() -> None:
     assert reach_ins(CORE) == []
 

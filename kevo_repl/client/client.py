@@ -19,6 +19,14 @@ from google.protobuf.message import Message
 
 from kevo_repl.config import ConnectorConfig
 from kevo_repl.protocol.codec import Op
+from kevo_repl.protocol.methods import (
+    NODE_DIGEST,
+    NODE_DROP_SLOT,
+    NODE_GET,
+    NODE_STATUS,
+    NODE_WRITE,
+    NODE_WRITE_STREAM,
+)
 from kevo_repl.protocol.proto import node_pb2 as npb
 from kevo_repl.protocol.transport import call_metadata, open_aio_channel, open_channel
 
@@ -158,7 +166,7 @@ class AsyncStreamWriter:
 
     async def __aenter__(self) -> AsyncStreamWriter:
         stream = self._channel.stream_stream(
-            "/kevo.repl.Node/WriteStream",
+            NODE_WRITE_STREAM,
             request_serializer=npb.WriteBatch.SerializeToString,
             response_deserializer=npb.WriteResults.FromString,
         )
@@ -222,21 +230,21 @@ class Client:
         self._channel = open_channel(target, cfg)
         metadata = call_metadata(cfg)
 
-        def unary(name: str, req: Any, resp: Any) -> Any:
+        def unary(path: str, req: Any, resp: Any) -> Any:
             call = self._channel.unary_unary(
-                f"/kevo.repl.Node/{name}",
+                path,
                 request_serializer=req.SerializeToString,
                 response_deserializer=resp.FromString,
             )
             return functools.partial(call, metadata=metadata) if metadata else call
 
-        self._write = unary("Write", npb.WriteRequest, npb.WriteResponse)
-        self._get = unary("Get", npb.GetRequest, npb.GetResponse)
-        self._status = unary("Status", npb.StatusRequest, npb.StatusResponse)
-        self._digest = unary("Digest", npb.DigestRequest, npb.DigestResponse)
-        self._drop_slot = unary("DropSlot", npb.DropSlotRequest, npb.DropSlotResponse)
+        self._write = unary(NODE_WRITE, npb.WriteRequest, npb.WriteResponse)
+        self._get = unary(NODE_GET, npb.GetRequest, npb.GetResponse)
+        self._status = unary(NODE_STATUS, npb.StatusRequest, npb.StatusResponse)
+        self._digest = unary(NODE_DIGEST, npb.DigestRequest, npb.DigestResponse)
+        self._drop_slot = unary(NODE_DROP_SLOT, npb.DropSlotRequest, npb.DropSlotResponse)
         stream = self._channel.stream_stream(
-            "/kevo.repl.Node/WriteStream",
+            NODE_WRITE_STREAM,
             request_serializer=npb.WriteBatch.SerializeToString,
             response_deserializer=npb.WriteResults.FromString,
         )

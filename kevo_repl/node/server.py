@@ -20,12 +20,14 @@ from kevo_repl.plugin.engine import Applier
 from kevo_repl.plugin.manager import build_registry, get_plugin_manager
 from kevo_repl.primary.primary import Primary, PrimaryUnavailable, WriteRejected
 from kevo_repl.primary.retention import SlotBusy
+from kevo_repl.protocol.methods import NODE_SERVICE, REPLICATION_SERVICE
 from kevo_repl.protocol.proto import node_pb2 as npb
 from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.transport import TokenInterceptor, server_credentials, server_options
 from kevo_repl.replica.replica import Replica
 from kevo_repl.storage import store as store_mod
 from kevo_repl.storage.store import lock_data_dir, write_file_atomically
+from kevo_repl.tasks import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ def replication_handler(primary: Primary) -> grpc.GenericRpcHandler:
     # StreamWAL sends bytes already in wire form (WAL records), so its serializer is the
     # identity: catch-up costs a file read, not a re-encode per entry.
     return grpc.method_handlers_generic_handler(
-        "kevo.replication.WALReplicationService",
+        REPLICATION_SERVICE,
         {
             "StreamWAL": grpc.unary_stream_rpc_method_handler(
                 primary.stream,
@@ -272,7 +274,7 @@ class NodeService:
             )
         return {
             "role": "primary",
-            "state": "SERVING" if p._broken is None else "ERROR",
+            "state": "SERVING" if p.broken is None else "ERROR",
             "last_applied": pos.sequence,
             "head_sequence": p.head,
             "first_sequence": p.wal.first_sequence,
@@ -280,7 +282,7 @@ class NodeService:
             "applier": self.cfg.applier.name,
             "applied_entries": pos.applied_entries,
             "replicas": slots,
-            "last_error": p._broken or "",
+            "last_error": p.broken or "",
             "semisync_degraded": p.semisync_degraded,
             **retention,
         }
@@ -342,7 +344,7 @@ def node_handler(service: NodeService) -> grpc.GenericRpcHandler:
         )
 
     return grpc.method_handlers_generic_handler(
-        "kevo.repl.Node",
+        NODE_SERVICE,
         {
             "Write": unary(service.Write, npb.WriteRequest, npb.WriteResponse),
             "WriteStream": grpc.stream_stream_rpc_method_handler(
@@ -370,6 +372,8 @@ class Node:
         self.replica: Replica | None = None
         self.server: grpc.aio.Server | None = None
         self.address = ""
+        # the node's long-running tasks; one that fails puts the node in ERROR
+        self._tasks = Supervisor("node", self._task_failed)
         self._replica_task: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
         self._metrics: Any = None
@@ -420,17 +424,21 @@ class Node:
                 cfg.node.metrics, self.service.status
             )
         if self.replica is not None:
-            self._replica_task = asyncio.create_task(self.replica.run(), name="replica")
+            self._replica_task = self._tasks.spawn(self.replica.run(), "replica")
         return self.address
+
+    def _task_failed(self, name: str, exc: BaseException) -> None:
+        """A task of this node raised: put the node in ERROR with last_error (Status says
+        so) and stop what failed, rather than answer as if all were well."""
+        reason = f"{name} failed: {type(exc).__name__}: {exc}"
+        if self.replica is not None:
+            self.replica.fail(reason)
 
     async def stop(self) -> None:
         if self.replica is not None:
             await self.replica.stop()
         if self._replica_task is not None:
-            try:
-                await self._replica_task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait([self._replica_task])  # a failure is reported by _tasks
         if self._metrics is not None:
             self._metrics[0].shutdown()
             self._metrics = None

@@ -28,6 +28,7 @@ from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.records import Record, chain_of, decode_body, encode_body
 from kevo_repl.storage.store import open_store
 from kevo_repl.storage.wal import WAL, SequenceNotRetained
+from kevo_repl.tasks import Supervisor, run_blocking
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,10 @@ class Primary:
         self.registry = registry
         data_dir = cfg.data_dir
         self.store: Applier = open_store(cfg, registry, durable=False)
+        # the primary's background tasks; one that fails stops writes (ERROR, last_error)
+        self.tasks = Supervisor("primary", self._task_failed)
         try:
-            self.slots = SlotTable(data_dir / "slots.json")
+            self.slots = SlotTable(data_dir / "slots.json", spawn=self.tasks.spawn)
             # What the store applied and replicas acknowledged was acknowledged to a client:
             # WAL recovery must not cut a tail holding it, or its sequences would be reused.
             acknowledged = max(
@@ -101,9 +104,26 @@ class Primary:
         self.semisync_degraded = 0
         self._replay_store()
         # WAL retention for the slots, within the caps, and snapshots for bootstrapping replicas
-        self.retention = Retention(self)
+        self.retention = Retention(
+            cfg.retention, cfg.snapshot, self.wal, self.store, self.slots, self.connected_replicas,
+            replica_id_from_cert=cfg.server.replica_id_from_cert,
+        )
 
     # -- start-up ----------------------------------------------------------------------------
+
+    def connected_replicas(self) -> set[str]:
+        """The ids of the replicas streaming now."""
+        return {s.replica_id for s in list(self.sessions.values())}
+
+    def _task_failed(self, name: str, exc: BaseException) -> None:
+        if self._broken is None:
+            self._broken = f"{name} failed: {type(exc).__name__}: {exc}; restart the primary"
+            log.error("refusing further writes: %s", self._broken)
+
+    @property
+    def broken(self) -> str | None:
+        """Why the primary refuses writes (its WAL or store failed), or None."""
+        return self._broken
 
     def _chain_at_head(self) -> int:
         if self.wal.last_sequence == 0:
@@ -232,16 +252,15 @@ class Primary:
         future = asyncio.get_running_loop().create_future() if want_future else None
         self._pending.append(_Pending(record, entries, future, self._chain))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+            self._flusher = self.tasks.spawn(self._flush(), "primary-commit")
         return future
 
     async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._pending:
             group, self._pending = self._pending, []
             try:
                 # one WAL fsync for every write that queued up meanwhile (group commit)
-                await _run_to_completion(loop, self._commit, group)
+                await run_blocking(self._commit, group)
             except Exception as exc:
                 self._broken = f"the primary's WAL or store failed: {exc}; restart the primary"
                 log.error("write failed, refusing further writes: %s", exc)
@@ -509,15 +528,3 @@ def ack_problem(durable: int, received: int, sent: int) -> str | None:
     if received > sent:
         return f"ack claims {received} received but this session was sent only up to {sent}"
     return None
-
-
-async def _run_to_completion(loop: asyncio.AbstractEventLoop, fn: object, *args: object) -> None:
-    """Run blocking `fn` in a thread; if the caller is cancelled, still wait for the thread,
-    so a store or WAL is never closed under a running commit."""
-    assert callable(fn)
-    fut = loop.run_in_executor(None, fn, *args)
-    try:
-        await asyncio.shield(fut)
-    except asyncio.CancelledError:
-        await fut
-        raise

@@ -32,16 +32,16 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from kevo_repl.config import RetentionConfig, SnapshotConfig
 from kevo_repl.errors import KevoReplError
-from kevo_repl.primary.slots import Slot
+from kevo_repl.plugin.engine import Applier
+from kevo_repl.primary.slots import Slot, SlotTable
 from kevo_repl.primary.snapshots import SnapshotService
 from kevo_repl.storage.wal import SegmentInfo
-
-if TYPE_CHECKING:
-    from kevo_repl.primary.primary import Primary
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +62,42 @@ class Plan:
     capped: bool  # a cap forced some of it
 
 
-class Retention:
-    """Decides and performs WAL pruning for one primary; owns its snapshot service."""
+class RetainedLog(Protocol):
+    """What retention needs of the WAL: its segments, its size, and a way to prune."""
 
-    def __init__(self, primary: Primary) -> None:
-        self.primary = primary
-        self.cfg = primary.cfg.retention
+    @property
+    def first_sequence(self) -> int: ...
+    @property
+    def size_bytes(self) -> int: ...
+    def segments(self) -> list[SegmentInfo]: ...
+    def oldest_segment_end(self) -> int | None: ...
+    def prune_before(self, seq: int) -> int: ...
+    def bytes_from(self, seq: int) -> int: ...
+
+
+class Retention:
+    """Decides and performs WAL pruning for one primary; owns its snapshot service.
+
+    It sees only what it needs: the WAL, the store (synced before a prune; snapshots), the
+    slot table, and which replicas stream now (`connected`)."""
+
+    def __init__(
+        self,
+        cfg: RetentionConfig,
+        snapshot_cfg: SnapshotConfig,
+        wal: RetainedLog,
+        store: Applier,
+        slots: SlotTable,
+        connected: Callable[[], set[str]],
+        replica_id_from_cert: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.wal = wal
+        self.store = store
+        self.slots = slots
+        self.connected = connected
         self.snapshots = SnapshotService(
-            primary.store, primary.cfg.snapshot, self.request_check,
-            primary.cfg.server.replica_id_from_cert,
+            store, snapshot_cfg, self.request_check, replica_id_from_cert
         )
         self.started_at = time.time()
         self.pruned_bytes = 0
@@ -82,7 +109,7 @@ class Retention:
         self._timer: asyncio.Task[None] | None = None
         self._closed = False
         self._oldest_end: int | None = None  # as the writer last saw it
-        primary.slots.on_ack = self._acked
+        slots.on_ack = self._acked
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -95,7 +122,7 @@ class Retention:
     # -- what holds WAL -----------------------------------------------------------------------
 
     def _slots(self) -> list[Slot]:
-        return list(self.primary.slots.slots.values())
+        return list(self.slots.slots.values())
 
     def needs(self) -> list[tuple[str, int]]:
         """(holder, first sequence it needs) of everything that holds WAL; empty when no
@@ -108,7 +135,7 @@ class Retention:
 
     def plan(self, incoming: int = 0, now: float | None = None) -> Plan:
         """What to delete now, with `incoming` bytes about to be appended."""
-        segs = self.primary.wal.segments()
+        segs = self.wal.segments()
         sealed = segs[:-1]
         if not sealed:
             return Plan(0, False)
@@ -137,14 +164,14 @@ class Retention:
         """In the writer's thread, before a group commit is appended: make room for it under
         the byte cap. Cheap unless the cap is reached."""
         incoming = body_bytes + records * _RECORD_OVERHEAD + _SEGMENT_HEADER + _HISTORY_FILE
-        oldest_end = self.primary.wal.oldest_segment_end()
+        oldest_end = self.wal.oldest_segment_end()
         if oldest_end != self._oldest_end:
             # the first segment was sealed (the last append rolled over), or pruning moved
             # it: it may be one every slot is already past
             self._oldest_end = oldest_end
             if oldest_end is not None and self._loop is not None and self._prunable(oldest_end):
                 self._loop.call_soon_threadsafe(self.request_check)
-        if self.primary.wal.size_bytes + incoming <= self.cfg.max_retained_bytes:
+        if self.wal.size_bytes + incoming <= self.cfg.max_retained_bytes:
             return
         try:
             with self._lock:
@@ -152,11 +179,11 @@ class Retention:
         except Exception:
             # never fail a write for retention's sake; the next commit tries again
             log.exception("retention failed before an append")
-        if self.primary.wal.size_bytes + incoming > self.cfg.max_retained_bytes:
+        if self.wal.size_bytes + incoming > self.cfg.max_retained_bytes:
             log.warning(
                 "the WAL (%d bytes) will exceed max_retained_bytes (%d) by this commit of %d "
                 "bytes: only the segment being written is left",
-                self.primary.wal.size_bytes, self.cfg.max_retained_bytes, incoming,
+                self.wal.size_bytes, self.cfg.max_retained_bytes, incoming,
             )
 
     def enforce(self) -> int:
@@ -166,18 +193,18 @@ class Retention:
 
     def _prune(self, plan: Plan) -> int:
         """Needs _lock; runs in a worker thread (it syncs the store and deletes files)."""
-        wal = self.primary.wal
+        wal = self.wal
         if plan.cut <= wal.first_sequence:
             return 0
-        store = self.primary.store
+        store = self.store
         synced = store.position().sequence  # applied before the sync below: durable after it
         store.sync()
         cut = min(plan.cut, synced + 1)
         if cut <= wal.first_sequence:
             return 0
         if plan.capped:
-            self._mark_lost(cut)
-        self.primary.slots.flush()  # the slots this is decided on are on disk first
+            self._mark_lost_soon(cut)
+        self.slots.flush()  # the slots this is decided on are on disk first
         freed = wal.prune_before(cut)
         if freed:
             self.pruned_bytes += freed
@@ -188,8 +215,21 @@ class Retention:
             )
         return freed
 
-    def _mark_lost(self, cut: int) -> None:
+    def _mark_lost_soon(self, cut: int) -> None:
+        """Slots are changed on the event loop only: from a worker thread (a prune), the
+        marking is handed to the loop. It re-checks there, so a slot that acked meanwhile
+        is not marked."""
         now = time.time()
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop or self._loop is None:
+            self._mark_lost(cut, now)
+        else:
+            self._loop.call_soon_threadsafe(self._mark_lost, cut, now)
+
+    def _mark_lost(self, cut: int, now: float) -> None:
         changed = False
         for slot in self._slots():
             if not slot.lost and slot.acked + 1 < cut:
@@ -211,17 +251,17 @@ class Retention:
                     sid, seq,
                 )
         if changed:
-            self.primary.slots.mark_dirty()
+            self.slots.mark_dirty()
 
     # -- events -------------------------------------------------------------------------------
 
     def _acked(self, slot: Slot, sequence: int) -> None:
         """On the event loop, after every ack."""
-        wal = self.primary.wal
+        wal = self.wal
         if slot.lost and sequence + 1 >= wal.first_sequence:
             slot.lost = False
             slot.lost_at = 0.0
-            self.primary.slots.mark_dirty()
+            self.slots.mark_dirty()
             log.info(
                 "slot %r holds retention again from %d", slot.replica_id, sequence + 1
             )
@@ -248,7 +288,7 @@ class Retention:
         while True:
             self._check_again = False
             try:
-                if self.plan().cut > self.primary.wal.first_sequence:
+                if self.plan().cut > self.wal.first_sequence:
                     await asyncio.to_thread(self.enforce)
             except Exception:
                 log.exception("retention check failed")
@@ -273,16 +313,13 @@ class Retention:
             if slot.replica_id in connected:
                 slot.last_seen_at = wall
             elif after > 0 and wall - self.idle_since(slot) > after:
-                self.primary.slots.drop(slot.replica_id)
+                self.slots.drop(slot.replica_id)
                 log.warning(
                     "dropped slot %r: its replica has not streamed for %.0fs "
                     "(drop_inactive_after_s=%g); it acknowledged %d",
                     slot.replica_id, wall - self.idle_since(slot), after, slot.acked,
                 )
         self.request_check()
-
-    def connected(self) -> set[str]:
-        return {s.replica_id for s in list(self.primary.sessions.values())}
 
     def idle_since(self, slot: Slot) -> float:
         # a restarted primary gives every replica the full time to come back
@@ -296,7 +333,7 @@ class Retention:
             raise SlotBusy(
                 f"replica {replica_id!r} is streaming; stop it before dropping its slot"
             )
-        slot = self.primary.slots.drop(replica_id)
+        slot = self.slots.drop(replica_id)
         if slot is not None:
             log.warning(
                 "dropped slot %r by request; it acknowledged %d", replica_id, slot.acked
@@ -307,7 +344,7 @@ class Retention:
     # -- status -------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        wal = self.primary.wal
+        wal = self.wal
         segs = wal.segments()
         held_by = ""
         needs = self.needs()
@@ -332,7 +369,7 @@ class Retention:
 
     def slot_status(self, slot: Slot, connected: bool, held_by: str) -> dict[str, Any]:
         now = time.time()
-        wal = self.primary.wal
+        wal = self.wal
         return {
             "slot_state": "lost" if slot.lost else "active" if connected else "inactive",
             "lag_bytes": 0 if slot.lost else wal.bytes_from(slot.acked + 1),

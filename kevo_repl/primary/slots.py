@@ -16,9 +16,10 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from kevo_repl.storage.store import write_file_atomically
 
@@ -38,8 +39,15 @@ class Slot:
 
 
 class SlotTable:
-    def __init__(self, path: Path, flush_interval_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        path: Path,
+        flush_interval_s: float = 0.2,
+        spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]] | None = None,
+    ) -> None:
         self.path = path
+        #: starts the background flush; the owner's supervisor, so a failed write is seen
+        self._spawn = spawn
         self.slots: dict[str, Slot] = {}
         self._dirty = False
         self._flush_interval = flush_interval_s
@@ -89,7 +97,10 @@ class SlotTable:
             self.flush()
             return
         if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush_later())
+            if self._spawn is not None:
+                self._flusher = self._spawn(self._flush_later(), "slots-flush")
+            else:
+                self._flusher = loop.create_task(self._flush_later(), name="slots-flush")
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(self._flush_interval)

@@ -31,35 +31,31 @@ import os
 import shutil
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import grpc
 
+from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError, StoreError
 from kevo_repl.plugin.engine import Applier, ApplierFactory, Position
 from kevo_repl.plugin.manager import Registry
+from kevo_repl.protocol.methods import SNAPSHOT
 from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.snapshot_chunks import ChunkError, decode_records
-from kevo_repl.replica.state import State
 from kevo_repl.storage.store import STORE_DIR, open_store, write_file_atomically
-
-if TYPE_CHECKING:
-    from kevo_repl.replica.replica import Replica
+from kevo_repl.tasks import run_blocking
 
 log = logging.getLogger(__name__)
 
 BOOTSTRAP_DIR = STORE_DIR + ".bootstrap"
 OLD_DIR = STORE_DIR + ".old"
 MARKER = "bootstrap.json"
-_SNAPSHOT = "/kevo.replication.WALReplicationService/Snapshot"
 #: the same chunk arriving corrupt this often: the snapshot is given up and started over
 _MAX_CORRUPT_CHUNKS = 5
-
-T = TypeVar("T")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -140,13 +136,41 @@ class SwitchFailed(KevoReplError):
     its next start-up finishes the switch (the completion marker is on disk)."""
 
 
-class Bootstrap:
-    """The replica's snapshot installer (one per replica)."""
+@dataclass(frozen=True)
+class Installed:
+    """What a completed install hands back: the new live store, open, and its position."""
 
-    def __init__(self, replica: Replica, registry: Registry) -> None:
-        self.replica = replica
-        self.cfg = replica.cfg
+    store: Applier
+    position: Position
+
+
+class BootstrapError(KevoReplError):
+    """An install did not complete. `fatal`: retrying cannot help, the replica stops; else
+    the next OUT_OF_RANGE resumes (or starts over)."""
+
+    def __init__(self, message: str, *, fatal: bool) -> None:
+        super().__init__(message)
+        self.fatal = fatal
+
+
+class Bootstrap:
+    """The replica's snapshot installer: a phase the replica runs between sessions, with its
+    own connection. It knows nothing of the replica but its configuration, and hands back
+    the new store; the replica adopts it."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        registry: Registry,
+        connector: Callable[[str, dict[str, Any]], Any],
+        auth: Sequence[tuple[str, str]],
+        replica_id: str,
+    ) -> None:
+        self.cfg = cfg
         self.registry = registry
+        self.replica_id = replica_id  # configured, or derived and stored by the replica
+        self.connector = connector
+        self.auth = tuple(auth)
         self.factory: ApplierFactory = registry.get("applier", self.cfg.applier.name)
         self.data_dir = self.cfg.data_dir
         self.enabled = self.cfg.replica.bootstrap
@@ -154,107 +178,79 @@ class Bootstrap:
         self.progress = Progress()
         self.installed = 0
         self.last_error = ""
-        self._ack_pending = False
+        # a switch that completed and was not yet taken (its caller may have been cancelled)
+        self._switched: Installed | None = None
+
+    def take_switched(self) -> Installed | None:
+        """The store of a switch that completed since the last call: the live store was
+        closed for it, so the caller must adopt it even if its install() was cancelled."""
+        switched, self._switched = self._switched, None
+        return switched
 
     def wanted(self, exc: grpc.aio.AioRpcError) -> bool:
         return self.enabled and exc.code() == grpc.StatusCode.OUT_OF_RANGE
 
-    def stream_started(self) -> None:
-        """A stream started. Right after an install, acknowledge the new position at once:
-        the primary's slot (lost until then) holds WAL again from there, even if the primary
-        is idle and no batch would prompt an ack."""
-        if self._ack_pending:
-            self._ack_pending = False
-            self.replica._durable_changed.set()
-
-    # -- the replica's run loop calls this between sessions ------------------------------------
-
-    async def install(
-        self, apply_task: asyncio.Task[None], ack_task: asyncio.Task[None]
-    ) -> tuple[asyncio.Task[None], asyncio.Task[None]]:
-        """Stop the apply pipeline, bootstrap, restart the pipeline; return its new tasks.
-        A failed attempt is reported (ERROR) and left for the next OUT_OF_RANGE to resume."""
-        replica = self.replica
-        replica._move(State.BOOTSTRAPPING, "the primary no longer retains our position")
-        for task in (apply_task, ack_task):
-            task.cancel()
-        for task in (apply_task, ack_task):
-            try:
-                await task  # the apply loop finishes a running commit before it ends
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                log.exception("replica %s: the apply pipeline failed", replica.replica_id)
-        replica._drain_queue()
-        replica._session_task = asyncio.create_task(self.run(), name="replica-bootstrap")
+    async def install(self, live: Applier) -> Installed:
+        """One attempt: receive the snapshot into a fresh store, then switch it in for `live`
+        (which is closed by then). Raises BootstrapError when the attempt failed; a cancel
+        goes through, except during the switch, which always runs to its end."""
         try:
-            await replica._session_task
+            return await self.run(live)
         except SwitchFailed as exc:
             self.last_error = str(exc)
-            replica._fatal(str(exc))
+            raise BootstrapError(str(exc), fatal=True) from exc
         except grpc.aio.AioRpcError as exc:
             reason = _describe(exc)
             self.last_error = reason
             self.progress.state = "FAILED"
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 # a primary without snapshots (KevoDB's own): retrying cannot help
-                replica._fatal(
+                raise BootstrapError(
                     f"the primary no longer retains our position and cannot send a snapshot "
-                    f"({reason}); rebuild this replica from a copy of the primary's store"
-                )
-            else:
-                replica._error(f"bootstrap: {reason}")  # the next attempt resumes
-        except asyncio.CancelledError:
-            me = asyncio.current_task()
-            if me is not None and me.cancelling():
-                raise  # run() itself is being cancelled
+                    f"({reason}); rebuild this replica from a copy of the primary's store",
+                    fatal=True,
+                ) from exc
+            raise BootstrapError(f"bootstrap: {reason}", fatal=False) from exc
         except Exception as exc:
             if not isinstance(exc, KevoReplError | OSError):
-                log.exception("replica %s: bootstrap failed", replica.replica_id)
+                log.exception("replica %s: bootstrap failed", self.replica_id)
             reason = _describe(exc)
             self.last_error = reason
             self.progress.state = "FAILED"
             if not isinstance(exc, BootstrapFailed) or exc.restart:
                 await self._discard()  # else the next attempt resumes where this one stopped
-            replica._error(f"bootstrap: {reason}")
-        else:
-            replica._move(State.CONNECTING, "snapshot installed")
-        return (
-            asyncio.create_task(replica._apply_loop(), name="replica-apply"),
-            asyncio.create_task(replica._ack_loop(), name="replica-ack"),
-        )
+            raise BootstrapError(f"bootstrap: {reason}", fatal=False) from exc
 
     # -- one attempt ---------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        replica = self.replica
+    async def run(self, live: Applier) -> Installed:
         p = self.progress
         if self.target is None:
-            self.target = await _in_thread(self._fresh_target)
+            self.target = await run_blocking(self._fresh_target)
             self.progress = p = Progress()
         resume = bool(p.snapshot_id)
         p.state = "RECEIVING"
-        channel = replica.connector(self.cfg.replica.primary, asdict(self.cfg.connector))
+        channel = self.connector(self.cfg.replica.primary, asdict(self.cfg.connector))
         try:
             snapshot = channel.unary_stream(
-                _SNAPSHOT,
+                SNAPSHOT,
                 request_serializer=rpb.SnapshotRequest.SerializeToString,
                 response_deserializer=rpb.SnapshotChunk.FromString,
             )
             request = rpb.SnapshotRequest(
-                replica_id=replica.replica_id,
+                replica_id=self.replica_id,
                 snapshot_id=p.snapshot_id,
                 next_index=p.next_index,
                 after_key=p.last_key,
                 max_chunk_bytes=self.cfg.replica.snapshot_chunk_bytes,
             )
             log.info(
-                "replica %s: %s snapshot from %s", replica.replica_id,
+                "replica %s: %s snapshot from %s", self.replica_id,
                 f"resuming {p.snapshot_id} at chunk {p.next_index} of the" if resume
                 else "bootstrapping from a", self.cfg.replica.primary,
             )
             complete = False
-            call = snapshot(request, metadata=replica._auth)
+            call = snapshot(request, metadata=self.auth)
             try:
                 async for chunk in call:
                     await self._take(chunk)
@@ -275,9 +271,9 @@ class Bootstrap:
         finally:
             await channel.close()
         # the switch runs to its end even if the replica is stopped meanwhile
-        switch = asyncio.ensure_future(self._switch())
+        switch = asyncio.ensure_future(self._switch(live))
         try:
-            await asyncio.shield(switch)
+            return await asyncio.shield(switch)
         except asyncio.CancelledError:
             await switch
             raise
@@ -297,7 +293,7 @@ class Bootstrap:
             p.history_id = chunk.history_id
             log.info(
                 "replica %s: snapshot %s at sequence %d: %d keys, %d bytes",
-                self.replica.replica_id, chunk.snapshot_id, chunk.sequence,
+                self.replica_id, chunk.snapshot_id, chunk.sequence,
                 chunk.total_keys, chunk.total_bytes,
             )
         if (chunk.snapshot_id, chunk.sequence, chunk.history_id) != (
@@ -328,7 +324,7 @@ class Bootstrap:
                 raise BootstrapFailed(
                     f"snapshot chunk {chunk.index}: keys out of order", restart=True
                 )
-            await _in_thread(target.load, pairs)
+            await run_blocking(target.load, pairs)
             p.last_key = keys[-1]
         p.corrupt = 0
         p.next_index += 1
@@ -352,13 +348,12 @@ class Bootstrap:
         target, self.target = self.target, None
         self.progress.snapshot_id = ""
         if target is not None:
-            await _in_thread(target.close)
+            await run_blocking(target.close)
         path = self.data_dir / BOOTSTRAP_DIR
         if path.exists():
-            await _in_thread(shutil.rmtree, path)
+            await run_blocking(shutil.rmtree, path)
 
-    async def _switch(self) -> None:
-        replica = self.replica
+    async def _switch(self, live: Applier) -> Installed:
         p = self.progress
         target = self.target
         assert target is not None
@@ -373,11 +368,11 @@ class Bootstrap:
                 self.data_dir / MARKER, json.dumps(asdict(position)).encode()
             )
 
-        await _in_thread(commit)
+        await run_blocking(commit)
         self.target = None
 
         def switch() -> Applier:
-            replica.store.close()
+            live.close()
             try:
                 recover_install(self.data_dir)
                 return open_store(self.cfg, self.registry, durable=True)
@@ -387,27 +382,19 @@ class Bootstrap:
                     "to finish the switch"
                 ) from exc
 
-        store = await _in_thread(switch)
-        replica.store = store
-        replica.position = store.position()
-        replica._received = replica.position.sequence
-        # a snapshot carries no hash chain: the next response's chain value is adopted
-        replica._recv_chain = replica.position.chain
-        replica._chain_after.clear()
-        replica._primary_history = replica.position.history_id
-        replica.stats.head_sequence = max(replica.stats.head_sequence, position.sequence)
-        replica._last_progress_at = time.monotonic()
+        store = await run_blocking(switch)
         p.state = "INSTALLED"
         p.snapshot_id = ""
         self.installed += 1
-        self._ack_pending = True
         self.last_error = ""
         log.info(
             "replica %s: installed snapshot at sequence %d (%d keys, %d chunks); switched in "
             "%.3fs; streaming from %d",
-            replica.replica_id, position.sequence, p.keys, p.chunks,
+            self.replica_id, position.sequence, p.keys, p.chunks,
             time.monotonic() - started, position.sequence + 1,
         )
+        self._switched = Installed(store, store.position())
+        return self._switched
 
     # -- visibility and shutdown -----------------------------------------------------------------
 
@@ -442,14 +429,3 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
         return f"snapshot stream failed: {exc.code().name}: {exc.details()}"
     return str(exc)
-
-
-async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
-    """Run blocking `fn` in a thread; if the caller is cancelled, still wait for it, so that
-    no store is closed under a running load."""
-    fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
-    try:
-        return await asyncio.shield(fut)
-    except asyncio.CancelledError:
-        await fut
-        raise

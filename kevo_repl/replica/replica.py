@@ -34,13 +34,15 @@ from kevo_repl.protocol import chain as chain_mod
 from kevo_repl.protocol.codec import CodecError, Entry, checksum, decode, decode_batch
 from kevo_repl.protocol.compression import CODEC_NONE
 from kevo_repl.protocol.constants import PROTOCOL_VERSION, SESSION_HEADER
+from kevo_repl.protocol.methods import ACKNOWLEDGE, NEGATIVE_ACKNOWLEDGE, STREAM_WAL
 from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.transport import MAX_MESSAGE_BYTES, call_metadata
 from kevo_repl.protocol.wire import Unpacker, UnpackError
-from kevo_repl.replica.bootstrap import Bootstrap, recover_install
+from kevo_repl.replica.bootstrap import Bootstrap, BootstrapError, Installed, recover_install
 from kevo_repl.replica.replica_id import stored_replica_id
 from kevo_repl.replica.state import TRANSITIONS, State, StateMachine
 from kevo_repl.storage.store import open_store
+from kevo_repl.tasks import Supervisor, run_blocking
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +50,6 @@ _seq_of = attrgetter("sequence_number")
 _payload_of = attrgetter("payload")
 _checksum_of = attrgetter("checksum")
 _fragment_of = attrgetter("fragment_type")
-_STREAM = "/kevo.replication.WALReplicationService/StreamWAL"
-_ACK = "/kevo.replication.WALReplicationService/Acknowledge"
-_NACK = "/kevo.replication.WALReplicationService/NegativeAcknowledge"
 # A re-send the primary has not started this many seconds after a nack ends the session
 # (a reconnect from the durable position repairs it too).
 _NACK_PATIENCE_S = 5.0
@@ -82,7 +81,15 @@ class Replica:
         recover_install(cfg.data_dir)  # finish, or discard, a snapshot install cut short
         self.store: Applier = open_store(cfg, registry, durable=True)
         self.connector = registry.get("connector", cfg.connector.name)
-        self.bootstrap = Bootstrap(self, registry)  # for when our position is not retained
+        # replication is a role: its own token when the primary requires one
+        self._auth = call_metadata(
+            replace(cfg.connector, token=cfg.replica.replication_token or cfg.connector.token)
+        )
+        # for when our position is not retained: a phase of its own that hands back a store
+        self.bootstrap = Bootstrap(cfg, registry, self.connector, self._auth, self.replica_id)
+        # apply and ack run as owned tasks: one that fails stops the replica (ERROR)
+        self._tasks = Supervisor(f"replica {self.replica_id}", self._task_failed)
+        self._announce = False  # after an install: ack the new position as a stream starts
         self.position: Position = self.store.position()
         self.stats = ReplicaStats()
         self.sm = StateMachine(on_change=self._state_changed)
@@ -93,15 +100,11 @@ class Replica:
         self._durable_changed = asyncio.Event()
         self._session_id = ""
         self._channel: Any = None
-        self._session_task: asyncio.Task[None] | None = None
+        self._session_task: asyncio.Task[Any] | None = None  # a session, or a bootstrap
         self._corrupt_at: tuple[int, int] = (0, 0)  # (sequence, times seen corrupt)
         self._primary_history = self.position.history_id
         self._resync = False  # an apply failed: re-stream from the durable position
         self._stopping = False
-        # replication is a role: its own token when the primary requires one
-        self._auth = call_metadata(
-            replace(cfg.connector, token=cfg.replica.replication_token or cfg.connector.token)
-        )
         compressors = registry.compressors_by_id()
         self._codec_id = int(registry.get("compressor", cfg.compressor.name).codec_id)
         self._unpacker = Unpacker(compressors, MAX_MESSAGE_BYTES)
@@ -147,13 +150,31 @@ class Replica:
 
     # -- main loop -----------------------------------------------------------------------------
 
+    def _start_pipeline(self) -> tuple[asyncio.Task[None], asyncio.Task[None]]:
+        return (
+            self._tasks.spawn(self._apply_loop(), "replica-apply"),
+            self._tasks.spawn(self._ack_loop(), "replica-ack"),
+        )
+
+    def _task_failed(self, name: str, exc: BaseException) -> None:
+        """A pipeline task died: stop replicating, visibly (ERROR, last_error), instead of
+        streaming on into a queue nobody empties."""
+        self.fail(f"{name} failed: {type(exc).__name__}: {exc}")
+
+    def fail(self, reason: str) -> None:
+        """Stop replicating because of `reason`: ERROR with last_error, run() returns."""
+        if self.fatal is None:
+            self._fatal(reason)
+        self._stopping = True
+        if self._session_task is not None:
+            self._session_task.cancel()
+
     async def run(self) -> None:
         """Replicate until stop() or a fatal error (divergence, repeated corruption)."""
-        apply_task = asyncio.create_task(self._apply_loop(), name="replica-apply")
-        ack_task = asyncio.create_task(self._ack_loop(), name="replica-ack")
+        apply_task, ack_task = self._start_pipeline()
         attempt = 0
         try:
-            while not self._stopping:
+            while not self._stopping and self.fatal is None:
                 made_progress = False
                 before = self.position.sequence
                 bootstrap = False
@@ -191,10 +212,14 @@ class Replica:
                     self._received = self.position.sequence
                     self._recv_chain = self.position.chain
                     self._chain_after.clear()
-                if bootstrap:
-                    apply_task, ack_task = await self.bootstrap.install(apply_task, ack_task)
+                if bootstrap and not self._stopping:
+                    await self._tasks.cancel(apply_task, ack_task)  # a commit runs to its end
+                    self._drain_queue()
+                    if self.fatal is None:  # the pipeline may have failed as it stopped
+                        await self._bootstrap()
                     if self.fatal:
                         return
+                    apply_task, ack_task = self._start_pipeline()
                 made_progress = self.position.sequence > before or self._received > before
                 if self._stopping:
                     break
@@ -203,15 +228,52 @@ class Replica:
                 delay = self._backoff(attempt)
                 self.stats.backoff_history.append(delay)
                 await asyncio.sleep(delay)
+                if self._stopping or self.fatal is not None:
+                    break  # a task failed meanwhile: stay in ERROR
                 self._move(State.CONNECTING, "reconnecting")
         finally:
-            for task in (apply_task, ack_task):
-                task.cancel()
-            for task in (apply_task, ack_task):
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+            await self._tasks.cancel(apply_task, ack_task)
+
+    async def _bootstrap(self) -> None:
+        """Run the bootstrap phase (the pipeline is stopped) and adopt the store it hands
+        back; a failed attempt is reported (ERROR), to be resumed by the next OUT_OF_RANGE."""
+        self._move(State.BOOTSTRAPPING, "the primary no longer retains our position")
+        self._session_task = asyncio.create_task(
+            self.bootstrap.install(self.store), name="replica-bootstrap"
+        )
+        try:
+            installed = await self._session_task
+        except BootstrapError as exc:
+            if exc.fatal:
+                self._fatal(str(exc))
+            else:
+                self._error(str(exc))
+            return
+        except asyncio.CancelledError:
+            # a switch runs to its end even when cancelled: its store is ours now
+            switched = self.bootstrap.take_switched()
+            if switched is not None:
+                self._adopt(switched)
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                raise  # run() itself is being cancelled
+            return  # stop() ended the install
+        self.bootstrap.take_switched()
+        self._adopt(installed)
+        self._move(State.CONNECTING, "snapshot installed")
+
+    def _adopt(self, installed: Installed) -> None:
+        """Continue from an installed snapshot's store and position."""
+        self.store = installed.store
+        self.position = installed.position
+        self._received = installed.position.sequence
+        # a snapshot carries no hash chain: the next response's chain value is adopted
+        self._recv_chain = installed.position.chain
+        self._chain_after.clear()
+        self._primary_history = installed.position.history_id
+        self.stats.head_sequence = max(self.stats.head_sequence, installed.position.sequence)
+        self._last_progress_at = time.monotonic()
+        self._announce = True
 
     def _explain(self, exc: grpc.aio.AioRpcError) -> tuple[bool, str]:
         """Whether a failed stream is fatal, and a message an operator can act on."""
@@ -283,7 +345,7 @@ class Replica:
     async def _session(self) -> None:
         self._channel = self.connector(self.cfg.replica.primary, asdict(self.cfg.connector))
         stream = self._channel.unary_stream(
-            _STREAM,
+            STREAM_WAL,
             request_serializer=rpb.WALStreamRequest.SerializeToString,
             response_deserializer=rpb.WALStreamResponse.FromString,
         )
@@ -323,7 +385,11 @@ class Replica:
         self.stats.last_error = ""  # connected again: an earlier failure is history
         self._last_message_at = self._last_progress_at = time.monotonic()
         self._move(State.STREAMING_ENTRIES, f"connected, streaming from {start}")
-        self.bootstrap.stream_started()  # after an install: ack the new position at once
+        if self._announce:
+            # after an install, ack the new position at once: the primary's slot (lost until
+            # then) holds WAL again from there, even if no batch would prompt an ack
+            self._announce = False
+            self._durable_changed.set()
         loop = asyncio.get_running_loop()
         nacked: tuple[int, float] | None = None  # (sequence asked for, when)
         async for resp in call:
@@ -480,7 +546,7 @@ class Replica:
     async def _nack(self, sequence: int, reason: str) -> None:
         log.info("replica %s: %s; asking for a re-send from %d", self.replica_id, reason, sequence)
         nack = self._channel.unary_unary(
-            _NACK,
+            NEGATIVE_ACKNOWLEDGE,
             request_serializer=rpb.Nack.SerializeToString,
             response_deserializer=rpb.NackResponse.FromString,
         )
@@ -496,7 +562,6 @@ class Replica:
     # -- apply -----------------------------------------------------------------------------------
 
     async def _apply_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         cap = self.cfg.replica.max_apply_entries
         while True:
             batch = await self._queue.get()
@@ -519,12 +584,12 @@ class Replica:
             chain = self._chain_after.pop(batch[-1].seq, 0)
             for seq in [s for s in self._chain_after if s < batch[-1].seq]:
                 del self._chain_after[seq]
-            fut = loop.run_in_executor(None, self._apply_durably, batch, history, chain)
             try:
-                new_pos, sync_error = await asyncio.shield(fut)
-            except asyncio.CancelledError:
-                await fut  # never leave a commit running under a closing store
-                raise
+                # a cancel waits for a running commit: never one under a closing store
+                new_pos, sync_error = await run_blocking(
+                    self._apply_durably, batch, history, chain,
+                    finished_under_cancel=self._durable_under_cancel,
+                )
             except Exception as exc:
                 # Nothing of this batch is applied (one transaction); drop what is queued
                 # and re-stream from the durable position.
@@ -572,6 +637,13 @@ class Replica:
             return new_pos, exc
         return new_pos, None
 
+    def _durable_under_cancel(self, result: tuple[Position, BaseException | None]) -> None:
+        """A commit that ran to its end while the apply task was cancelled: if it was synced,
+        its position is ours (status must not claim less than the store holds)."""
+        new_pos, sync_error = result
+        if sync_error is None:
+            self.position = new_pos
+
     def _drain_queue(self) -> None:
         while not self._queue.empty():
             self._queue.get_nowait()
@@ -593,7 +665,7 @@ class Replica:
             if sent[0] == session and durable <= sent[1] and received <= sent[2]:
                 continue
             ack = self._channel.unary_unary(
-                _ACK,
+                ACKNOWLEDGE,
                 request_serializer=rpb.Ack.SerializeToString,
                 response_deserializer=rpb.AckResponse.FromString,
             )

@@ -33,6 +33,7 @@ from kevo_repl.client.client import AsyncStreamWriter, Client
 from kevo_repl.errors import KevoReplError
 from kevo_repl.plugin.manager import build_registry
 from kevo_repl.protocol.codec import Entry, Op
+from kevo_repl.protocol.methods import NODE_WRITE
 from kevo_repl.protocol.proto import node_pb2 as npb
 from kevo_repl.protocol.transport import channel_options
 from kevo_repl_tools.bench_probe import ENV_PROBE_FILE
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 SCENARIOS = ("catchup", "lag", "write")
 KEY_SIZE = 16
 VALUE_SIZE = 100
-_WRITE_METHOD = "/kevo.repl.Node/Write"
 _STATUS_POLL_S = 0.005
 _FILLER = b"x" * VALUE_SIZE
 
@@ -237,7 +237,7 @@ def _preload(address: str, count: int, clients: int, batch: int = 1000) -> None:
     def work() -> None:
         channel = grpc.insecure_channel(address, options=channel_options())
         write = channel.unary_unary(
-            _WRITE_METHOD, request_serializer=_identity, response_deserializer=_identity
+            NODE_WRITE, request_serializer=_identity, response_deserializer=_identity
         )
         try:
             while True:
@@ -371,7 +371,7 @@ def _paced_writes(address: str, rate: int, seconds: float, batch: int) -> tuple[
     interval = batch / rate
     channel = grpc.insecure_channel(address, options=channel_options())
     write = channel.unary_unary(
-        _WRITE_METHOD, request_serializer=_identity, response_deserializer=_identity
+        NODE_WRITE, request_serializer=_identity, response_deserializer=_identity
     )
     written = 0
     try:
@@ -482,7 +482,7 @@ async def _write_cell(address: str, writers: int, batch: int, seconds: float) ->
     writes = 0
     async with grpc.aio.insecure_channel(address, options=channel_options()) as channel:
         write = channel.unary_unary(
-            _WRITE_METHOD, request_serializer=_identity, response_deserializer=_identity
+            NODE_WRITE, request_serializer=_identity, response_deserializer=_identity
         )
         await write(requests[0], timeout=30.0)  # warm the connection up
         end = time.perf_counter() + seconds
