@@ -13,7 +13,6 @@ being applied:
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import random
 import time
@@ -27,8 +26,9 @@ import grpc
 import pluggy
 
 from kevo_repl.config import Config
-from kevo_repl.errors import ReplicationError
+from kevo_repl.errors import PluginError, ReplicationError
 from kevo_repl.plugin.engine import Applier, Position
+from kevo_repl.plugin.guards import apply_guarded, open_channel_guarded, sync_guarded
 from kevo_repl.plugin.manager import Registry
 from kevo_repl.protocol import chain as chain_mod
 from kevo_repl.protocol.codec import CodecError, Entry, checksum, decode, decode_batch
@@ -80,6 +80,9 @@ class Replica:
         recover_install(cfg.data_dir)  # finish, or discard, a snapshot install cut short
         self.store: Applier = open_store(cfg, registry, durable=True)
         self.connector = registry.get("connector", cfg.connector.name)
+        # how errors name the plugins this replica calls
+        self._applier_label = registry.label("applier", cfg.applier.name)
+        self._connector_label = registry.label("connector", cfg.connector.name)
         self.bootstrap = Bootstrap(self, registry)  # for when our position is not retained
         self.position: Position = self.store.position()
         self.stats = ReplicaStats()
@@ -113,10 +116,6 @@ class Replica:
         self._recv_chain = self.position.chain
         self._chain_after: dict[int, int] = {}
         self._batch_payloads: list[bytes] = []  # payloads of the entries _verify last accepted
-        apply_params = inspect.signature(self.store.apply).parameters
-        self._store_keeps_chain = "chain" in apply_params or any(
-            p.kind is p.VAR_KEYWORD for p in apply_params.values()
-        )
 
     # -- events --------------------------------------------------------------------------------
 
@@ -166,15 +165,16 @@ class Replica:
                     bootstrap = self.bootstrap.wanted(exc)
                     if not bootstrap:
                         self._error(reason)
-                except ReplicationError as exc:
+                except (ReplicationError, PluginError) as exc:
+                    # a plugin bug fails the same way again: stop and say which plugin
                     self._fatal(str(exc))
                     return
                 except asyncio.CancelledError:
                     me = asyncio.current_task()
                     if me is not None and me.cancelling():
                         raise  # run() itself is being cancelled: never swallow that
-                    if self._stopping:
-                        break  # stop() ended the session
+                    if self._stopping or self.fatal:
+                        break  # stop() ended the session, or the apply loop failed fatally
                     self._error("session restarted")
                 finally:
                     self._connected = False
@@ -198,6 +198,8 @@ class Replica:
                 delay = self._backoff(attempt)
                 self.stats.backoff_history.append(delay)
                 await asyncio.sleep(delay)
+                if self.fatal:
+                    return  # the apply loop stopped replicating meanwhile
                 self._move(State.CONNECTING, "reconnecting")
         finally:
             for task in (apply_task, ack_task):
@@ -264,7 +266,10 @@ class Replica:
     # -- one connection ------------------------------------------------------------------------
 
     async def _session(self) -> None:
-        self._channel = self.connector(self.cfg.replica.primary, asdict(self.cfg.connector))
+        self._channel = open_channel_guarded(
+            self.connector, self._connector_label, self.cfg.replica.primary,
+            asdict(self.cfg.connector),
+        )
         stream = self._channel.unary_stream(
             _STREAM,
             request_serializer=rpb.WALStreamRequest.SerializeToString,
@@ -508,6 +513,11 @@ class Replica:
             except asyncio.CancelledError:
                 await fut  # never leave a commit running under a closing store
                 raise
+            except PluginError as exc:
+                # a bug in the applier, not a store failure: retrying repeats it
+                self._drain_queue()
+                self._stop_on_plugin_failure(str(exc))
+                return
             except Exception as exc:
                 # Nothing of this batch is applied (one transaction); drop what is queued
                 # and re-stream from the durable position.
@@ -520,7 +530,12 @@ class Replica:
                 continue
             self._progress(State.FSYNC_PENDING, f"committed through {new_pos.sequence}")
             if sync_error is not None:
-                raise sync_error
+                # committed but maybe not durable: never acknowledge it, never re-apply it
+                self._drain_queue()
+                self._stop_on_plugin_failure(
+                    f"{self._applier_label}: sync after {new_pos.sequence} failed: {sync_error}"
+                )
+                return
             self.position = new_pos
             self._last_progress_at = time.monotonic()
             self._progress_log.append((self._last_progress_at, new_pos.sequence))
@@ -540,17 +555,22 @@ class Replica:
             else:
                 self._progress(State.APPLYING_ENTRIES, "more entries queued")
 
+    def _stop_on_plugin_failure(self, reason: str) -> None:
+        """The apply side cannot go on: ERROR with the reason, and end the session so that
+        run() returns instead of reconnecting into the same failure."""
+        self._fatal(reason)
+        if self._session_task is not None:
+            self._session_task.cancel()
+
     def _apply_durably(
         self, batch: list[Entry], history: str, chain: int
     ) -> tuple[Position, BaseException | None]:
         """In a worker thread: apply (raising if that fails), then sync; a failed sync is
-        returned, to be raised by the apply loop as before."""
-        if self._store_keeps_chain:
-            new_pos = self.store.apply(batch, history, chain=chain)
-        else:  # an applier written before the chain existed
-            new_pos = self.store.apply(batch, history)
+        returned, for the apply loop to stop on."""
+        label = self._applier_label
+        new_pos = apply_guarded(self.store, label, batch, history, chain)
         try:
-            self.store.sync()
+            sync_guarded(self.store, label)
         except Exception as exc:
             return new_pos, exc
         return new_pos, None
