@@ -210,6 +210,9 @@ class BadCommit:
     def apply(self, entries, history_id, chain=0):
         {body}
 
+    def sync(self):
+        {sync}
+
 
 @hookimpl
 def kevo_repl_register_appliers(register):
@@ -234,6 +237,12 @@ FAILURES = {
         _FAILING_APPLIER, 'raise RuntimeError("commit failed: write lock lost")',
         {"applier": "bad-commit"},
         r"applier 'bad-commit' .* failed in apply: RuntimeError: commit failed: write lock lost",
+    ),
+    "sync-raises": (
+        _FAILING_APPLIER.replace("{sync}", 'raise OSError(5, "fsync: I/O error")'),
+        "return self.inner.apply(entries, history_id, chain)",
+        {"applier": "bad-commit"},
+        r"applier 'bad-commit' .* failed in sync: OSError: \[Errno 5\] fsync: I/O error",
     ),
     "apply-returns-none": (
         _FAILING_APPLIER, "self.inner.apply(entries, history_id, chain)",
@@ -260,8 +269,8 @@ def test_plugin_failing_at_run_time_leaves_the_replica_in_error_naming_it(
 ) -> None:
     template, body, sections, message = case
     site = tmp_path / "site"
-    install_fake_distribution(site, "kevo-repl-faulty", "kevo_repl_faulty",
-                              template.replace("{body}", body))
+    source = template.replace("{body}", body).replace("{sync}", "return self.inner.sync()")
+    install_fake_distribution(site, "kevo-repl-faulty", "kevo_repl_faulty", source)
     env = node_env(site)
     primary = start(nodes, NodeProcess("primary", tmp_path / "primary", applier="lmdb", env=env))
     config = write_config(tmp_path / "replica.toml", **sections)

@@ -532,8 +532,10 @@ class Replica:
             if sync_error is not None:
                 # committed but maybe not durable: never acknowledge it, never re-apply it
                 self._drain_queue()
+                reason = (str(sync_error) if isinstance(sync_error, PluginError)
+                          else f"{self._applier_label} failed in sync: {sync_error}")
                 self._stop_on_plugin_failure(
-                    f"{self._applier_label}: sync after {new_pos.sequence} failed: {sync_error}"
+                    f"{reason} (entries through {new_pos.sequence} are committed, not acknowledged)"
                 )
                 return
             self.position = new_pos
