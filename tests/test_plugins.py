@@ -266,17 +266,19 @@ def test_shipped_registrations_all_meet_their_protocols() -> None:
     assert {"lmdb", "leveldb", "memory"} <= set(reg.names("applier"))
 
 
-def test_env_plugin_is_listed_with_the_distribution_providing_it(
+def test_env_plugin_is_listed_as_loaded_through_the_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A module from $KEVO_REPL_PLUGINS is named by the distribution that installed it, and as
-    unpackaged when none did (never as kevo-repl's own)."""
+    """A module from $KEVO_REPL_PLUGINS is named by where it came from, never as a part of
+    kevo-repl's own distribution."""
     monkeypatch.syspath_prepend(PLUGINS)
     monkeypatch.setenv("KEVO_REPL_PLUGINS", "extra_compressor_plugin,kevo_repl_tools.chaos_plugins")
     reg = build_registry()
     dists = {(r.kind, r.name): r.distribution for r in reg.all()}
-    assert dists[("compressor", "reverse")] == "unpackaged"
-    assert dists[("applier", "faulty-lmdb")] == "kevo-repl-tools"
+    assert dists[("compressor", "reverse")] == "$KEVO_REPL_PLUGINS"
+    assert dists[("applier", "faulty-lmdb")] == "$KEVO_REPL_PLUGINS"
+    assert dists[("applier", "lmdb")] == "kevo-repl-lmdb"
     assert reg.label("compressor", "reverse") == (
-        "compressor 'reverse' of plugin 'extra_compressor_plugin' (distribution unpackaged)"
+        "compressor 'reverse' of plugin 'extra_compressor_plugin' "
+        "(loaded through $KEVO_REPL_PLUGINS)"
     )
