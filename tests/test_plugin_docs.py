@@ -11,11 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from kevo_repl.errors import ConfigError, StoreError
+from kevo_repl.errors import ConfigError, PluginError, StoreError
 from kevo_repl.plugin import hookspecs
 from kevo_repl.plugin.engine import Applier, Position
+from kevo_repl.plugin.guards import apply_guarded
 from kevo_repl.plugin.manager import build_registry
-from kevo_repl.protocol.codec import Entry, Op
+from kevo_repl.protocol.codec import Entry, Op, decode
+from kevo_repl.protocol.compression import DecompressionError
+from kevo_repl.protocol.proto import replication_pb2 as rpb
+from kevo_repl.protocol.records import Record, encode_body
+from kevo_repl.protocol.wire import Unpacker, UnpackError, negotiate, shape
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "plugins.md"
@@ -102,42 +107,93 @@ def doc_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_documented_applier_example_meets_the_contract(
     doc_examples: list[str], tmp_path: Path
 ) -> None:
-    factory = build_registry().get("applier", "dict")
+    registry = build_registry()
+    factory = registry.get("applier", "dict")
+    label = registry.label("applier", "dict")
     with pytest.raises(ConfigError, match="nope"):
         factory(tmp_path / "store", {"nope": 1}, True)
     store: Applier = factory(tmp_path / "store", {}, True)
     assert isinstance(store, Applier)
     assert store.position() == Position()
-    pos = store.apply(
-        [Entry(1, Op.PUT, b"b", b"1"), Entry(2, Op.MERGE, b"a", b"2"), Entry(3, Op.PUT, b"c", b"")],
-        "h",
-    )
-    assert pos == Position(3, "h", 3)
+    # through the replica's apply path: apply(entries, history_id, chain), guarded
+    batch = [Entry(1, Op.PUT, b"b", b"1"), Entry(2, Op.MERGE, b"a", b"2"),
+             Entry(3, Op.PUT, b"c", b"")]
+    pos = apply_guarded(store, label, batch, "h", 0xC0FFEE)
+    assert pos == Position(3, "h", 3, 0xC0FFEE)
     with store.snapshot() as snap:
-        store.apply([Entry(4, Op.DELETE, b"a", b"")], "h")
+        apply_guarded(store, label, [Entry(4, Op.DELETE, b"a", b"")], "h", 7)
         assert snap.position == pos
         assert list(snap.items()) == [(b"a", b"2"), (b"b", b"1"), (b"c", b"")]
     with pytest.raises(StoreError):
         snap.items()
-    with pytest.raises(StoreError):  # a gap
-        store.apply([Entry(6, Op.PUT, b"x", b"")], "h")
+    with pytest.raises(StoreError):  # a gap: a StoreError passes the guard unchanged
+        apply_guarded(store, label, [Entry(6, Op.PUT, b"x", b"")], "h", 0)
     with pytest.raises(StoreError):  # a bad key mid-batch: nothing applied
-        store.apply([Entry(5, Op.PUT, b"x", b""), Entry(6, Op.PUT, b"", b"")], "h")
+        apply_guarded(store, label, [Entry(5, Op.PUT, b"x", b""), Entry(6, Op.PUT, b"", b"")],
+                      "h", 0)
     assert store.get(b"x") is None and store.get(b"a") is None
-    assert store.position() == Position(4, "h", 4)
+    assert store.position() == Position(4, "h", 4, 7)
+    # anything but a StoreError (here: a batch that is not entries) is a bug, named as such
+    with pytest.raises(PluginError, match=r"applier 'dict' of plugin 'docs_example_applier'"):
+        apply_guarded(store, label, [None], "h", 0)  # type: ignore[list-item]
+    assert store.position() == Position(4, "h", 4, 7)
     store.sync()
     store.close()
     with pytest.raises(StoreError):
         store.get(b"b")
 
 
-def test_documented_compressor_example_round_trips(doc_examples: list[str]) -> None:
-    codec = build_registry().get("compressor", "deflate")
-    data = b"kevo-repl " * 1000
-    packed = codec.compress(data)
-    assert len(packed) < len(data)
-    assert codec.decompress(packed) == data
-    assert isinstance(codec.codec_id, int)
+def _records(n: int = 400) -> list[Record]:
+    """Two write batches of compressible entries, as the primary's WAL holds them."""
+    entries = [Entry(s, Op.PUT, f"key{s:08d}".encode(), b"value %d " % s * 8)
+               for s in range(1, n + 1)]
+    first, chain = encode_body(entries[: n // 2], 1)
+    second, _ = encode_body(entries[n // 2:], chain)
+    return [Record(1, n // 2, first), Record(n // 2 + 1, n - n // 2, second)]
+
+
+@pytest.mark.parametrize("version", [1, 2], ids=["per-entry", "whole-response"])
+def test_documented_compressor_example_runs_through_the_replicas_unpacker(
+    doc_examples: list[str], version: int
+) -> None:
+    """The example compressor, as the registry hands it to the primary and the replica:
+    shaped by the primary's wire code, unpacked by the replica's Unpacker."""
+    registry = build_registry()
+    codec = registry.get("compressor", "deflate")
+    compressors = registry.compressors_by_id()
+    assert compressors[codec.codec_id].codec_id == codec.codec_id
+    request = rpb.WALStreamRequest(
+        start_sequence=1, protocol_version=version, compression_supported=True,
+        preferred_codec=codec.codec_id, block_compression=True,  # type: ignore[arg-type]
+    )
+    negotiated = negotiate(request, compressors)
+    assert negotiated.codec_id == codec.codec_id
+    records = _records()
+    [msg] = shape(records, negotiated, 1 << 20)
+    raw = b"".join(r.body for r in records)
+    assert len(msg) < len(raw) // 2  # it really compressed
+    resp = rpb.WALStreamResponse.FromString(msg)
+    assert (bool(resp.compressed_entries), resp.compressed) == (version == 2, version == 1)
+
+    plain = Unpacker(compressors, 1 << 20).unpack(resp)
+    assert plain is not None
+    got = [decode(e.payload, e.sequence_number) for e in plain.entries]
+    assert [e.seq for e in got] == list(range(1, 401))
+    assert got[399] == Entry(400, Op.PUT, b"key00000400", b"value 400 " * 8)
+
+    # the size bound: an output past max_size is refused, never allocated
+    with pytest.raises(UnpackError, match=r"does not decode|does not decompress"):
+        Unpacker(compressors, 50).unpack(resp)  # each payload is longer than 50 bytes
+    # damaged input is a DecompressionError, which the unpacker reports as corrupt
+    with pytest.raises(DecompressionError):
+        codec.decompress(b"not deflate", 1 << 20)
+    damaged = rpb.WALStreamResponse.FromString(msg)
+    if version == 2:
+        damaged.compressed_entries = damaged.compressed_entries[:-4]
+    else:
+        damaged.entries[0].payload = damaged.entries[0].payload[:-4]
+    with pytest.raises(UnpackError):
+        Unpacker(compressors, 1 << 20).unpack(damaged)
 
 
 def test_documented_connector_example_opens_a_channel(doc_examples: list[str]) -> None:

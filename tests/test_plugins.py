@@ -6,6 +6,7 @@ import inspect
 import json
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,11 @@ import pytest
 from kevo_repl.errors import ConfigError, PluginError
 from kevo_repl.plugin import hookspecs
 from kevo_repl.plugin.manager import build_registry, get_plugin_manager, hookimpl
+from kevo_repl.plugin.registrars import (
+    ApplierRegistrar,
+    CompressorRegistrar,
+    ConnectorRegistrar,
+)
 
 PLUGINS = str(Path(__file__).parent / "plugins")
 
@@ -84,25 +90,45 @@ def test_every_hookspec_is_documented_with_its_parameters() -> None:
             assert f":param {param}:" in doc, f"{spec.__name__} does not document {param}"
 
 
+class _Codec:
+    """A compressor meeting the protocol (an identity codec)."""
+
+    def __init__(self, codec_id: int) -> None:
+        self.codec_id = codec_id
+
+    def compress(self, data: bytes) -> bytes:
+        return data
+
+    def decompress(self, data: bytes, max_size: int) -> bytes:
+        return data
+
+
+def _link(address: str, options: Mapping[str, Any]) -> object:
+    return object()
+
+
 class _ThreeKinds:
     """A plugin object (not a module) implementing every registration hook."""
+
+    replacement = _Codec(0)
+    codec = _Codec(77)
 
     @staticmethod
     def factory(path: Path, options: object, durable: bool) -> None:
         return None
 
     @hookimpl
-    def kevo_repl_register_appliers(self, register: Any) -> None:
-        register("test-store", self.factory)
+    def kevo_repl_register_appliers(self, register: ApplierRegistrar) -> None:
+        register("test-store", self.factory)  # type: ignore[arg-type]  # returns no Applier
 
     @hookimpl
-    def kevo_repl_register_compressors(self, register: Any) -> None:
-        register("none", "a replacement for the built-in")
-        register("test-codec", "codec")
+    def kevo_repl_register_compressors(self, register: CompressorRegistrar) -> None:
+        register("none", self.replacement)  # a replacement for the built-in
+        register("test-codec", self.codec)
 
     @hookimpl
-    def kevo_repl_register_connectors(self, register: Any) -> None:
-        register("test-link", "connector")
+    def kevo_repl_register_connectors(self, register: ConnectorRegistrar) -> None:
+        register("test-link", _link)
 
 
 def test_registration_hooks_register_named_backends_of_each_kind() -> None:
@@ -112,19 +138,22 @@ def test_registration_hooks_register_named_backends_of_each_kind() -> None:
     pm.register(_ThreeKinds(), name="three-kinds")
     reg = build_registry(pm)
     assert reg.get("applier", "test-store") is _ThreeKinds.factory
-    assert reg.get("compressor", "test-codec") == "codec"
-    assert reg.get("compressor", "none") == "a replacement for the built-in"
-    assert reg.get("connector", "test-link") == "connector"
+    assert reg.get("compressor", "test-codec") is _ThreeKinds.codec
+    assert reg.get("compressor", "none") is _ThreeKinds.replacement
+    assert reg.get("connector", "test-link") is _link
     assert "grpc" in reg.names("connector")
     plugins = {(r.kind, r.name): r.plugin for r in reg.all()}
     assert plugins[("applier", "test-store")] == "three-kinds"
     assert plugins[("compressor", "none")] == "three-kinds"
+    assert reg.label("compressor", "test-codec") == (
+        "compressor 'test-codec' of plugin 'three-kinds' (distribution kevo-repl)"
+    )
 
 
 def test_registration_hook_that_raises_is_named() -> None:
     class Failing:
         @hookimpl
-        def kevo_repl_register_connectors(self, register: Any) -> None:
+        def kevo_repl_register_connectors(self, register: ConnectorRegistrar) -> None:
             raise RuntimeError("cannot find libssh")
 
     pm = get_plugin_manager(load_entry_points=False)
@@ -138,10 +167,118 @@ def test_registration_hook_that_raises_is_named() -> None:
 def test_registering_without_a_name_is_refused() -> None:
     class Nameless:
         @hookimpl
-        def kevo_repl_register_appliers(self, register: Any) -> None:
-            register("", object())
+        def kevo_repl_register_appliers(self, register: ApplierRegistrar) -> None:
+            register("", object())  # type: ignore[arg-type]
 
     pm = get_plugin_manager(load_entry_points=False)
     pm.register(Nameless(), name="nameless")
     with pytest.raises(PluginError, match=r"'nameless' registered .*with no name"):
         build_registry(pm)
+
+
+class _OneArgDecompress:
+    """The compressor docs/plugins.md once showed: decompress without max_size."""
+
+    codec_id = 100
+
+    def compress(self, data: bytes) -> bytes:
+        return data
+
+    def decompress(self, data: bytes) -> bytes:
+        return data
+
+
+class _NoDecompress:
+    codec_id = 101
+
+    def compress(self, data: bytes) -> bytes:
+        return data
+
+
+class _TextCodecId(_Codec):
+    codec_id = "7"  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        pass
+
+
+def _two_arg_factory(path: Path, options: object) -> None:
+    return None
+
+
+def _one_arg_connector(address: str) -> object:
+    return object()
+
+
+# (kind, object registered, what the error says)
+WRONG_REGISTRATIONS = {
+    "decompress-without-max_size": (
+        "compressor", _OneArgDecompress(), r"decompress must accept \(data, max_size\)"
+    ),
+    "no-decompress": ("compressor", _NoDecompress(), r"has no decompress"),
+    "codec-id-text": ("compressor", _TextCodecId(), r"codec_id is a str, not an int"),
+    "codec-id-negative": ("compressor", _Codec(-1), r"codec_id -1 is outside"),
+    "applier-factory-two-args": (
+        "applier", _two_arg_factory, r"must accept \(path, options, durable\)"
+    ),
+    "applier-factory-not-callable": ("applier", "lmdb", r"is a str, not a callable"),
+    "connector-one-arg": ("connector", _one_arg_connector, r"must accept \(address, options\)"),
+}
+
+
+@pytest.mark.parametrize("case", WRONG_REGISTRATIONS.values(), ids=WRONG_REGISTRATIONS.keys())
+def test_registration_not_meeting_its_protocol_is_refused_at_load_time(
+    case: tuple[str, object, str]
+) -> None:
+    kind, obj, problem = case
+
+    class Wrong:
+        @hookimpl
+        def kevo_repl_register_appliers(self, register: Any) -> None:
+            if kind == "applier":
+                register("wrong", obj)
+
+        @hookimpl
+        def kevo_repl_register_compressors(self, register: Any) -> None:
+            if kind == "compressor":
+                register("wrong", obj)
+
+        @hookimpl
+        def kevo_repl_register_connectors(self, register: Any) -> None:
+            if kind == "connector":
+                register("wrong", obj)
+
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.register(Wrong(), name="wrong-plugin")
+    with pytest.raises(
+        PluginError,
+        match=rf"plugin 'wrong-plugin' \(distribution kevo-repl\) registered {kind} 'wrong' "
+        rf"that does not meet the {kind} protocol: .*{problem}",
+    ):
+        build_registry(pm)
+
+
+def test_shipped_registrations_all_meet_their_protocols() -> None:
+    """Every registration the installed distributions make passes its check (or none loads)."""
+    reg = build_registry()
+    kinds = {r.kind for r in reg.all()}
+    assert kinds == {"applier", "compressor", "connector"}
+    assert {"lmdb", "leveldb", "memory"} <= set(reg.names("applier"))
+
+
+def test_env_plugin_is_listed_as_loaded_through_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A module from $KEVO_REPL_PLUGINS is named by where it came from, never as a part of
+    kevo-repl's own distribution."""
+    monkeypatch.syspath_prepend(PLUGINS)
+    monkeypatch.setenv("KEVO_REPL_PLUGINS", "extra_compressor_plugin,kevo_repl_tools.chaos_plugins")
+    reg = build_registry()
+    dists = {(r.kind, r.name): r.distribution for r in reg.all()}
+    assert dists[("compressor", "reverse")] == "$KEVO_REPL_PLUGINS"
+    assert dists[("applier", "faulty-lmdb")] == "$KEVO_REPL_PLUGINS"
+    assert dists[("applier", "lmdb")] == "kevo-repl-lmdb"
+    assert reg.label("compressor", "reverse") == (
+        "compressor 'reverse' of plugin 'extra_compressor_plugin' "
+        "(loaded through $KEVO_REPL_PLUGINS)"
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -132,10 +133,41 @@ async def test_run_blocking_waits_for_the_thread_when_cancelled() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+class _BrokenLog(deque[tuple[float, int]]):
+    """Stands in for the apply loop's progress log and raises when appended to: an
+    unexpected bug inside the apply task, after a batch was committed."""
+
+    def append(self, item: tuple[float, int]) -> None:
+        raise RuntimeError("a bug in the apply loop")
+
+
 async def test_failed_apply_task_stops_the_replica_in_error(tmp_path: Path) -> None:
-    """The store's sync fails after the first batch: the apply task raises. The replica goes
-    to ERROR naming it, and run() ends by itself (no stop()), instead of streaming on into
+    """The apply task raises something nobody handles: the supervisor puts the replica in
+    ERROR naming the task, and run() ends by itself (no stop()), instead of streaming on into
     a queue nobody empties."""
+    primary = EntriesPrimary(count=20)
+    await primary.server.start()
+    cfg = _replica_config(tmp_path, primary.port)
+    pm = get_plugin_manager()
+    replica = Replica(cfg, build_registry(pm), pm)
+    replica._progress_log = _BrokenLog()  # the injected bug
+    try:
+        task = asyncio.create_task(replica.run())
+        await asyncio.wait_for(task, 20)  # ends on its own
+        st = replica.status()
+        assert replica.sm.state is State.ERROR and st["state"] == "ERROR"
+        assert "replica-apply failed" in st["last_error"]
+        assert "a bug in the apply loop" in st["last_error"]
+        assert replica.fatal == st["last_error"]
+        assert primary.streams == 1  # no reconnect loop behind a dead apply task
+    finally:
+        replica.close()
+        await primary.server.stop(None)
+
+
+async def test_failed_sync_stops_the_replica_in_error_naming_the_applier(tmp_path: Path) -> None:
+    """The store's sync fails after the first batch: that commit can be neither acknowledged
+    nor applied again, so the replica stops in ERROR naming the applier plugin."""
     primary = EntriesPrimary(count=20)
     await primary.server.start()
     cfg = _replica_config(tmp_path, primary.port)
@@ -152,12 +184,11 @@ async def test_failed_apply_task_stops_the_replica_in_error(tmp_path: Path) -> N
         await asyncio.wait_for(task, 20)  # ends on its own
         st = replica.status()
         assert replica.sm.state is State.ERROR and st["state"] == "ERROR"
-        assert "replica-apply failed" in st["last_error"]
+        assert "applier 'lmdb'" in st["last_error"] and "failed in sync" in st["last_error"]
         assert "the disk went away" in st["last_error"]
-        assert replica.fatal == st["last_error"]
         # nothing was acknowledged as durable that the failed sync did not make durable
         assert replica.position.sequence == 0
-        assert primary.streams == 1  # no reconnect loop behind a dead apply task
+        assert primary.streams == 1  # no reconnect loop behind a failed sync
     finally:
         replica.close()
         await primary.server.stop(None)
@@ -200,7 +231,9 @@ async def test_node_replica_task_that_raises_puts_the_node_in_error(tmp_path: Pa
             await asyncio.sleep(0.01)
         st = node.service.status()
         assert st["state"] == "ERROR"
-        assert "replica failed: TypeError" in st["last_error"]
+        # the plugin is named, with what it raised
+        assert "connector 'broken-connector'" in st["last_error"]
+        assert "TypeError" in st["last_error"]
         assert "unexpected keyword argument" in st["last_error"]
         # it stopped: no retry loop hammering a connector that cannot work
         await asyncio.sleep(0.2)

@@ -2,8 +2,9 @@
 
 Plugins implement these with ``@kevo_repl.hookimpl`` and are found through the ``kevo_repl``
 entry-point group (or the ``KEVO_REPL_PLUGINS`` environment variable, a comma-separated list
-of modules). Registration hooks receive a ``register`` callable; event hooks' results are
-ignored. The hot path calls the chosen backend directly, never a hook per entry.
+of modules). Registration hooks receive a typed ``register`` callable (see
+kevo_repl.plugin.registrars) that checks what it is given against its protocol; event hooks'
+results are ignored. The hot path calls the chosen backend directly, never a hook per entry.
 
 docs/plugins.md explains how to write, package and register each kind of plugin, with the
 applier contract and a working example of each.
@@ -11,9 +12,13 @@ applier contract and a working example of each.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pluggy
+
+from kevo_repl.plugin.registrars import (
+    ApplierRegistrar,
+    CompressorRegistrar,
+    ConnectorRegistrar,
+)
 
 hookspec = pluggy.HookspecMarker("kevo_repl")
 
@@ -23,7 +28,7 @@ hookspec = pluggy.HookspecMarker("kevo_repl")
 
 
 @hookspec
-def kevo_repl_register_appliers(register: Any) -> None:
+def kevo_repl_register_appliers(register: ApplierRegistrar) -> None:
     """Register store backends.
 
     :param register: call ``register(name, factory)``; ``factory(path, options, durable)``
@@ -32,16 +37,19 @@ def kevo_repl_register_appliers(register: Any) -> None:
 
 
 @hookspec
-def kevo_repl_register_compressors(register: Any) -> None:
+def kevo_repl_register_compressors(register: CompressorRegistrar) -> None:
     """Register payload compressors.
 
     :param register: call ``register(name, compressor)``; the compressor has ``codec_id``
-        (the wire enum value), ``compress(data) -> bytes`` and ``decompress(data) -> bytes``.
+        (the wire enum value), ``compress(data) -> bytes`` and
+        ``decompress(data, max_size) -> bytes``, which raises
+        :class:`kevo_repl.protocol.compression.DecompressionError` for damaged input or output
+        longer than ``max_size`` (see :class:`kevo_repl.protocol.compression.Compressor`).
     """
 
 
 @hookspec
-def kevo_repl_register_connectors(register: Any) -> None:
+def kevo_repl_register_connectors(register: ConnectorRegistrar) -> None:
     """Register ways for a replica to reach its primary.
 
     :param register: call ``register(name, factory)``; ``factory(address, options)`` returns

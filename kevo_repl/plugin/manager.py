@@ -3,7 +3,8 @@
 ``get_plugin_manager()`` builds a fresh manager each call (no module-level global): it adds
 the hookspecs, registers the built-in default plugins, then loads the ``kevo_repl``
 entry-point group and any modules named in ``KEVO_REPL_PLUGINS``. ``Registry`` collects what
-the registration hooks register, by kind and name, remembering which plugin registered what.
+the registration hooks register, by kind and name, remembering which plugin registered what;
+each registration is checked against its kind's protocol as it is made.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import pluggy
 
 from kevo_repl.errors import ConfigError, PluginError
 from kevo_repl.plugin import hookspecs
+from kevo_repl.plugin.guards import GuardedCompressor
+from kevo_repl.plugin.registration_checks import CHECKS
 from kevo_repl.protocol.compression import Compressor
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,15 @@ class Registration:
     plugin: str
     distribution: str
     version: str
+
+    @property
+    def label(self) -> str:
+        """How errors name it: the kind, name, plugin and distribution."""
+        origin = (
+            f"loaded through {self.distribution}" if self.distribution.startswith("$")
+            else f"distribution {self.distribution}"
+        )
+        return f"{self.kind} {self.name!r} of plugin {self.plugin!r} ({origin})"
 
 
 class KevoPluginManager(pluggy.PluginManager):
@@ -91,6 +103,12 @@ class Registry:
         def register(name: str, obj: Any) -> None:
             if not isinstance(name, str) or not name:
                 raise PluginError(f"plugin {plugin!r} registered a {kind} with no name")
+            problem = CHECKS[kind](obj)
+            if problem is not None:
+                raise PluginError(
+                    f"plugin {plugin!r} (distribution {dist}) registered {kind} {name!r} "
+                    f"that does not meet the {kind} protocol: {problem}"
+                )
             existing = self._by_kind[kind].get(name)
             if existing is not None and existing.plugin != plugin:
                 # Later registrations win: defaults load first, so a user's plugin
@@ -105,19 +123,27 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         return sorted(self._by_kind[kind])
 
-    def get(self, kind: str, name: str) -> Any:
+    def registration(self, kind: str, name: str) -> Registration:
         reg = self._by_kind[kind].get(name)
         if reg is None:
             available = ", ".join(self.names(kind)) or "none"
             raise ConfigError(f"unknown {kind} {name!r}; available: {available}")
-        return reg.obj
+        return reg
+
+    def get(self, kind: str, name: str) -> Any:
+        return self.registration(kind, name).obj
+
+    def label(self, kind: str, name: str) -> str:
+        """How run-time errors name the backend: kind, name, plugin and distribution."""
+        return self.registration(kind, name).label
 
     def compressors_by_id(self) -> dict[int, Compressor]:
-        """Every registered compressor by its wire codec id (the first registered wins)."""
+        """Every registered compressor by its wire codec id (the first registered wins),
+        guarded: a failure other than DecompressionError is a PluginError naming it."""
         out: dict[int, Compressor] = {}
         for name in self.names("compressor"):
-            c = self.get("compressor", name)
-            out.setdefault(int(c.codec_id), c)
+            reg = self.registration("compressor", name)
+            out.setdefault(int(reg.obj.codec_id), GuardedCompressor(reg.obj, reg.label))
         return out
 
     def all(self) -> list[Registration]:
@@ -155,6 +181,9 @@ def get_plugin_manager(*, load_entry_points: bool = True) -> KevoPluginManager:
                 f"plugin module {modname!r} named in ${ENV_EXTRA_PLUGINS} failed to import: {exc}"
             ) from exc
         _register_checked(pm, module, modname, f"${ENV_EXTRA_PLUGINS}")
+        # no entry point names its distribution, and finding it scans every installed one
+        # (over 100 ms at each start): say where it came from instead
+        pm.distributions[modname] = (f"${ENV_EXTRA_PLUGINS}", "-")
     return pm
 
 

@@ -13,7 +13,6 @@ being applied:
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import random
 import time
@@ -27,8 +26,9 @@ import grpc
 import pluggy
 
 from kevo_repl.config import Config
-from kevo_repl.errors import ReplicationError
+from kevo_repl.errors import PluginError, ReplicationError
 from kevo_repl.plugin.engine import Applier, Position
+from kevo_repl.plugin.guards import apply_guarded, open_channel_guarded, sync_guarded
 from kevo_repl.plugin.manager import Registry
 from kevo_repl.protocol import chain as chain_mod
 from kevo_repl.protocol.codec import CodecError, Entry, checksum, decode, decode_batch
@@ -85,6 +85,9 @@ class Replica:
         self._auth = call_metadata(
             replace(cfg.connector, token=cfg.replica.replication_token or cfg.connector.token)
         )
+        # how errors name the plugins this replica calls
+        self._applier_label = registry.label("applier", cfg.applier.name)
+        self._connector_label = registry.label("connector", cfg.connector.name)
         # for when our position is not retained: a phase of its own that hands back a store
         self.bootstrap = Bootstrap(cfg, registry, self.connector, self._auth, self.replica_id)
         # apply and ack run as owned tasks: one that fails stops the replica (ERROR)
@@ -121,10 +124,6 @@ class Replica:
         self._recv_chain = self.position.chain
         self._chain_after: dict[int, int] = {}
         self._batch_payloads: list[bytes] = []  # payloads of the entries _verify last accepted
-        apply_params = inspect.signature(self.store.apply).parameters
-        self._store_keeps_chain = "chain" in apply_params or any(
-            p.kind is p.VAR_KEYWORD for p in apply_params.values()
-        )
 
     # -- events --------------------------------------------------------------------------------
 
@@ -192,15 +191,16 @@ class Replica:
                     bootstrap = self.bootstrap.wanted(exc)
                     if not bootstrap:
                         self._error(reason)
-                except ReplicationError as exc:
+                except (ReplicationError, PluginError) as exc:
+                    # a plugin bug fails the same way again: stop and say which plugin
                     self._fatal(str(exc))
                     return
                 except asyncio.CancelledError:
                     me = asyncio.current_task()
                     if me is not None and me.cancelling():
                         raise  # run() itself is being cancelled: never swallow that
-                    if self._stopping:
-                        break  # stop() ended the session
+                    if self._stopping or self.fatal:
+                        break  # stop() ended the session, or the apply loop failed fatally
                     self._error("session restarted")
                 finally:
                     self._connected = False
@@ -343,7 +343,10 @@ class Replica:
     # -- one connection ------------------------------------------------------------------------
 
     async def _session(self) -> None:
-        self._channel = self.connector(self.cfg.replica.primary, asdict(self.cfg.connector))
+        self._channel = open_channel_guarded(
+            self.connector, self._connector_label, self.cfg.replica.primary,
+            asdict(self.cfg.connector),
+        )
         stream = self._channel.unary_stream(
             STREAM_WAL,
             request_serializer=rpb.WALStreamRequest.SerializeToString,
@@ -590,6 +593,11 @@ class Replica:
                     self._apply_durably, batch, history, chain,
                     finished_under_cancel=self._durable_under_cancel,
                 )
+            except PluginError as exc:
+                # a bug in the applier, not a store failure: retrying repeats it
+                self._drain_queue()
+                self._stop_on_plugin_failure(str(exc))
+                return
             except Exception as exc:
                 # Nothing of this batch is applied (one transaction); drop what is queued
                 # and re-stream from the durable position.
@@ -602,7 +610,14 @@ class Replica:
                 continue
             self._progress(State.FSYNC_PENDING, f"committed through {new_pos.sequence}")
             if sync_error is not None:
-                raise sync_error
+                # committed but maybe not durable: never acknowledge it, never re-apply it
+                self._drain_queue()
+                reason = (str(sync_error) if isinstance(sync_error, PluginError)
+                          else f"{self._applier_label} failed in sync: {sync_error}")
+                self._stop_on_plugin_failure(
+                    f"{reason} (entries through {new_pos.sequence} are committed, not acknowledged)"
+                )
+                return
             self.position = new_pos
             self._last_progress_at = time.monotonic()
             self._progress_log.append((self._last_progress_at, new_pos.sequence))
@@ -622,17 +637,22 @@ class Replica:
             else:
                 self._progress(State.APPLYING_ENTRIES, "more entries queued")
 
+    def _stop_on_plugin_failure(self, reason: str) -> None:
+        """The apply side cannot go on: ERROR with the reason, and end the session so that
+        run() returns instead of reconnecting into the same failure."""
+        self._fatal(reason)
+        if self._session_task is not None:
+            self._session_task.cancel()
+
     def _apply_durably(
         self, batch: list[Entry], history: str, chain: int
     ) -> tuple[Position, BaseException | None]:
         """In a worker thread: apply (raising if that fails), then sync; a failed sync is
-        returned, to be raised by the apply loop as before."""
-        if self._store_keeps_chain:
-            new_pos = self.store.apply(batch, history, chain=chain)
-        else:  # an applier written before the chain existed
-            new_pos = self.store.apply(batch, history)
+        returned, for the apply loop to stop on."""
+        label = self._applier_label
+        new_pos = apply_guarded(self.store, label, batch, history, chain)
         try:
-            self.store.sync()
+            sync_guarded(self.store, label)
         except Exception as exc:
             return new_pos, exc
         return new_pos, None

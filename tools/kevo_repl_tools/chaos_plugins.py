@@ -36,6 +36,7 @@ from typing import Any
 from kevo_repl.errors import StoreError
 from kevo_repl.plugin.engine import Applier, ApplierFactory, Position
 from kevo_repl.plugin.manager import hookimpl
+from kevo_repl.plugin.registrars import ApplierRegistrar
 from kevo_repl.protocol.codec import Entry, Op
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def kevo_repl_batch_applied(node: str, first_seq: int, last_seq: int, count: int
 
 
 @hookimpl
-def kevo_repl_register_appliers(register: Any) -> None:
+def kevo_repl_register_appliers(register: ApplierRegistrar) -> None:
     for name in WRAPPED:
         register(f"faulty-{name}", functools.partial(open_faulty, name))
         register(f"broken-{name}", functools.partial(open_broken, name))

@@ -7,12 +7,12 @@ size, so zstd output is read as a stream, bounded by the caller's limit.
 from __future__ import annotations
 
 import io
-from typing import Any
 
 import cramjam
 import zstandard
 
 from kevo_repl.plugin.manager import hookimpl
+from kevo_repl.plugin.registrars import CompressorRegistrar
 from kevo_repl.protocol.compression import CODEC_NONE, CODEC_SNAPPY, CODEC_ZSTD, DecompressionError
 
 
@@ -84,7 +84,7 @@ class SnappyCompressor:
 
 
 @hookimpl(trylast=True)
-def kevo_repl_register_compressors(register: Any) -> None:
+def kevo_repl_register_compressors(register: CompressorRegistrar) -> None:
     register("none", NoCompression())
     register("zstd", ZstdCompressor())
     register("snappy", SnappyCompressor())

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from kevo_repl.plugin.manager import hookimpl
+from kevo_repl.plugin.registrars import ConnectorRegistrar
 from kevo_repl.protocol.transport import connector_config, open_aio_channel
 
 
@@ -17,5 +18,5 @@ def open_channel(address: str, options: Mapping[str, Any]) -> grpc.aio.Channel:
 
 
 @hookimpl(trylast=True)
-def kevo_repl_register_connectors(register: Any) -> None:
+def kevo_repl_register_connectors(register: ConnectorRegistrar) -> None:
     register("grpc", open_channel)

@@ -7,9 +7,8 @@ group, and ``kevo_repl.get_plugin_manager()`` finds it there; nothing imports it
 
 from __future__ import annotations
 
-from typing import Any
-
 from kevo_repl import hookimpl
+from kevo_repl.plugin.registrars import ApplierRegistrar
 
 from .memory import MemoryApplier, open_applier
 
@@ -17,5 +16,5 @@ __all__ = ["MemoryApplier", "kevo_repl_register_appliers", "open_applier"]
 
 
 @hookimpl
-def kevo_repl_register_appliers(register: Any) -> None:
+def kevo_repl_register_appliers(register: ApplierRegistrar) -> None:
     register("memory", open_applier)

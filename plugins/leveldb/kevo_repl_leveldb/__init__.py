@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from kevo_repl.plugin.manager import hookimpl
+from kevo_repl.plugin.registrars import ApplierRegistrar
 
 from .applier import MAX_KEY_SIZE, LevelDBApplier, LevelDBSnapshot, open_applier
 from .options import LevelDBOptions, parse_options
@@ -21,5 +20,5 @@ __all__ = [
 
 
 @hookimpl
-def kevo_repl_register_appliers(register: Any) -> None:
+def kevo_repl_register_appliers(register: ApplierRegistrar) -> None:
     register("leveldb", open_applier)

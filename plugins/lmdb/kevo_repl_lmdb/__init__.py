@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from kevo_repl.plugin.manager import hookimpl
+from kevo_repl.plugin.registrars import ApplierRegistrar
 
 from .applier import LMDBApplier, LMDBSnapshot, open_applier
 from .options import LMDBOptions, parse_options
@@ -20,5 +19,5 @@ __all__ = [
 
 
 @hookimpl
-def kevo_repl_register_appliers(register: Any) -> None:
+def kevo_repl_register_appliers(register: ApplierRegistrar) -> None:
     register("lmdb", open_applier)
