@@ -27,6 +27,9 @@ class NodeConfig:
     listen: str = "127.0.0.1:50052"
     #: HOST:PORT for a Prometheus /metrics endpoint; empty = none
     metrics: str = ""
+    #: HOST:PORT other nodes reach this node at; a replica sends it to its primary as
+    #: `listener_address` (KevoDB's primary requires it); empty = the listen address
+    advertise: str = ""
 
 
 @dataclass
@@ -52,6 +55,10 @@ class ReplicaConfig:
     bootstrap: bool = True
     #: largest snapshot chunk to ask for (the primary caps it at [snapshot] max_chunk_bytes)
     snapshot_chunk_bytes: int = 1024 * 1024
+    #: a protocol-1 primary (KevoDB) re-sends its unacknowledged window on a timer: on a gap
+    #: from one, wait this long for that re-send before asking (NegativeAcknowledge), and ask
+    #: at most once per this interval
+    v1_resend_wait_s: float = 1.0
 
 
 @dataclass
@@ -208,6 +215,8 @@ class Config:
         parse_address(self.node.listen, "[node] listen")
         if self.node.metrics:
             parse_address(self.node.metrics, "[node] metrics")
+        if self.node.advertise:
+            parse_address(self.node.advertise, "[node] advertise")
         if self.node.role == "replica":
             parse_address(self.replica.primary, "[replica] primary")
             if not self.replica.replica_id:
@@ -232,6 +241,7 @@ class Config:
         for name, fvalue in (
             ("[stream] heartbeat_s", self.stream.heartbeat_s),
             ("[stream] stall_after_s", self.stream.stall_after_s),
+            ("[replica] v1_resend_wait_s", self.replica.v1_resend_wait_s),
             ("[semisync] default_timeout_s", self.semisync.default_timeout_s),
             ("[connector] keepalive_s", self.connector.keepalive_s),
             ("[connector] keepalive_timeout_s", self.connector.keepalive_timeout_s),

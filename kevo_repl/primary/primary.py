@@ -17,6 +17,7 @@ from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError, StoreError
 from kevo_repl.plugin.engine import Applier
 from kevo_repl.plugin.manager import Registry
+from kevo_repl.primary import kevodb_peers
 from kevo_repl.primary.retention import Retention
 from kevo_repl.primary.slots import SlotTable
 from kevo_repl.protocol import chain as chain_mod
@@ -315,7 +316,8 @@ class Primary:
             )
             await context.abort(problem[0], problem[1])
         session = Session(
-            uuid.uuid4().hex, request.replica_id or context.peer(), context.peer(),
+            uuid.uuid4().hex, kevodb_peers.session_name(request, context.peer()),
+            context.peer(),
             request.start_sequence,
         )
         for old in self.sessions.values():
@@ -327,8 +329,7 @@ class Primary:
             cond = self._condition()
             async with cond:
                 cond.notify_all()
-        if request.replica_id:
-            self.slots.get(request.replica_id)
+        kevodb_peers.stream_opened(self, request)  # a slot, also for a nameless replica
         await context.send_initial_metadata(((SESSION_HEADER, session.session_id),))
         log.info(
             "replica %r (%s) streaming from %d, session %s, protocol %d, %s",
@@ -379,6 +380,7 @@ class Primary:
                     first = False
         finally:
             self.sessions.pop(session.session_id, None)
+            kevodb_peers.stream_ended(self, session)
             log.info("session %s of replica %r ended", session.session_id, session.replica_id)
 
     def _has_work(self, session: Session, pos: int) -> bool:
