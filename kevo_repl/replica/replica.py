@@ -386,9 +386,10 @@ class Replica:
         must be reopened with codec none (a KevoDB primary asked for compression)."""
         self._profile.first_response(resp)
         self._unpacker.accept_mislabelled = self._profile.legacy
-        if self._profile.legacy:
+        renegotiate = self._profile.legacy and asked_codec != CODEC_NONE
+        if self._profile.legacy and not renegotiate:
             self._durable_changed.set()  # tell it our position: its re-send window starts there
-        return self._profile.legacy and asked_codec != CODEC_NONE
+        return renegotiate
 
     async def _paced_nack(self, sequence: int, reason: str) -> None:
         """A nack from the pacer's timer: a failure ends the session, as inline nacks do."""
