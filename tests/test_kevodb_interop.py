@@ -255,3 +255,97 @@ def test_kevodb_replica_slot_holds_wal_within_the_caps(cluster, tmp_path: Path) 
 
     wait_until(capped, 30, "the cap to mark the slot lost")
     assert primary.status()["replicas"][0]["slot_state"] == "lost"
+
+
+# -- parts ------------------------------------------------------------------------------------
+
+
+async def test_nameless_slots_are_bounded(tmp_path: Path) -> None:
+    """Anyone can invent listener addresses: the slots they get are capped, and so is the key."""
+    from kevo_repl.node.server import Node
+    from kevo_repl.primary import kevodb_peers
+
+    cfg = Config()
+    cfg.node.data_dir = str(tmp_path / "p")
+    cfg.node.listen = "127.0.0.1:0"
+    node = Node(cfg)
+    await node.start()
+    try:
+        p = node.primary
+        assert p is not None
+        for i in range(kevodb_peers.MAX_NAMELESS_SLOTS + 50):
+            kevodb_peers.stream_opened(p, rpb.WALStreamRequest(
+                start_sequence=1, protocol_version=1, listener_address=f"10.0.0.{i}:1"))
+        kevodb_peers.stream_opened(p, rpb.WALStreamRequest(
+            start_sequence=1, listener_address="x" * (kevodb_peers.MAX_ADDRESS_BYTES + 1)))
+        assert len(p.slots.slots) == kevodb_peers.MAX_NAMELESS_SLOTS
+        # named replicas are not held back by them
+        kevodb_peers.stream_opened(p, rpb.WALStreamRequest(start_sequence=1, replica_id="r1"))
+        assert "r1" in p.slots.slots and not p.slots.slots["r1"].never_acks
+        # the same address again reuses its slot
+        kevodb_peers.stream_opened(p, rpb.WALStreamRequest(
+            start_sequence=1, listener_address="10.0.0.0:1"))
+        assert len(p.slots.slots) == kevodb_peers.MAX_NAMELESS_SLOTS + 1
+    finally:
+        await node.stop()
+
+
+def test_mislabelled_payloads_are_accepted_only_when_plain_and_whole() -> None:
+    from kevo_repl.protocol.codec import Op, checksum, encode
+    from kevo_repl.protocol.transport import MAX_MESSAGE_BYTES
+    from kevo_repl.protocol.wire import Unpacker, UnpackError
+
+    def flagged(*entries: rpb.WALEntry) -> rpb.WALStreamResponse:
+        return rpb.WALStreamResponse(entries=list(entries), compressed=True, codec=rpb.ZSTD)
+
+    payload = encode(7, Op.PUT, b"k", b"v")
+    unpacker = Unpacker(build_registry().compressors_by_id(), MAX_MESSAGE_BYTES)
+    raw = rpb.WALEntry(sequence_number=7, payload=payload)
+    with pytest.raises(UnpackError):  # only for a KevoDB primary
+        unpacker.unpack(flagged(raw))
+    unpacker.accept_mislabelled = True
+    out = unpacker.unpack(flagged(raw))
+    assert out is not None and [e.payload for e in out.entries] == [payload]
+    assert unpacker.mislabelled == 1
+    # damaged input is still refused: another sequence, a bad checksum, a cut payload
+    for bad in (rpb.WALEntry(sequence_number=8, payload=payload),
+                rpb.WALEntry(sequence_number=7, payload=payload, checksum=checksum(payload) ^ 1),
+                rpb.WALEntry(sequence_number=7, payload=payload[:-1])):
+        unpacker.reset()
+        with pytest.raises(UnpackError):
+            unpacker.unpack(flagged(bad))
+    assert unpacker.mislabelled == 1
+
+
+async def test_nack_pacer_waits_and_rate_limits() -> None:
+    from kevo_repl.replica.primary_profile import NackPacer
+
+    pacer = NackPacer(0.2)
+    received = 0
+    sent: list[tuple[int, float]] = []
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+
+    async def nack(seq: int, reason: str) -> None:
+        sent.append((seq, loop.time() - t0))
+
+    # filled in time: no nack
+    pacer.problem(5, "gap", lambda: received, nack)
+    await asyncio.sleep(0.05)
+    received = 5
+    await asyncio.sleep(0.3)
+    assert sent == []
+    # not filled: one nack, only after the wait, however often the gap shows
+    started = loop.time() - t0
+    async with asyncio.timeout(5):
+        while not sent:
+            pacer.problem(6, "gap", lambda: received, nack)
+            await asyncio.sleep(0.01)
+    assert [s for s, _ in sent] == [6] and sent[0][1] - started >= 0.2
+    # still missing: asked again, but not sooner than the wait after the last nack
+    async with asyncio.timeout(5):
+        while len(sent) < 2:
+            pacer.problem(6, "gap", lambda: received, nack)
+            await asyncio.sleep(0.01)
+    assert sent[1][1] - sent[0][1] >= 0.2
+    pacer.cancel()

@@ -5,7 +5,9 @@ Such a replica gets a slot keyed by the `listener_address` of its requests, whic
 same across its reconnects. It never acks, so its slot holds WAL from the position its latest
 request implies it already has (`start_sequence - 1`), within the retention caps like any
 slot; its lag is taken from what was sent to it. A request with neither a replica id nor a
-listener address gets no slot (its session is named after the peer address).
+listener address gets no slot (its session is named after the peer address), and neither does
+one past the bounds below: anyone who can connect can invent addresses, and the slot table is
+durable.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ if TYPE_CHECKING:
     from kevo_repl.primary.primary import Primary, Session
 
 log = logging.getLogger(__name__)
+
+#: most slots kept for replicas without a replica id, and the longest address that keys one
+MAX_NAMELESS_SLOTS = 64
+MAX_ADDRESS_BYTES = 256
 
 
 def session_name(request: rpb.WALStreamRequest, peer: str) -> str:
@@ -41,6 +47,14 @@ def stream_opened(primary: Primary, request: rpb.WALStreamRequest) -> None:
     table = primary.slots
     slot = table.slots.get(key)
     if slot is None:
+        nameless = sum(1 for s in table.slots.values() if s.never_acks)
+        if nameless >= MAX_NAMELESS_SLOTS or len(key.encode()) > MAX_ADDRESS_BYTES:
+            log.warning(
+                "no slot for the replica at %.64s: %d slots of replicas without a replica_id "
+                "exist (at most %d) or its address is longer than %d bytes; its WAL is not "
+                "held", key, nameless, MAX_NAMELESS_SLOTS, MAX_ADDRESS_BYTES,
+            )
+            return
         slot = table.get(key)
         slot.never_acks = True
         log.info("replica at %s sends no replica_id: its slot is keyed by that address", key)
