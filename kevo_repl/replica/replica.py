@@ -660,9 +660,9 @@ class Replica:
         now = time.monotonic()
         stall_after = self.cfg.stream.stall_after_s
         # a connection that delivers not even heartbeats hides how far behind we are
-        # (only from a primary that sends heartbeats: KevoDB's is silent whenever idle)
+        # (not from a primary known to send no heartbeats: KevoDB's is silent whenever idle)
         silent = (
-            self._profile.heartbeats
+            not (self._profile.legacy and not self._profile.heartbeats)
             and self._last_message_at is not None
             and now - self._last_message_at > max(stall_after, 3 * self.cfg.stream.heartbeat_s)
         )
