@@ -51,6 +51,12 @@ class NodeConfig:
     metrics: Annotated[
         str, Meta(description="HOST:PORT for a Prometheus /metrics endpoint; empty = none")
     ] = ""
+    advertise: Annotated[
+        str,
+        Meta(description="HOST:PORT other nodes reach this node at; a replica sends it to its "
+             "primary as `listener_address` (KevoDB's primary requires it); empty = the listen "
+             "address"),
+    ] = ""
 
 
 @dataclass
@@ -105,6 +111,12 @@ class ReplicaConfig:
              description="largest snapshot chunk to ask for (the primary caps it at [snapshot] "
              "max_chunk_bytes)"),
     ] = 1024 * 1024
+    v1_resend_wait_s: Annotated[
+        float,
+        Meta(gt=0, description="a protocol-1 primary (KevoDB) re-sends its unacknowledged "
+             "window on a timer: on a gap from one, wait this long for that re-send before "
+             "asking (NegativeAcknowledge), and ask at most once per this interval"),
+    ] = 1.0
 
 
 @dataclass
@@ -322,6 +334,8 @@ class Config:
         parse_address(self.node.listen, "[node] listen")
         if self.node.metrics:
             parse_address(self.node.metrics, "[node] metrics")
+        if self.node.advertise:
+            parse_address(self.node.advertise, "[node] advertise")
         if self.node.role == "replica":
             parse_address(self.replica.primary, "[replica] primary")
             if self.replica.replica_id:

@@ -39,6 +39,7 @@ def test_metrics_endpoint_on_primary_and_replica(cluster) -> None:
     assert r[("kevo_repl_replica_lag_entries", ())] == 0
     assert r[("kevo_repl_replica_connected", ())] == 1
     assert r[("kevo_repl_replica_reconnects_total", ())] == 0
+    assert r[("kevo_repl_replica_mislabelled_payloads_total", ())] == 0
     states = {labels[0][1]: v for (name, labels), v in r.items()
               if name == "kevo_repl_replica_state"}
     assert sum(states.values()) == 1 and len(states) == len(State)

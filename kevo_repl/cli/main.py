@@ -178,8 +178,10 @@ def _print_slots(replicas: list[dict[str, Any]]) -> None:
     print(f"{'replica':<16} {'state':<8} {'acked':>12} {'lag':>10} {'lag bytes':>12}  "
           f"{'oldest':<6}  peer")
     for r in replicas:
+        # a KevoDB replica never acknowledges: its slot follows its stream requests
+        acked = "never acks" if r.get("never_acks") else r["acked_sequence"]
         print(
-            f"{r['replica_id']:<16} {r['slot_state']:<8} {r['acked_sequence']:>12} "
+            f"{r['replica_id']:<16} {r['slot_state']:<8} {acked:>12} "
             f"{r['lag_entries']:>10} {r['lag_bytes']:>12}  "
             f"{'yes' if r['holds_oldest_segment'] else '':<6}  {r['peer']}"
         )

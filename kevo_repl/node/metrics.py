@@ -35,6 +35,8 @@ _REPLICA_COUNTERS = {
     "gaps": ("kevo_repl_replica_gaps", "Sequence gaps seen in the stream"),
     "duplicates_skipped": ("kevo_repl_replica_duplicates_skipped",
                            "Entries skipped because they were already applied"),
+    "mislabelled_payloads": ("kevo_repl_replica_mislabelled_payloads",
+                             "Payloads flagged compressed that arrived plain (KevoDB primary)"),
 }
 
 

@@ -18,6 +18,7 @@ from kevo_repl.errors import KevoReplError
 from kevo_repl.node.metrics import serve_metrics
 from kevo_repl.plugin.engine import Applier
 from kevo_repl.plugin.manager import build_registry, get_plugin_manager
+from kevo_repl.primary import kevodb_peers
 from kevo_repl.primary.primary import Primary, PrimaryUnavailable, WriteRejected
 from kevo_repl.primary.retention import SlotBusy
 from kevo_repl.protocol.methods import NODE_SERVICE, REPLICATION_SERVICE
@@ -254,7 +255,9 @@ class NodeService:
         retention = p.retention.status()
         for rid, slot in sorted(p.slots.slots.items()):
             sess = live.get(rid)
-            lag = max(0, p.head - slot.acked)
+            sent = kevodb_peers.sent_to(slot, p.sessions.values())
+            # a replica that never acks (KevoDB's): lag from what was sent to it
+            lag = max(0, p.head - (max(sent, slot.implied) if slot.never_acks else slot.acked))
             # behind, connected, and no ack (or no stream start) for stall_after_s
             quiet_since = max(slot.last_ack_at, sess.opened_at) if sess else 0.0
             slots.append(
@@ -267,6 +270,8 @@ class NodeService:
                     last_ack_age_s=now - slot.last_ack_at if slot.last_ack_at else -1.0,
                     lag_entries=lag,
                     stalled=sess is not None and lag > 0 and now - quiet_since > stall_after,
+                    never_acks=slot.never_acks,
+                    sent_sequence=sent,
                     **p.retention.slot_status(
                         slot, sess is not None, retention["oldest_segment_held_by"]
                     ),
@@ -424,6 +429,7 @@ class Node:
                 cfg.node.metrics, self.service.status
             )
         if self.replica is not None:
+            self.replica.listener_address = cfg.node.advertise or self.address
             self._replica_task = self._tasks.spawn(self.replica.run(), "replica")
         return self.address
 

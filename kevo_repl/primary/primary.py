@@ -18,6 +18,7 @@ from kevo_repl.errors import KevoReplError, StoreError
 from kevo_repl.identity import bound_replica_id, check_replica_id
 from kevo_repl.plugin.engine import Applier
 from kevo_repl.plugin.manager import Registry
+from kevo_repl.primary import kevodb_peers
 from kevo_repl.primary.retention import Retention
 from kevo_repl.primary.slots import SlotTable
 from kevo_repl.protocol import chain as chain_mod
@@ -364,12 +365,16 @@ class Primary:
             log.warning("refused stream from %s: %s", context.peer(), message)
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, message)
         session = Session(
-            uuid.uuid4().hex, replica_id, context.peer(), request.start_sequence,
+            uuid.uuid4().hex,
+            replica_id if named else kevodb_peers.session_name(request, context.peer()),
+            context.peer(), request.start_sequence,
             sent=request.start_sequence - 1, context=context,
         )
         self.sessions[session.session_id] = session
         if named:
             self.slots.get(replica_id)
+        else:
+            kevodb_peers.stream_opened(self, request)  # a slot keyed by its address
         await context.send_initial_metadata(((SESSION_HEADER, session.session_id),))
         log.info(
             "replica %r (%s) streaming from %d, session %s, protocol %d, %s",
@@ -411,6 +416,7 @@ class Primary:
                     first = False
         finally:
             self.sessions.pop(session.session_id, None)
+            kevodb_peers.stream_ended(self, session)
             log.info("session %s of replica %r ended", session.session_id, session.replica_id)
 
     def _has_work(self, session: Session, pos: int) -> bool:

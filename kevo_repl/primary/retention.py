@@ -127,7 +127,7 @@ class Retention:
     def needs(self) -> list[tuple[str, int]]:
         """(holder, first sequence it needs) of everything that holds WAL; empty when no
         slot holds any (then the WAL is kept, up to the caps)."""
-        slots = [(f"slot {s.replica_id}", s.acked + 1) for s in self._slots() if not s.lost]
+        slots = [(f"slot {s.replica_id}", s.holds_from()) for s in self._slots() if not s.lost]
         if not slots:
             return []
         pins = [(f"snapshot {sid}", seq + 1) for sid, seq in self.snapshots.pins()]
@@ -232,7 +232,7 @@ class Retention:
     def _mark_lost(self, cut: int, now: float) -> None:
         changed = False
         for slot in self._slots():
-            if not slot.lost and slot.acked + 1 < cut:
+            if not slot.lost and slot.holds_from() < cut:
                 slot.lost = True
                 slot.lost_at = now
                 changed = True
@@ -372,7 +372,7 @@ class Retention:
         wal = self.wal
         return {
             "slot_state": "lost" if slot.lost else "active" if connected else "inactive",
-            "lag_bytes": 0 if slot.lost else wal.bytes_from(slot.acked + 1),
+            "lag_bytes": 0 if slot.lost else wal.bytes_from(slot.holds_from()),
             "holds_oldest_segment": held_by == f"slot {slot.replica_id}",
             "inactive_s": 0.0 if connected else max(0.0, now - self.idle_since(slot)),
             "lost_age_s": now - slot.lost_at if slot.lost else -1.0,

@@ -36,6 +36,16 @@ class Slot:
     lost_at: float = 0.0
     #: wall-clock time the replica was last seen streaming (updated while it streams)
     last_seen_at: float = 0.0
+    #: a replica that has never acknowledged (KevoDB's): keyed by its listener address
+    never_acks: bool = False
+    #: for such a replica: the position its latest stream request implies it holds
+    implied: int = 0
+    #: for such a replica: the last sequence sent to it (its lag is taken from this)
+    sent: int = 0
+
+    def holds_from(self) -> int:
+        """The first sequence this slot needs retained."""
+        return max(self.acked, self.implied) + 1
 
 
 class SlotTable:
@@ -72,6 +82,7 @@ class SlotTable:
     def ack(self, replica_id: str, sequence: int) -> None:
         slot = self.get(replica_id)
         slot.last_ack_at = slot.last_seen_at = time.time()
+        slot.never_acks = False
         if sequence > slot.acked:  # a slot never moves backwards
             slot.acked = sequence
             self._mark_dirty()

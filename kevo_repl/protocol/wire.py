@@ -19,6 +19,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from kevo_repl.protocol.codec import CodecError, checksum, decode
 from kevo_repl.protocol.compression import CODEC_NONE, Compressor, DecompressionError
 from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.records import Record
@@ -133,6 +134,11 @@ class Unpacker:
         self._held_bytes = 0
         self._fragment: rpb.WALEntry | None = None
         self._fragment_parts: list[bytes] = []
+        #: KevoDB's primary flags plain payloads as zstd-compressed: with this set, a flagged
+        #: payload that does not decompress but is a valid plain entry of its own sequence
+        #: (and checksum, when set) is taken as it is, and counted
+        self.accept_mislabelled = False
+        self.mislabelled = 0
 
     def reset(self) -> None:
         """Drop anything half-received (a gap, a corrupt entry, a new session)."""
@@ -192,13 +198,28 @@ class Unpacker:
                 try:
                     payload = compressor.decompress(e.payload, self.max_bytes)
                 except DecompressionError as exc:
-                    raise UnpackError(
-                        f"payload of entry {e.sequence_number} does not decompress: {exc}"
-                    ) from exc
+                    if not self._is_plain(e):
+                        raise UnpackError(
+                            f"payload of entry {e.sequence_number} does not decompress: {exc}"
+                        ) from exc
+                    payload = e.payload
+                    self.mislabelled += 1
                 out.append(rpb.WALEntry(sequence_number=e.sequence_number, payload=payload,
                                         fragment_type=e.fragment_type, checksum=e.checksum))
             return out
         return list(resp.entries)
+
+    def _is_plain(self, e: rpb.WALEntry) -> bool:
+        """A payload flagged compressed that is in fact a whole plain entry of its sequence."""
+        if not self.accept_mislabelled or e.fragment_type != rpb.FULL:
+            return False
+        if e.checksum and checksum(e.payload) != e.checksum:
+            return False
+        try:
+            decode(e.payload, e.sequence_number)
+        except CodecError:
+            return False
+        return True
 
     def _compressor(self, codec: int) -> Compressor:
         compressor = self.compressors.get(int(codec))

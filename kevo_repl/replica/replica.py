@@ -39,6 +39,7 @@ from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.transport import MAX_MESSAGE_BYTES, call_metadata
 from kevo_repl.protocol.wire import Unpacker, UnpackError
 from kevo_repl.replica.bootstrap import Bootstrap, BootstrapError, Installed, recover_install
+from kevo_repl.replica.primary_profile import NackPacer, PrimaryProfile
 from kevo_repl.replica.replica_id import stored_replica_id
 from kevo_repl.replica.state import TRANSITIONS, State, StateMachine
 from kevo_repl.storage.store import open_store
@@ -111,6 +112,12 @@ class Replica:
         compressors = registry.compressors_by_id()
         self._codec_id = int(registry.get("compressor", cfg.compressor.name).codec_id)
         self._unpacker = Unpacker(compressors, MAX_MESSAGE_BYTES)
+        # what the primary speaks; a protocol-1 (KevoDB) primary is treated as it works
+        self._profile = PrimaryProfile()
+        self._pacer = NackPacer(cfg.replica.v1_resend_wait_s)
+        #: sent as listener_address (KevoDB's primary requires it); the node sets the bound
+        #: address once it serves
+        self.listener_address = cfg.node.advertise or cfg.node.listen
         # for lag and stall reporting (monotonic clock unless said otherwise)
         self._connected = False
         self._last_message_at: float | None = None
@@ -204,6 +211,7 @@ class Replica:
                     self._error("session restarted")
                 finally:
                     self._connected = False
+                    self._pacer.cancel()
                     await self._close_channel()
                 if self._resync:
                     # the session is over, so nothing can queue behind this reset
@@ -353,14 +361,17 @@ class Replica:
             response_deserializer=rpb.WALStreamResponse.FromString,
         )
         start = self._received + 1
+        # a KevoDB primary mislabels compressed payloads: ask it for none
+        codec = CODEC_NONE if self._profile.legacy else self._codec_id
         request = rpb.WALStreamRequest(
             start_sequence=start,
             protocol_version=PROTOCOL_VERSION,
             replica_id=self.replica_id,
             history_id=self.position.history_id,
-            compression_supported=self._codec_id != CODEC_NONE,
-            preferred_codec=self._codec_id,  # type: ignore[arg-type]  # enum fields take ints
+            compression_supported=codec != CODEC_NONE,
+            preferred_codec=codec,  # type: ignore[arg-type]  # enum fields take ints
             block_compression=True,
+            listener_address=self.listener_address,
         )
         if self._recv_chain:
             request.chain = self._recv_chain
@@ -395,11 +406,16 @@ class Replica:
             self._durable_changed.set()
         loop = asyncio.get_running_loop()
         nacked: tuple[int, float] | None = None  # (sequence asked for, when)
+        renegotiate, first = False, True
         async for resp in call:
             if resp is None:
                 # gRPC hands over None for a message that does not parse (damaged in flight)
                 self._count_corrupt(self._received + 1)
                 raise _RestartSession("a response from the primary did not parse; reconnecting")
+            if first:
+                renegotiate, first = self._learn_primary(resp, codec), False
+            else:
+                self._profile.observe(resp)
             if resp.history_id:
                 self._check_history(resp.history_id)
             self._observe(resp)
@@ -429,7 +445,10 @@ class Replica:
                 if resp.want_received_acks:  # a semi-sync writer waits for receipt
                     self._durable_changed.set()
             expected = self._received + 1
-            if problem is not None and (
+            if problem is not None and self._profile.legacy:
+                # it re-sends its unacknowledged window by itself, and a nack can deadlock it
+                self._pacer.problem(expected, problem, lambda: self._received, self._paced_nack)
+            elif problem is not None and (
                 # a corrupt entry is asked for every time (bounded by max_corrupt_retries);
                 # a gap once: what was already in flight before the re-send shows the same gap
                 self.stats.corrupt_entries > corrupt_before
@@ -442,6 +461,32 @@ class Replica:
                 raise _RestartSession(
                     f"the primary did not re-send from {nacked[0]}; reconnecting"
                 )
+            if renegotiate:
+                raise _RestartSession(
+                    "the primary speaks protocol 1 (KevoDB), which mislabels compressed "
+                    "payloads; reconnecting with codec none"
+                )
+
+    def _learn_primary(self, resp: rpb.WALStreamResponse, asked_codec: int) -> bool:
+        """Take the primary's protocol from a stream's first response; True when the stream
+        must be reopened with codec none (a KevoDB primary asked for compression)."""
+        self._profile.first_response(resp)
+        self._unpacker.accept_mislabelled = self._profile.legacy
+        renegotiate = self._profile.legacy and asked_codec != CODEC_NONE
+        if self._profile.legacy and not renegotiate:
+            self._durable_changed.set()  # tell it our position: its re-send window starts there
+        return renegotiate
+
+    async def _paced_nack(self, sequence: int, reason: str) -> None:
+        """A nack from the pacer's timer: a failure ends the session, as inline nacks do."""
+        if self._channel is None:
+            return
+        try:
+            await self._nack(sequence, reason)
+        except _RestartSession as exc:
+            self.stats.last_error = str(exc)
+            if self._session_task is not None:
+                self._session_task.cancel()
 
     def _extend_chain(self, plain: rpb.WALStreamResponse, batch: list[Entry]) -> int:
         """The hash chain after `batch`, checked against the primary's where the response
@@ -724,8 +769,11 @@ class Replica:
         now = time.monotonic()
         stall_after = self.cfg.stream.stall_after_s
         # a connection that delivers not even heartbeats hides how far behind we are
-        silent = self._last_message_at is not None and now - self._last_message_at > max(
-            stall_after, 3 * self.cfg.stream.heartbeat_s
+        # (not from a primary known to send no heartbeats: KevoDB's is silent whenever idle)
+        silent = (
+            not (self._profile.legacy and not self._profile.heartbeats)
+            and self._last_message_at is not None
+            and now - self._last_message_at > max(stall_after, 3 * self.cfg.stream.heartbeat_s)
         )
         if entries == 0:
             self._behind_since_primary_ns = None
@@ -774,4 +822,6 @@ class Replica:
             "backoff_history_s": list(self.stats.backoff_history),
             "received_sequence": max(self._received, self.position.sequence),
             "apply_rate": self.apply_rate(),
+            "mislabelled_payloads": self._unpacker.mislabelled,
+            **self._profile.status(),
         }

@@ -109,7 +109,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaSlot(_message.Message):
-    __slots__ = ("replica_id", "acked_sequence", "connected", "session_id", "peer", "last_ack_age_s", "lag_entries", "stalled", "slot_state", "lag_bytes", "holds_oldest_segment", "inactive_s", "lost_age_s")
+    __slots__ = ("replica_id", "acked_sequence", "connected", "session_id", "peer", "last_ack_age_s", "lag_entries", "stalled", "slot_state", "lag_bytes", "holds_oldest_segment", "inactive_s", "lost_age_s", "never_acks", "sent_sequence")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     ACKED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +123,8 @@ class ReplicaSlot(_message.Message):
     HOLDS_OLDEST_SEGMENT_FIELD_NUMBER: _ClassVar[int]
     INACTIVE_S_FIELD_NUMBER: _ClassVar[int]
     LOST_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    NEVER_ACKS_FIELD_NUMBER: _ClassVar[int]
+    SENT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     acked_sequence: int
     connected: bool
@@ -136,10 +138,12 @@ class ReplicaSlot(_message.Message):
     holds_oldest_segment: bool
     inactive_s: float
     lost_age_s: float
-    def __init__(self, replica_id: _Optional[str] = ..., acked_sequence: _Optional[int] = ..., connected: _Optional[bool] = ..., session_id: _Optional[str] = ..., peer: _Optional[str] = ..., last_ack_age_s: _Optional[float] = ..., lag_entries: _Optional[int] = ..., stalled: _Optional[bool] = ..., slot_state: _Optional[str] = ..., lag_bytes: _Optional[int] = ..., holds_oldest_segment: _Optional[bool] = ..., inactive_s: _Optional[float] = ..., lost_age_s: _Optional[float] = ...) -> None: ...
+    never_acks: bool
+    sent_sequence: int
+    def __init__(self, replica_id: _Optional[str] = ..., acked_sequence: _Optional[int] = ..., connected: _Optional[bool] = ..., session_id: _Optional[str] = ..., peer: _Optional[str] = ..., last_ack_age_s: _Optional[float] = ..., lag_entries: _Optional[int] = ..., stalled: _Optional[bool] = ..., slot_state: _Optional[str] = ..., lag_bytes: _Optional[int] = ..., holds_oldest_segment: _Optional[bool] = ..., inactive_s: _Optional[float] = ..., lost_age_s: _Optional[float] = ..., never_acks: _Optional[bool] = ..., sent_sequence: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("role", "state", "last_applied", "head_sequence", "first_sequence", "history_id", "applier", "applied_entries", "replicas", "primary", "replica_id", "last_error", "reconnects", "corrupt_entries", "gaps", "duplicates_skipped", "lag_entries", "lag_seconds", "stalled", "connected", "last_message_age_s", "backoff_history_s", "semisync_degraded", "received_sequence", "apply_rate", "bootstrap_state", "bootstrap_snapshot_id", "bootstrap_sequence", "bootstrap_chunks", "bootstrap_keys", "bootstrap_bytes", "bootstrap_total_keys", "bootstrap_total_bytes", "bootstrap_percent", "bootstraps", "wal_bytes", "wal_segments", "max_retained_bytes", "oldest_segment_held_by", "oldest_segment_age_s", "snapshots_held", "lost_slots")
+    __slots__ = ("role", "state", "last_applied", "head_sequence", "first_sequence", "history_id", "applier", "applied_entries", "replicas", "primary", "replica_id", "last_error", "reconnects", "corrupt_entries", "gaps", "duplicates_skipped", "lag_entries", "lag_seconds", "stalled", "connected", "last_message_age_s", "backoff_history_s", "semisync_degraded", "received_sequence", "apply_rate", "bootstrap_state", "bootstrap_snapshot_id", "bootstrap_sequence", "bootstrap_chunks", "bootstrap_keys", "bootstrap_bytes", "bootstrap_total_keys", "bootstrap_total_bytes", "bootstrap_percent", "bootstraps", "wal_bytes", "wal_segments", "max_retained_bytes", "oldest_segment_held_by", "oldest_segment_age_s", "snapshots_held", "lost_slots", "primary_protocol", "mislabelled_payloads", "primary_lacks", "divergence_detection")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LAST_APPLIED_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +186,10 @@ class StatusResponse(_message.Message):
     OLDEST_SEGMENT_AGE_S_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOTS_HELD_FIELD_NUMBER: _ClassVar[int]
     LOST_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    MISLABELLED_PAYLOADS_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_LACKS_FIELD_NUMBER: _ClassVar[int]
+    DIVERGENCE_DETECTION_FIELD_NUMBER: _ClassVar[int]
     role: str
     state: str
     last_applied: int
@@ -224,7 +232,11 @@ class StatusResponse(_message.Message):
     oldest_segment_age_s: float
     snapshots_held: int
     lost_slots: int
-    def __init__(self, role: _Optional[str] = ..., state: _Optional[str] = ..., last_applied: _Optional[int] = ..., head_sequence: _Optional[int] = ..., first_sequence: _Optional[int] = ..., history_id: _Optional[str] = ..., applier: _Optional[str] = ..., applied_entries: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaSlot, _Mapping]]] = ..., primary: _Optional[str] = ..., replica_id: _Optional[str] = ..., last_error: _Optional[str] = ..., reconnects: _Optional[int] = ..., corrupt_entries: _Optional[int] = ..., gaps: _Optional[int] = ..., duplicates_skipped: _Optional[int] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., stalled: _Optional[bool] = ..., connected: _Optional[bool] = ..., last_message_age_s: _Optional[float] = ..., backoff_history_s: _Optional[_Iterable[float]] = ..., semisync_degraded: _Optional[int] = ..., received_sequence: _Optional[int] = ..., apply_rate: _Optional[float] = ..., bootstrap_state: _Optional[str] = ..., bootstrap_snapshot_id: _Optional[str] = ..., bootstrap_sequence: _Optional[int] = ..., bootstrap_chunks: _Optional[int] = ..., bootstrap_keys: _Optional[int] = ..., bootstrap_bytes: _Optional[int] = ..., bootstrap_total_keys: _Optional[int] = ..., bootstrap_total_bytes: _Optional[int] = ..., bootstrap_percent: _Optional[float] = ..., bootstraps: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., wal_segments: _Optional[int] = ..., max_retained_bytes: _Optional[int] = ..., oldest_segment_held_by: _Optional[str] = ..., oldest_segment_age_s: _Optional[float] = ..., snapshots_held: _Optional[int] = ..., lost_slots: _Optional[int] = ...) -> None: ...
+    primary_protocol: int
+    mislabelled_payloads: int
+    primary_lacks: _containers.RepeatedScalarFieldContainer[str]
+    divergence_detection: bool
+    def __init__(self, role: _Optional[str] = ..., state: _Optional[str] = ..., last_applied: _Optional[int] = ..., head_sequence: _Optional[int] = ..., first_sequence: _Optional[int] = ..., history_id: _Optional[str] = ..., applier: _Optional[str] = ..., applied_entries: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaSlot, _Mapping]]] = ..., primary: _Optional[str] = ..., replica_id: _Optional[str] = ..., last_error: _Optional[str] = ..., reconnects: _Optional[int] = ..., corrupt_entries: _Optional[int] = ..., gaps: _Optional[int] = ..., duplicates_skipped: _Optional[int] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., stalled: _Optional[bool] = ..., connected: _Optional[bool] = ..., last_message_age_s: _Optional[float] = ..., backoff_history_s: _Optional[_Iterable[float]] = ..., semisync_degraded: _Optional[int] = ..., received_sequence: _Optional[int] = ..., apply_rate: _Optional[float] = ..., bootstrap_state: _Optional[str] = ..., bootstrap_snapshot_id: _Optional[str] = ..., bootstrap_sequence: _Optional[int] = ..., bootstrap_chunks: _Optional[int] = ..., bootstrap_keys: _Optional[int] = ..., bootstrap_bytes: _Optional[int] = ..., bootstrap_total_keys: _Optional[int] = ..., bootstrap_total_bytes: _Optional[int] = ..., bootstrap_percent: _Optional[float] = ..., bootstraps: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., wal_segments: _Optional[int] = ..., max_retained_bytes: _Optional[int] = ..., oldest_segment_held_by: _Optional[str] = ..., oldest_segment_age_s: _Optional[float] = ..., snapshots_held: _Optional[int] = ..., lost_slots: _Optional[int] = ..., primary_protocol: _Optional[int] = ..., mislabelled_payloads: _Optional[int] = ..., primary_lacks: _Optional[_Iterable[str]] = ..., divergence_detection: _Optional[bool] = ...) -> None: ...
 
 class DigestRequest(_message.Message):
     __slots__ = ("prefix", "split")
