@@ -15,7 +15,6 @@ import pluggy
 
 from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError, StoreError
-from kevo_repl.plugin.engine import Applier
 from kevo_repl.plugin.manager import Registry
 from kevo_repl.primary.retention import Retention
 from kevo_repl.primary.slots import SlotTable
@@ -25,6 +24,7 @@ from kevo_repl.protocol.codec import Entry, Op
 from kevo_repl.protocol.constants import SESSION_HEADER
 from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.records import Record, chain_of, decode_body, encode_body
+from kevo_repl.storage.applier import Applier
 from kevo_repl.storage.store import open_store
 from kevo_repl.storage.wal import WAL, SequenceNotRetained
 

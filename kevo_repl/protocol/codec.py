@@ -40,6 +40,16 @@ class Entry(NamedTuple):
     value: bytes
 
 
+class Columns(NamedTuple):
+    """A batch as columns: entry i has sequence first_seq + i, op ops[i], key keys[i] and
+    value values[i] (b"" for a delete). What a store applies; no per-entry tuple."""
+
+    first_seq: int
+    ops: Sequence[int]
+    keys: Sequence[bytes]
+    values: Sequence[bytes]
+
+
 def checksum(payload: bytes) -> int:
     """CRC-32/IEEE, as KevoDB computes it."""
     return zlib.crc32(payload)

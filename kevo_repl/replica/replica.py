@@ -13,7 +13,6 @@ being applied:
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import random
 import time
@@ -28,7 +27,6 @@ import pluggy
 
 from kevo_repl.config import Config
 from kevo_repl.errors import ReplicationError
-from kevo_repl.plugin.engine import Applier, Position
 from kevo_repl.plugin.manager import Registry
 from kevo_repl.protocol import chain as chain_mod
 from kevo_repl.protocol.codec import CodecError, Entry, checksum, decode, decode_batch
@@ -39,6 +37,8 @@ from kevo_repl.protocol.transport import MAX_MESSAGE_BYTES, call_metadata
 from kevo_repl.protocol.wire import Unpacker, UnpackError
 from kevo_repl.replica.bootstrap import Bootstrap, recover_install
 from kevo_repl.replica.state import TRANSITIONS, State, StateMachine
+from kevo_repl.storage.applier import Applier
+from kevo_repl.storage.position import Position
 from kevo_repl.storage.store import open_store
 
 log = logging.getLogger(__name__)
@@ -113,10 +113,6 @@ class Replica:
         self._recv_chain = self.position.chain
         self._chain_after: dict[int, int] = {}
         self._batch_payloads: list[bytes] = []  # payloads of the entries _verify last accepted
-        apply_params = inspect.signature(self.store.apply).parameters
-        self._store_keeps_chain = "chain" in apply_params or any(
-            p.kind is p.VAR_KEYWORD for p in apply_params.values()
-        )
 
     # -- events --------------------------------------------------------------------------------
 
@@ -545,10 +541,7 @@ class Replica:
     ) -> tuple[Position, BaseException | None]:
         """In a worker thread: apply (raising if that fails), then sync; a failed sync is
         returned, to be raised by the apply loop as before."""
-        if self._store_keeps_chain:
-            new_pos = self.store.apply(batch, history, chain=chain)
-        else:  # an applier written before the chain existed
-            new_pos = self.store.apply(batch, history)
+        new_pos = self.store.apply(batch, history, chain=chain)
         try:
             self.store.sync()
         except Exception as exc:

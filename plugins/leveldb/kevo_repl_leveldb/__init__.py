@@ -1,4 +1,4 @@
-"""kevo-repl-leveldb: the ``leveldb`` applier, registered through the ``kevo_repl`` entry point."""
+"""kevo-repl-leveldb: the ``leveldb`` engine, registered through the ``kevo_repl`` entry point."""
 
 from __future__ import annotations
 
@@ -6,20 +6,21 @@ from typing import Any
 
 from kevo_repl.plugin.manager import hookimpl
 
-from .applier import MAX_KEY_SIZE, LevelDBApplier, LevelDBSnapshot, open_applier
+from .applier import MAX_KEY_SIZE, SPEC, LevelDBEngine, LevelDBSnapshot, open_engine
 from .options import LevelDBOptions, parse_options
 
 __all__ = [
     "MAX_KEY_SIZE",
-    "LevelDBApplier",
+    "SPEC",
+    "LevelDBEngine",
     "LevelDBOptions",
     "LevelDBSnapshot",
     "kevo_repl_register_appliers",
-    "open_applier",
+    "open_engine",
     "parse_options",
 ]
 
 
 @hookimpl
 def kevo_repl_register_appliers(register: Any) -> None:
-    register("leveldb", open_applier)
+    register("leveldb", SPEC)
