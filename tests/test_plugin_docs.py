@@ -6,16 +6,20 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from kevo_repl.errors import ConfigError, StoreError
 from kevo_repl.plugin import hookspecs
-from kevo_repl.plugin.engine import Applier, Position
 from kevo_repl.plugin.manager import build_registry
 from kevo_repl.protocol.codec import Entry, Op
+from kevo_repl.storage.applier import open_registered
+from kevo_repl.storage.position import Position
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "plugins.md"
@@ -99,14 +103,13 @@ def doc_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return names
 
 
-def test_documented_applier_example_meets_the_contract(
+def test_documented_engine_example_replicates_under_the_core(
     doc_examples: list[str], tmp_path: Path
 ) -> None:
-    factory = build_registry().get("applier", "dict")
+    registry = build_registry()
     with pytest.raises(ConfigError, match="nope"):
-        factory(tmp_path / "store", {"nope": 1}, True)
-    store: Applier = factory(tmp_path / "store", {}, True)
-    assert isinstance(store, Applier)
+        open_registered(registry, "dict", tmp_path / "store", {"nope": 1}, True)
+    store = open_registered(registry, "dict", tmp_path / "store", {}, True)
     assert store.position() == Position()
     pos = store.apply(
         [Entry(1, Op.PUT, b"b", b"1"), Entry(2, Op.MERGE, b"a", b"2"), Entry(3, Op.PUT, b"c", b"")],
@@ -129,6 +132,35 @@ def test_documented_applier_example_meets_the_contract(
     store.close()
     with pytest.raises(StoreError):
         store.get(b"b")
+
+
+_CONFORMANCE_MODULE = """
+from kevo_repl.testing import EngineConformance
+
+
+class TestDocsEngine(EngineConformance):
+    engine = "docs_example_applier:SPEC"
+    persistent = False
+"""
+
+
+@pytest.mark.timeout(300)
+def test_documented_engine_example_passes_the_conformance_suite(
+    doc_examples: list[str], tmp_path: Path
+) -> None:
+    """What a third-party engine's own tests do: subclass the suite, run pytest."""
+    (tmp_path / "test_docs_engine.py").write_text(_CONFORMANCE_MODULE)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "failed" not in summary, summary
+    # the persistence tests are skipped by the flag, and nothing else is
+    skips = [line for line in proc.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert skips and all("TestDocsEngine.persistent is False" in line for line in skips), skips
 
 
 def test_documented_compressor_example_round_trips(doc_examples: list[str]) -> None:
