@@ -298,7 +298,7 @@ class EngineConformance:
 
     def _run_and_kill(self, path: Path, kill_after: int, log: Path) -> int:
         """Start the crash writer; SIGKILL it once it reported `kill_after` more commits (it
-        is then inside the next); return the last batch it reported."""
+        is then inside a later one); return the last batch it reported before it died."""
         cmd = [sys.executable, "-m", "kevo_repl.testing.crash_writer", self.engine, str(path),
                json.dumps(dict(self.options))]
         with log.open("w") as stderr:
@@ -323,6 +323,9 @@ class EngineConformance:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
             assert proc.returncode == -signal.SIGKILL
+            # what it reported before it died, still in the pipe
+            while (line := lines.get(timeout=LINE_TIMEOUT_S)) is not None:
+                last = int(line)
             return last
         finally:
             if proc.poll() is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kevo_repl.errors import ConfigError
-from kevo_repl.plugin.engine import OP_DELETE, EngineOpener, EngineSpec, reject_unknown_options
+from kevo_repl.plugin.engine import OP_DELETE, EngineSpec, reject_unknown_options
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,5 @@ def open_engine(path: Path, options: Mapping[str, Any], durable: bool) -> Memory
     return MemoryEngine(max_key_size)
 
 
-# mypy checks here that MemoryEngine meets the Engine protocol.
-_opener: EngineOpener = open_engine
 #: what this plugin registers as ``memory``: it keeps no files
 SPEC = EngineSpec(open=open_engine, owns_file=None)

@@ -18,7 +18,7 @@ from typing import Any
 import plyvel
 
 from kevo_repl.errors import StoreError
-from kevo_repl.plugin.engine import OP_DELETE, EngineOpener, EngineSpec
+from kevo_repl.plugin.engine import OP_DELETE, EngineSpec
 
 from .options import LevelDBOptions, parse_options
 
@@ -92,6 +92,7 @@ class LevelDBEngine:
                 f"the LevelDB store at {path} was written by kevo-repl-leveldb 0.1 (before the "
                 "engine contract); replicate into an empty directory instead"
             )
+        log.info("opened LevelDB at %s (durable=%s, %s)", path, durable, options)
 
     def read_meta(self) -> bytes | None:
         meta: bytes | None = self._db.get(_META_KEY)
@@ -156,14 +157,10 @@ class LevelDBEngine:
 
 
 def open_engine(path: Path, options: Mapping[str, Any], durable: bool) -> LevelDBEngine:
-    """Open (creating if needed) the LevelDB database at `path`."""
-    parsed = parse_options(options)
-    engine = LevelDBEngine(Path(path), parsed, durable)
-    log.info("opened LevelDB at %s (durable=%s, %s)", path, durable, parsed)
-    return engine
+    """Open (creating if needed) the LevelDB database at `path` (mypy checks here that
+    LevelDBEngine meets the Engine protocol: SPEC's `open` is typed)."""
+    return LevelDBEngine(Path(path), parse_options(options), durable)
 
 
-# mypy checks here that LevelDBEngine meets the Engine protocol.
-_opener: EngineOpener = open_engine
 #: what this plugin registers as ``leveldb``
 SPEC = EngineSpec(open=open_engine, owns_file=owned_by_leveldb)

@@ -16,7 +16,7 @@ from typing import Any
 import lmdb
 
 from kevo_repl.errors import StoreError
-from kevo_repl.plugin.engine import OP_DELETE, EngineOpener, EngineSpec
+from kevo_repl.plugin.engine import OP_DELETE, EngineSpec
 
 from .options import LMDBOptions, parse_options
 
@@ -90,6 +90,7 @@ class LMDBEngine:
         self._env = env
         self.max_key_size: int = env.max_key_size()
         self.durable = durable
+        log.info("opened LMDB at %s (durable=%s, %s)", path, durable, options)
 
     def read_meta(self) -> bytes | None:
         with self._env.begin(db=self._meta) as txn:
@@ -166,13 +167,9 @@ class LMDBEngine:
 
 def open_engine(path: Path, options: Mapping[str, Any], durable: bool) -> LMDBEngine:
     """Open (creating if needed) the LMDB environment at `path`."""
-    parsed = parse_options(options)
-    engine = LMDBEngine(Path(path), parsed, durable)
-    log.info("opened LMDB at %s (durable=%s, %s)", path, durable, parsed)
-    return engine
+    return LMDBEngine(Path(path), parse_options(options), durable)
 
 
-# mypy checks here that LMDBEngine meets the Engine protocol.
-_opener: EngineOpener = open_engine
-#: what this plugin registers as ``lmdb``
+#: what this plugin registers as ``lmdb`` (its typed `open` makes mypy check LMDBEngine
+#: against the Engine protocol)
 SPEC = EngineSpec(open=open_engine, owns_file=_LMDB_FILE_NAMES.__contains__)
