@@ -117,6 +117,9 @@ def test_checker_catches_an_applier_that_commits_the_position_before_the_data(
     rep = run_chaos(ChaosOptions(
         seed=5, duration=12.0, dir=tmp_path, kinds=("kill",), targets=("r1",),
         replica_appliers=("broken-lmdb", "faulty-leveldb"),
+        # a window long enough that r1 spends most of its applying in it: with the default
+        # 0.05 s the few kills of 12 s could all miss it on a loaded machine (seen at 4144dee)
+        broken_window_s=0.25,
     ))
     text = format_report(rep)
     print(text)
