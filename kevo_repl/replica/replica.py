@@ -514,7 +514,11 @@ class Replica:
             try:
                 new_pos, sync_error = await asyncio.shield(fut)
             except asyncio.CancelledError:
-                await fut  # never leave a commit running under a closing store
+                # never leave a commit running under a closing store; and once it is
+                # committed, the position this replica reports says so
+                new_pos, sync_error = await fut
+                if sync_error is None:
+                    self.position = new_pos
                 raise
             except Exception as exc:
                 # Nothing of this batch is applied (one transaction); drop what is queued
