@@ -1,27 +1,33 @@
-"""The Applier contract, checked against every applier plugin named in APPLIERS.
+"""The core's replication rules (kevo_repl.storage.applier) on every engine named in APPLIERS.
 
-Factories come from the plugin registry (never by importing a plugin module), and every test
-uses real store files under tmp_path.
+Engines come from the plugin registry (never by importing a plugin module), and every test
+uses real store files under tmp_path. The engines' own contract is checked by the conformance
+suite (tests/test_engine_conformance.py).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import queue
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 
 from kevo_repl.errors import ConfigError, StoreError
-from kevo_repl.plugin.engine import Applier, ApplierFactory, Position
 from kevo_repl.plugin.manager import build_registry
 from kevo_repl.protocol.codec import Entry, Op
+from kevo_repl.storage.applier import Applier, open_registered
+from kevo_repl.storage.position import Position
+
+#: opens a store through the core: (path, options, durable) -> Applier
+ApplierFactory = Callable[[Path, Mapping[str, Any], bool], Applier]
 
 #: Applier plugins under test.
 APPLIERS = ["lmdb", "leveldb"]
@@ -71,8 +77,7 @@ def applier_name(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def factory(applier_name: str) -> ApplierFactory:
-    found: ApplierFactory = build_registry().get("applier", applier_name)
-    return found
+    return functools.partial(open_registered, build_registry(), applier_name)
 
 
 @pytest.fixture
@@ -457,7 +462,7 @@ def test_wrong_typed_option_is_a_config_error(
 def test_directory_of_another_applier_is_refused(
     factory: ApplierFactory, store_path: Path, other: str
 ) -> None:
-    made_by_other = build_registry().get("applier", other)(store_path, {}, True)
+    made_by_other = open_registered(build_registry(), other, store_path, {}, True)
     made_by_other.apply(puts(1, 5), HISTORY)
     expected = state(made_by_other)
     made_by_other.close()
@@ -465,7 +470,7 @@ def test_directory_of_another_applier_is_refused(
     with pytest.raises(StoreError, match="another applier"):
         factory(store_path, {}, True)
     # and the refusal left the other store untouched
-    reopened = build_registry().get("applier", other)(store_path, {}, True)
+    reopened = open_registered(build_registry(), other, store_path, {}, True)
     try:
         assert state(reopened) == expected
     finally:
@@ -576,12 +581,13 @@ from pathlib import Path
 
 from kevo_repl.protocol.codec import Entry, Op
 from kevo_repl.plugin.manager import build_registry
+from kevo_repl.storage.applier import open_registered
 
 CRASH_KEYS = {keys}
 {rule}
 
 name, path, batch = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-applier = build_registry().get("applier", name)(path, {{}}, True)
+applier = open_registered(build_registry(), name, path, {{}}, True)
 seq = applier.position().sequence
 print("start", seq, flush=True)
 while True:

@@ -19,7 +19,6 @@ from proxy import FaultProxy
 from kevo_repl.config import Config
 from kevo_repl.errors import StoreError
 from kevo_repl.node.server import Node
-from kevo_repl.plugin.engine import Position
 from kevo_repl.plugin.manager import build_registry, get_plugin_manager
 from kevo_repl.protocol.codec import Op
 from kevo_repl.protocol.proto import replication_pb2 as rpb
@@ -28,6 +27,8 @@ from kevo_repl.protocol.transport import channel_options
 from kevo_repl.replica.bootstrap import BOOTSTRAP_DIR, MARKER, OLD_DIR, recover_install
 from kevo_repl.replica.replica import Replica
 from kevo_repl.replica.state import State
+from kevo_repl.storage.applier import open_registered
+from kevo_repl.storage.position import Position
 from kevo_repl.storage.store import STORE_DIR, write_file_atomically
 
 SNAPSHOT = "/kevo.replication.WALReplicationService/Snapshot"
@@ -282,7 +283,7 @@ async def test_primary_without_snapshots_is_a_clear_fatal_error(tmp_path: Path) 
 
 def _store(applier: str, path: Path, items: int, position: int | None) -> None:
     """A real store at `path` with `items` keys; with `position`, finished as an install."""
-    store = build_registry().get("applier", applier)(path, {}, False)
+    store = open_registered(build_registry(), applier, path, {}, False)
     try:
         store.load([(_key(i), b"%d" % i) for i in range(items)])
         if position is not None:
@@ -293,7 +294,7 @@ def _store(applier: str, path: Path, items: int, position: int | None) -> None:
 
 
 def _open(applier: str, path: Path) -> tuple[Position, int]:
-    store = build_registry().get("applier", applier)(path, {}, True)
+    store = open_registered(build_registry(), applier, path, {}, True)
     try:
         with store.snapshot() as snap:
             return snap.position, sum(1 for _ in snap.items())

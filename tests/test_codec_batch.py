@@ -8,7 +8,15 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kevo_repl.protocol.codec import CodecError, Entry, Op, decode, decode_batch, encode
+from kevo_repl.protocol.codec import (
+    CodecError,
+    Entry,
+    Op,
+    decode,
+    decode_batch,
+    decode_columns,
+    encode,
+)
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "kevodb_payloads.json").read_text())
 
@@ -59,3 +67,28 @@ def test_mismatched_lengths_and_sequences() -> None:
     assert decode_batch([p], [5, 6]) is None
     assert decode_batch([p], [6]) is None
     assert decode_batch([], []) == []
+
+
+def test_decode_columns_matches_decode_one_by_one() -> None:
+    """decode_columns: the same ops, keys and values as decode(), as columns, on every path
+    (fixed layout, one key size, mixed sizes, all deletes, a mix)."""
+    shapes = [
+        [(Op.PUT, b"k%03d" % i, b"v" * 10) for i in range(50)],
+        [(Op.MERGE, b"key", b"v" * i) for i in range(50)],
+        [(Op.PUT, b"k" * (1 + i % 7), b"v" * (i % 5)) for i in range(50)],
+        [(Op.DELETE, b"k" * (1 + i % 3), b"") for i in range(50)],
+        [((Op.PUT, Op.DELETE, Op.MERGE)[i % 3], b"k%d" % i, b"" if i % 3 == 1 else b"x")
+         for i in range(50)],
+    ]
+    for shape in shapes:
+        payloads = [encode(100 + i, op, k, v) for i, (op, k, v) in enumerate(shape)]
+        got = decode_columns(payloads, 100)
+        assert got is not None
+        want = [decode(p, 100 + i) for i, p in enumerate(payloads)]
+        assert (got.first_seq, got.size, got.last_seq) == (100, 50, 149)
+        assert list(got.ops) == [e.op for e in want]
+        assert list(got.keys) == [e.key for e in want]
+        assert list(got.values) == [e.value for e in want]
+        # the wrong first sequence, or one damaged payload, is refused as a whole
+        assert decode_columns(payloads, 101) is None
+        assert decode_columns([*payloads[:10], payloads[10][:-1], *payloads[11:]], 100) is None

@@ -6,21 +6,26 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kevo_repl.errors import ConfigError, PluginError, StoreError
 from kevo_repl.plugin import hookspecs
-from kevo_repl.plugin.engine import Applier, Position
-from kevo_repl.plugin.guards import apply_guarded
+from kevo_repl.plugin.guards import call_guarded
 from kevo_repl.plugin.manager import build_registry
 from kevo_repl.protocol.codec import Entry, Op, decode
 from kevo_repl.protocol.compression import DecompressionError
 from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.records import Record, encode_body
 from kevo_repl.protocol.wire import Unpacker, UnpackError, negotiate, shape
+from kevo_repl.storage.applier import open_registered
+from kevo_repl.storage.position import Position
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "plugins.md"
@@ -104,38 +109,42 @@ def doc_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return names
 
 
-def test_documented_applier_example_meets_the_contract(
+def _apply(store: Any, label: str, entries: Any, history_id: str, chain: int) -> Position:
+    """The replica's guarded call into the core applier (and through it, the engine)."""
+    return call_guarded(label, "apply", store.apply, entries, history_id, chain,
+                        returns=Position)
+
+
+def test_documented_engine_example_replicates_under_the_core(
     doc_examples: list[str], tmp_path: Path
 ) -> None:
     registry = build_registry()
-    factory = registry.get("applier", "dict")
     label = registry.label("applier", "dict")
     with pytest.raises(ConfigError, match="nope"):
-        factory(tmp_path / "store", {"nope": 1}, True)
-    store: Applier = factory(tmp_path / "store", {}, True)
-    assert isinstance(store, Applier)
+        open_registered(registry, "dict", tmp_path / "store", {"nope": 1}, True)
+    store = open_registered(registry, "dict", tmp_path / "store", {}, True)
     assert store.position() == Position()
     # through the replica's apply path: apply(entries, history_id, chain), guarded
     batch = [Entry(1, Op.PUT, b"b", b"1"), Entry(2, Op.MERGE, b"a", b"2"),
              Entry(3, Op.PUT, b"c", b"")]
-    pos = apply_guarded(store, label, batch, "h", 0xC0FFEE)
+    pos = _apply(store, label, batch, "h", 0xC0FFEE)
     assert pos == Position(3, "h", 3, 0xC0FFEE)
     with store.snapshot() as snap:
-        apply_guarded(store, label, [Entry(4, Op.DELETE, b"a", b"")], "h", 7)
+        _apply(store, label, [Entry(4, Op.DELETE, b"a", b"")], "h", 7)
         assert snap.position == pos
         assert list(snap.items()) == [(b"a", b"2"), (b"b", b"1"), (b"c", b"")]
     with pytest.raises(StoreError):
         snap.items()
     with pytest.raises(StoreError):  # a gap: a StoreError passes the guard unchanged
-        apply_guarded(store, label, [Entry(6, Op.PUT, b"x", b"")], "h", 0)
+        _apply(store, label, [Entry(6, Op.PUT, b"x", b"")], "h", 0)
     with pytest.raises(StoreError):  # a bad key mid-batch: nothing applied
-        apply_guarded(store, label, [Entry(5, Op.PUT, b"x", b""), Entry(6, Op.PUT, b"", b"")],
+        _apply(store, label, [Entry(5, Op.PUT, b"x", b""), Entry(6, Op.PUT, b"", b"")],
                       "h", 0)
     assert store.get(b"x") is None and store.get(b"a") is None
     assert store.position() == Position(4, "h", 4, 7)
     # anything but a StoreError (here: a batch that is not entries) is a bug, named as such
     with pytest.raises(PluginError, match=r"applier 'dict' of plugin 'docs_example_applier'"):
-        apply_guarded(store, label, [None], "h", 0)  # type: ignore[list-item]
+        _apply(store, label, [None], "h", 0)  # type: ignore[list-item]
     assert store.position() == Position(4, "h", 4, 7)
     store.sync()
     store.close()
@@ -194,6 +203,44 @@ def test_documented_compressor_example_runs_through_the_replicas_unpacker(
         damaged.entries[0].payload = damaged.entries[0].payload[:-4]
     with pytest.raises(UnpackError):
         Unpacker(compressors, 1 << 20).unpack(damaged)
+
+
+_CONFORMANCE_MODULE = """
+from kevo_repl.testing import EngineConformance
+
+
+class TestDocsEngine(EngineConformance):
+    engine = "docs_example_applier:SPEC"
+    persistent = False
+"""
+
+
+@pytest.mark.timeout(300)
+def test_documented_engine_example_passes_the_conformance_suite(
+    doc_examples: list[str], tmp_path: Path
+) -> None:
+    """What a third-party engine's own tests do: subclass the suite, run pytest."""
+    (tmp_path / "test_docs_engine.py").write_text(_CONFORMANCE_MODULE)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "failed" not in summary, summary
+    # the persistence tests are skipped by the flag, and nothing else is
+    skips = [line for line in proc.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert skips and all("TestDocsEngine.persistent is False" in line for line in skips), skips
+
+
+def test_documented_compressor_example_round_trips(doc_examples: list[str]) -> None:
+    codec = build_registry().get("compressor", "deflate")
+    data = b"kevo-repl " * 1000
+    packed = codec.compress(data)
+    assert len(packed) < len(data)
+    assert codec.decompress(packed, 1 << 20) == data
+    assert isinstance(codec.codec_id, int)
 
 
 def test_documented_connector_example_opens_a_channel(doc_examples: list[str]) -> None:

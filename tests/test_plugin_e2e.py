@@ -194,20 +194,19 @@ def kevo_repl_register_compressors(register):
 
 _FAILING_APPLIER = """
 from kevo_repl import hookimpl
-from kevo_repl_example.memory import open_applier
+from kevo_repl.plugin.engine import EngineSpec
+from kevo_repl_example.memory import SPEC as MEMORY
 
 
 class BadCommit:
-    name = "bad-commit"
-
     def __init__(self, inner):
         self.inner = inner
         self.max_key_size = inner.max_key_size
 
-    def __getattr__(self, attr):  # everything but apply is the memory applier's
+    def __getattr__(self, attr):  # everything but commit and sync is the memory engine's
         return getattr(self.inner, attr)
 
-    def apply(self, entries, history_id, chain=0):
+    def commit(self, ops, keys, values, meta):
         {body}
 
     def sync(self):
@@ -216,8 +215,10 @@ class BadCommit:
 
 @hookimpl
 def kevo_repl_register_appliers(register):
-    register("bad-commit", lambda path, options, durable: BadCommit(
-        open_applier(path, options, durable)))
+    register("bad-commit", EngineSpec(
+        open=lambda path, options, durable: BadCommit(MEMORY.open(path, options, durable)),
+        owns_file=None,
+    ))
 """
 
 # id: (template, method body, replica config, what last_error says after the label)
@@ -233,21 +234,16 @@ FAILURES = {
         {"compressor": "bad-inflate"},
         r"compressor 'bad-inflate' .* returned a str from decompress, not bytes",
     ),
-    "apply-raises": (
+    "commit-raises": (
         _FAILING_APPLIER, 'raise RuntimeError("commit failed: write lock lost")',
         {"applier": "bad-commit"},
         r"applier 'bad-commit' .* failed in apply: RuntimeError: commit failed: write lock lost",
     ),
     "sync-raises": (
         _FAILING_APPLIER.replace("{sync}", 'raise OSError(5, "fsync: I/O error")'),
-        "return self.inner.apply(entries, history_id, chain)",
+        "return self.inner.commit(ops, keys, values, meta)",
         {"applier": "bad-commit"},
         r"applier 'bad-commit' .* failed in sync: OSError: \[Errno 5\] fsync: I/O error",
-    ),
-    "apply-returns-none": (
-        _FAILING_APPLIER, "self.inner.apply(entries, history_id, chain)",
-        {"applier": "bad-commit"},
-        r"applier 'bad-commit' .* returned a NoneType from apply, not a Position",
     ),
 }
 

@@ -14,6 +14,7 @@ import pytest
 
 from kevo_repl.errors import ConfigError, PluginError
 from kevo_repl.plugin import hookspecs
+from kevo_repl.plugin.engine import EngineSpec
 from kevo_repl.plugin.manager import build_registry, get_plugin_manager, hookimpl
 from kevo_repl.plugin.registrars import (
     ApplierRegistrar,
@@ -113,13 +114,11 @@ class _ThreeKinds:
     replacement = _Codec(0)
     codec = _Codec(77)
 
-    @staticmethod
-    def factory(path: Path, options: object, durable: bool) -> None:
-        return None
+    spec = EngineSpec(open=lambda path, options, durable: None, owns_file=None)  # type: ignore[arg-type,return-value]  # never opened
 
     @hookimpl
     def kevo_repl_register_appliers(self, register: ApplierRegistrar) -> None:
-        register("test-store", self.factory)  # type: ignore[arg-type]  # returns no Applier
+        register("test-store", self.spec)
 
     @hookimpl
     def kevo_repl_register_compressors(self, register: CompressorRegistrar) -> None:
@@ -137,7 +136,7 @@ def test_registration_hooks_register_named_backends_of_each_kind() -> None:
     pm = get_plugin_manager(load_entry_points=False)
     pm.register(_ThreeKinds(), name="three-kinds")
     reg = build_registry(pm)
-    assert reg.get("applier", "test-store") is _ThreeKinds.factory
+    assert reg.get("applier", "test-store") is _ThreeKinds.spec
     assert reg.get("compressor", "test-codec") is _ThreeKinds.codec
     assert reg.get("compressor", "none") is _ThreeKinds.replacement
     assert reg.get("connector", "test-link") is _link
@@ -219,9 +218,16 @@ WRONG_REGISTRATIONS = {
     "codec-id-text": ("compressor", _TextCodecId(), r"codec_id is a str, not an int"),
     "codec-id-negative": ("compressor", _Codec(-1), r"codec_id -1 is outside"),
     "applier-factory-two-args": (
-        "applier", _two_arg_factory, r"must accept \(path, options, durable\)"
+        "applier", EngineSpec(open=_two_arg_factory, owns_file=None),  # type: ignore[arg-type]
+        r"must accept \(path, options, durable\)",
     ),
-    "applier-factory-not-callable": ("applier", "lmdb", r"is a str, not a callable"),
+    "applier-not-an-engine-spec": (
+        "applier", "lmdb", r"registers a kevo_repl.plugin.engine.EngineSpec, not a str"
+    ),
+    "applier-other-contract-version": (
+        "applier", EngineSpec(open=lambda p, o, d: None, owns_file=None, api_version=2),  # type: ignore[arg-type,return-value]
+        r"implements engine contract version 2",
+    ),
     "connector-one-arg": ("connector", _one_arg_connector, r"must accept \(address, options\)"),
 }
 

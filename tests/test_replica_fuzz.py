@@ -55,7 +55,11 @@ def accepted(replica: Replica, raw: bytes) -> list[Entry]:
     if plain is None or not plain.entries:
         return []
     batch, _problem = replica._verify(plain)
-    return batch
+    if batch is None:
+        return []
+    return [Entry(batch.first_seq + i, op, key, value)
+            for i, (op, key, value) in enumerate(zip(batch.ops, batch.keys, batch.values,
+                                                     strict=True))]
 
 
 def check(batch: list[Entry]) -> None:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from kevo_repl.client.client import Client
 from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError
-from kevo_repl.plugin.engine import Applier
 from kevo_repl.plugin.manager import Registry
 from kevo_repl.protocol.codec import Op
+from kevo_repl.storage.applier import Applier
 from kevo_repl.storage.store import lock_data_dir, open_store
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,6 @@ import grpc
 from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError
 from kevo_repl.node.metrics import serve_metrics
-from kevo_repl.plugin.engine import Applier
 from kevo_repl.plugin.manager import build_registry, get_plugin_manager
 from kevo_repl.primary import kevodb_peers
 from kevo_repl.primary.primary import Primary, PrimaryUnavailable, WriteRejected
@@ -27,6 +26,7 @@ from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.transport import TokenInterceptor, server_credentials, server_options
 from kevo_repl.replica.replica import Replica
 from kevo_repl.storage import store as store_mod
+from kevo_repl.storage.applier import Applier
 from kevo_repl.storage.store import lock_data_dir, write_file_atomically
 from kevo_repl.tasks import Supervisor
 

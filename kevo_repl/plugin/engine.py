@@ -1,151 +1,125 @@
-"""The applier contract: what a store plugin provides.
+"""The engine contract, version 1: the storage primitives a store plugin provides.
 
-An applier owns one local embedded store. Its one hard rule: the entries of a batch and the
-position they lead to are written in ONE atomic store transaction, so that after any crash
-the stored position names exactly the entries the store holds.
+An engine is a plain embedded store. It knows nothing about replication: no sequences, no
+positions, no histories, no Merge. kevo-repl's core (kevo_repl.storage.applier) owns every
+replication rule and hands the engine only:
+
+- ``commit(ops, keys, values, meta)``: write one batch of puts and deletes together with an
+  opaque metadata blob in ONE atomic transaction (durable on return when opened durable);
+- ``read_meta()``: the blob of the last commit (None for a store never committed to);
+- ``get(key)``;
+- ``snapshot()``: a consistent read-only view (the blob and the data at one instant) whose
+  ``items(after)`` iterates in bytewise key order and can resume after a key;
+- ``load(keys, values)``: bulk-write ascending keys into a fresh store (bootstrap);
+- ``sync()`` and ``close()``.
+
+A plugin registers an :class:`EngineSpec` under a name (``register("name", EngineSpec(...))``
+in ``kevo_repl_register_appliers``). The spec's ``api_version`` says which version of this
+contract the engine implements; the core refuses any other. The conformance suite in
+``kevo_repl.testing`` checks an engine against this contract.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from operator import itemgetter
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from kevo_repl.errors import ConfigError, StoreError
-from kevo_repl.protocol.codec import Entry
+from kevo_repl.errors import ConfigError
+
+#: The version of the engine contract this core implements.
+ENGINE_API_VERSION = 1
+
+#: The only ops an engine receives (Merge reaches an engine as a put).
+OP_PUT = 1
+OP_DELETE = 2
 
 
-@dataclass(frozen=True)
-class Position:
-    """Where a store stands: its last applied sequence within one primary history.
-
-    `applied_entries` counts every entry the store has applied since it was created; it is
-    written in the same transaction, so it proves (or disproves) exactly-once application.
-    `chain` is the log's hash chain after `sequence` (see kevo_repl.protocol.chain); 0 = unknown.
-    """
-
-    sequence: int = 0
-    history_id: str = ""
-    applied_entries: int = 0
-    chain: int = 0
-
-
-class StoreSnapshot(Protocol):
-    """A consistent, read-only view of a store at one position."""
+class EngineSnapshot(Protocol):
+    """A consistent, read-only view of an engine: `meta` and `items` read at one instant."""
 
     @property
-    def position(self) -> Position: ...
+    def meta(self) -> bytes | None:
+        """The metadata blob committed with the data this view shows (None: never committed)."""
+        ...
 
     def items(self, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        """Every live key and value, in bytewise key order; with `after`, only the keys
-        greater than it (where a resumed snapshot transfer picks up)."""
+        """Every key and value in bytewise key order; with `after`, only the keys greater
+        than it (where a resumed transfer picks up). Valid until the view is closed."""
         ...
 
 
 @runtime_checkable
-class Applier(Protocol):
-    name: str
-    #: longest key the store accepts
+class Engine(Protocol):
+    """One open store. The core serializes commit, load and close; get and snapshot may run
+    in other threads at the same time as a commit."""
+
+    #: longest key the store accepts (the core refuses longer ones before they get here)
     max_key_size: int
 
-    def position(self) -> Position:
-        """The durable position, as last committed."""
+    def read_meta(self) -> bytes | None:
+        """The blob the last commit wrote, or None if nothing was ever committed."""
         ...
 
-    def apply(self, entries: Sequence[Entry], history_id: str, chain: int = 0) -> Position:
-        """Apply `entries` (contiguous, ascending, starting right after the current position)
-        and the new position in one atomic transaction; return the new position.
-
-        When the applier was opened with `durable=True` the transaction is durable (the store's
-        own sync) when this returns. Merge entries are applied as Put unless the store has a
-        merge operator. `chain`, the hash chain after the last entry, is stored with the
-        position (0: unknown).
-        """
+    def commit(
+        self, ops: Sequence[int], keys: Sequence[bytes], values: Sequence[bytes], meta: bytes
+    ) -> None:
+        """Write `ops[i]` (OP_PUT: put keys[i] = values[i]; OP_DELETE: delete keys[i], absent
+        or not; values[i] is then b"") in order, and store `meta`, all in ONE atomic
+        transaction: after a crash at any instant either all of it or none of it is there.
+        The columns are equally long and may be empty (only the blob changes). Keys are
+        1..max_key_size bytes. Durable when this returns if the engine was opened durable.
+        Raise kevo_repl.errors.StoreError if it failed (nothing of it may then be visible)."""
         ...
 
     def sync(self) -> None:
-        """Make every applied transaction durable (a no-op when apply already syncs)."""
+        """Make every earlier commit and load durable (a no-op for a durable engine)."""
         ...
 
     def get(self, key: bytes) -> bytes | None: ...
 
-    def snapshot(self) -> AbstractContextManager[StoreSnapshot]:
-        """A consistent view: position and data read at one instant."""
+    def snapshot(self) -> AbstractContextManager[EngineSnapshot]:
+        """A consistent view, released when the with-block ends."""
         ...
 
-    def load(self, items: Iterable[tuple[bytes, bytes]]) -> int:
-        """Bulk-write `items` into a store being built from a snapshot; return how many.
-
-        Only for a store at position 0 (a fresh one): anything else is a StoreError and
-        nothing is written. Keys must be strictly ascending (bytewise), within one call and
-        across calls; a key out of order, empty or too long fails the call with StoreError,
-        and nothing of that call is written. One call is one transaction. The position is
-        not touched; durability comes with `sync()`.
-        """
+    def load(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+        """Bulk-write a fresh store (never committed to) in one transaction. The core has
+        checked the keys: valid sizes, strictly ascending within and across calls (an engine
+        may use an append mode). The blob is not touched; durable after `sync()`."""
         ...
 
-    def set_position(self, position: Position) -> None:
-        """Finish an install: set the position (sequence, history_id, applied_entries) of a
-        store filled with `load`, in one transaction. Only for a store at position 0; the
-        position must have a positive sequence. Durable after `sync()`."""
+    def close(self) -> None:
+        """Release the store. The core calls it once, when no other call is running."""
         ...
 
-    def close(self) -> None: ...
+
+#: Open (creating if needed) the engine at `path`: `(path, options, durable) -> Engine`.
+#: `options` is the `[applier.options]` table; unknown or ill-typed ones raise ConfigError.
+EngineOpener = Callable[[Path, Mapping[str, Any], bool], Engine]
 
 
-_seq_of = itemgetter(0)
+@dataclass(frozen=True)
+class EngineSpec:
+    """What an engine plugin registers under its name."""
+
+    #: opens the engine
+    open: EngineOpener
+    #: which file names in its directory the engine writes; the core refuses to open a
+    #: directory holding any other file (another engine's store would look empty).
+    #: None: the engine keeps no files there (nothing to check).
+    owns_file: Callable[[str], bool] | None
+    #: the version of this contract the engine implements
+    api_version: int = ENGINE_API_VERSION
 
 
-def check_sequences(entries: Sequence[Entry], current: int, store: str) -> None:
-    """Raise StoreError unless `entries` run current+1, current+2, ... without a gap: an
-    applier calls this before writing anything, so nothing is applied out of order."""
-    first = entries[0][0]
-    if first != current + 1:
-        raise StoreError(
-            f"{store} applier expected entry {current + 1} next but the batch starts at "
-            f"{first}; nothing was applied"
-        )
-    seqs = list(map(_seq_of, entries))  # C-level: this runs on every applied batch
-    if seqs != list(range(first, first + len(seqs))):
-        # only on failure: find the first break to report it
-        for i, seq in enumerate(seqs):
-            if seq != first + i:
-                raise StoreError(
-                    f"{store} applier got a non-contiguous batch: entry {first + i} expected "
-                    f"at index {i} but found {seq}; nothing was applied"
-                )
-
-
-def refuse_foreign_directory(path: Path, owns: Callable[[str], bool], store: str) -> None:
-    """Refuse a store directory holding files `store` did not write (another applier's store):
-    opening it would silently present an empty store. A missing directory is fine."""
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise StoreError(f"the {store} store path {path} exists and is not a directory")
-    foreign = sorted(p.name for p in path.iterdir() if not owns(p.name))
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise StoreError(
-            f"{path} is not a {store} store (it holds {shown}); it was probably created by "
-            "another applier: open it with that applier or use an empty directory"
-        )
-
-
-def reject_unknown_options(options: Mapping[str, Any], valid: Sequence[str], applier: str) -> None:
+def reject_unknown_options(options: Mapping[str, Any], valid: Sequence[str], engine: str) -> None:
     """ConfigError naming every option in `options` that is not in `valid`, listing those."""
     unknown = sorted(str(k) for k in options if k not in valid)
     if unknown:
         names = ", ".join(repr(k) for k in unknown)
         raise ConfigError(
-            f"unknown {applier} applier option{'s' if len(unknown) > 1 else ''} {names} "
+            f"unknown {engine} applier option{'s' if len(unknown) > 1 else ''} {names} "
             f"in [applier.options]; valid options: {', '.join(valid)}"
         )
-
-
-#: An applier factory: open (creating if needed) the store at `path`.
-#: `options` come from the `[applier.options]` table; unknown options must raise ConfigError.
-ApplierFactory = Callable[[Path, Mapping[str, Any], bool], Applier]

@@ -9,14 +9,14 @@ instead of retrying it or losing it in a dying task.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from kevo_repl.errors import PluginError, StoreError
-from kevo_repl.plugin.engine import Applier, Position
 from kevo_repl.plugin.registrars import ConnectorFactory
-from kevo_repl.protocol.codec import Entry
 from kevo_repl.protocol.compression import Compressor, DecompressionError
+
+T = TypeVar("T")
 
 
 def _failed(label: str, call: str, exc: BaseException) -> PluginError:
@@ -56,29 +56,21 @@ class GuardedCompressor:
         return out
 
 
-def apply_guarded(
-    store: Applier, label: str, entries: Sequence[Entry], history_id: str, chain: int
-) -> Position:
-    """`store.apply(entries, history_id, chain)`; StoreError passes, a bug is a PluginError."""
+def call_guarded(
+    label: str, call: str, fn: Callable[..., T], *args: Any, returns: type | None = None
+) -> T:
+    """`fn(*args)` on behalf of the plugin `label` (an engine's commit or sync, reached
+    through the core applier): StoreError passes, anything else, or a result that is not a
+    `returns`, is a PluginError naming the plugin."""
     try:
-        pos = store.apply(entries, history_id, chain)
+        out = fn(*args)
     except StoreError:
         raise
     except Exception as exc:
-        raise _failed(label, "apply", exc) from exc
-    if not isinstance(pos, Position):
-        raise _wrong_type(label, "apply", pos, "a Position")
-    return pos
-
-
-def sync_guarded(store: Applier, label: str) -> None:
-    """`store.sync()`; StoreError passes, a bug is a PluginError."""
-    try:
-        store.sync()
-    except StoreError:
-        raise
-    except Exception as exc:
-        raise _failed(label, "sync", exc) from exc
+        raise _failed(label, call, exc) from exc
+    if returns is not None and not isinstance(out, returns):
+        raise _wrong_type(label, call, out, f"a {returns.__name__}")
+    return out
 
 
 def open_channel_guarded(

@@ -7,7 +7,7 @@ kevo_repl.plugin.registrars) that checks what it is given against its protocol; 
 results are ignored. The hot path calls the chosen backend directly, never a hook per entry.
 
 docs/plugins.md explains how to write, package and register each kind of plugin, with the
-applier contract and a working example of each.
+engine contract and a working example of each.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ hookspec = pluggy.HookspecMarker("kevo_repl")
 def kevo_repl_register_appliers(register: ApplierRegistrar) -> None:
     """Register store backends.
 
-    :param register: call ``register(name, factory)``; ``factory(path, options, durable)``
-        opens the store and returns an object meeting :class:`kevo_repl.plugin.engine.Applier`.
+    :param register: call ``register(name, spec)`` with a
+        :class:`kevo_repl.plugin.engine.EngineSpec`; its ``open(path, options, durable)`` opens
+        the store and returns an :class:`kevo_repl.plugin.engine.Engine`.
     """
 
 

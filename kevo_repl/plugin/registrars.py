@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kevo_repl.plugin.engine import ApplierFactory
+from kevo_repl.plugin.engine import EngineSpec
 from kevo_repl.protocol.compression import Compressor
 
 #: ``factory(address, options)``: a ``grpc.aio.Channel`` (or an object with its
@@ -18,8 +18,8 @@ from kevo_repl.protocol.compression import Compressor
 #: ``options`` is the ``[connector]`` table as a dict.
 ConnectorFactory = Callable[[str, Mapping[str, Any]], Any]
 
-#: ``register(name, factory)`` for a store backend
-ApplierRegistrar = Callable[[str, ApplierFactory], None]
+#: ``register(name, spec)`` for a storage engine (see kevo_repl.plugin.engine)
+ApplierRegistrar = Callable[[str, EngineSpec], None]
 #: ``register(name, compressor)`` for a payload codec
 CompressorRegistrar = Callable[[str, Compressor], None]
 #: ``register(name, factory)`` for a way to reach a primary

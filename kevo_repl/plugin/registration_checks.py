@@ -12,6 +12,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from kevo_repl.plugin.engine import ENGINE_API_VERSION, EngineSpec
 from kevo_repl.protocol.compression import Compressor
 
 #: the codec ids fit the wire's enum field (a 32-bit signed varint)
@@ -31,11 +32,17 @@ def _accepts(func: Callable[..., Any], *args: object) -> bool:
     return True
 
 
-def check_applier_factory(factory: object) -> str | None:
-    if not callable(factory):
-        return f"the applier factory is a {type(factory).__name__}, not a callable"
-    if not _accepts(factory, "path", {}, True):
-        return "the applier factory must accept (path, options, durable)"
+def check_engine_spec(spec: object) -> str | None:
+    if not isinstance(spec, EngineSpec):
+        return (f"an applier registers a kevo_repl.plugin.engine.EngineSpec, not a "
+                f"{type(spec).__name__}")
+    if spec.api_version != ENGINE_API_VERSION:
+        return (f"it implements engine contract version {spec.api_version}; this kevo-repl "
+                f"implements version {ENGINE_API_VERSION}")
+    if not callable(spec.open) or not _accepts(spec.open, "path", {}, True):
+        return "EngineSpec.open must accept (path, options, durable)"
+    if spec.owns_file is not None and not callable(spec.owns_file):
+        return "EngineSpec.owns_file must be None or a callable taking a file name"
     return None
 
 
@@ -65,7 +72,7 @@ def check_connector_factory(factory: object) -> str | None:
 
 
 CHECKS: dict[str, Callable[[object], str | None]] = {
-    "applier": check_applier_factory,
+    "applier": check_engine_spec,
     "compressor": check_compressor,
     "connector": check_connector_factory,
 }

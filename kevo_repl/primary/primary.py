@@ -16,7 +16,6 @@ import pluggy
 from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError, StoreError
 from kevo_repl.identity import bound_replica_id, check_replica_id
-from kevo_repl.plugin.engine import Applier
 from kevo_repl.plugin.manager import Registry
 from kevo_repl.primary import kevodb_peers
 from kevo_repl.primary.retention import Retention
@@ -27,6 +26,7 @@ from kevo_repl.protocol.codec import Entry, Op
 from kevo_repl.protocol.constants import SESSION_HEADER
 from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.records import Record, chain_of, decode_body, encode_body
+from kevo_repl.storage.applier import Applier
 from kevo_repl.storage.store import open_store
 from kevo_repl.storage.wal import WAL, SequenceNotRetained
 from kevo_repl.tasks import Supervisor, run_blocking

@@ -38,9 +38,9 @@ from typing import Any, Protocol
 
 from kevo_repl.config import RetentionConfig, SnapshotConfig
 from kevo_repl.errors import KevoReplError
-from kevo_repl.plugin.engine import Applier
 from kevo_repl.primary.slots import Slot, SlotTable
 from kevo_repl.primary.snapshots import SnapshotService
+from kevo_repl.storage.applier import Applier
 from kevo_repl.storage.wal import SegmentInfo
 
 log = logging.getLogger(__name__)

@@ -31,9 +31,10 @@ import grpc
 from kevo_repl.config import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, SnapshotConfig
 from kevo_repl.errors import StoreError
 from kevo_repl.identity import bound_replica_id, check_replica_id
-from kevo_repl.plugin.engine import Applier, Position, StoreSnapshot
 from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.snapshot_chunks import encode_records
+from kevo_repl.storage.applier import Applier, SnapshotView
+from kevo_repl.storage.position import Position
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class HeldSnapshot:
     snapshot_id: str
     replica_id: str
     position: Position
-    view: StoreSnapshot
+    view: SnapshotView
     stack: ExitStack
     total_keys: int
     total_bytes: int

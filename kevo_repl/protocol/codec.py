@@ -9,11 +9,11 @@ from __future__ import annotations
 import enum
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from itertools import repeat
 from operator import add, getitem, itemgetter
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 _HEADER = struct.Struct("<BQI")
 _VALUE_LEN = struct.Struct("<I")
@@ -38,6 +38,24 @@ class Entry(NamedTuple):
     op: int
     key: bytes
     value: bytes
+
+
+class Columns(NamedTuple):
+    """A batch as columns: entry i has sequence first_seq + i, op ops[i], key keys[i] and
+    value values[i] (b"" for a delete). What a store applies; no per-entry tuple."""
+
+    first_seq: int
+    ops: Sequence[int]
+    keys: Sequence[bytes]
+    values: Sequence[bytes]
+
+    @property
+    def size(self) -> int:
+        return len(self.ops)
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + len(self.ops) - 1
 
 
 def checksum(payload: bytes) -> int:
@@ -98,13 +116,19 @@ _MERGE = int(Op.MERGE)
 
 
 _fixed_layouts: dict[tuple[int, int], struct.Struct] = {}
-_entry_fields = itemgetter(1, 0, 3, 5)  # (seq, op, key, value) of a fixed-layout unpack
+#: payload[slice], typed for mypy
+_cut = cast(Callable[[bytes, slice], bytes], getitem)
 _fourth = itemgetter(4)
+_key_field = itemgetter(3)
+_value_field = itemgetter(5)
+
+#: ops, keys and values of a batch
+_Fields = tuple[list[int], list[bytes], list[bytes]]
 
 
 def _decode_fixed(
     payloads: Sequence[bytes], seqs: Sequence[int], klen: int, size: int
-) -> list[Entry] | None:
+) -> _Fields | None:
     """Puts and merges that all have one key size and one value size: one struct unpack per
     payload yields every field. None when the batch does not have that shape (or is bad)."""
     vlen = size - HEADER_SIZE - klen - 4
@@ -125,21 +149,17 @@ def _decode_fixed(
         or list(map(_second, fields)) != list(seqs)
     ):
         return None
-    return list(map(tuple.__new__, repeat(Entry), map(_entry_fields, fields)))
+    return ops, list(map(_key_field, fields)), list(map(_value_field, fields))
 
 
-def decode_batch(payloads: Sequence[bytes], seqs: Sequence[int]) -> list[Entry] | None:
-    """Decode many payloads, payload i carrying sequence seqs[i].
-
-    Returns the entries, exactly as decode() would, when every payload is well formed;
-    None when any is not (the caller then decodes one by one to find and report the first
-    bad one). Never raises for bad input.
-    """
+def _decode_fields(payloads: Sequence[bytes], seqs: Sequence[int]) -> _Fields | None:
+    """The ops, keys and values of many payloads, payload i carrying sequence seqs[i]; None
+    when any payload is malformed. Never raises for bad input."""
     n = len(payloads)
     if n != len(seqs):
         return None
     if n == 0:
-        return []
+        return [], [], []
     sizes = list(map(len, payloads))
     size = sizes[0]
     if size >= HEADER_SIZE and sizes.count(size) == n:
@@ -166,10 +186,10 @@ def decode_batch(payloads: Sequence[bytes], seqs: Sequence[int]) -> list[Entry] 
             return None
         if list(map(add, vlens, repeat(kend + 4))) != sizes:
             return None
-        keys = list(map(getitem, payloads, repeat(slice(HEADER_SIZE, kend))))
-        values = list(map(getitem, payloads, repeat(slice(kend + 4, None))))
-        return list(map(_make_entry, zip(seqs, ops, keys, values, strict=True)))
-    keys = list(map(getitem, payloads, map(slice, repeat(HEADER_SIZE), kends)))
+        keys = list(map(_cut, payloads, repeat(slice(HEADER_SIZE, kend))))
+        values = list(map(_cut, payloads, repeat(slice(kend + 4, None))))
+        return ops, keys, values
+    keys = list(map(_cut, payloads, map(slice, repeat(HEADER_SIZE), kends)))
     if deletes == 0:
         try:
             vlens = list(map(_first, map(_VALUE_LEN.unpack_from, payloads, kends)))
@@ -178,14 +198,44 @@ def decode_batch(payloads: Sequence[bytes], seqs: Sequence[int]) -> list[Entry] 
         vstarts = list(map(add, kends, repeat(4)))
         if list(map(add, vstarts, vlens)) != sizes:
             return None
-        values = list(map(getitem, payloads, map(slice, vstarts, repeat(None))))
-        return list(map(_make_entry, zip(seqs, ops, keys, values, strict=True)))
+        values = list(map(_cut, payloads, map(slice, vstarts, repeat(None))))
+        return ops, keys, values
     if deletes == n:
         if kends != sizes:
             return None
-        return list(map(_make_entry, zip(seqs, ops, keys, repeat(b""), strict=False)))
+        return ops, keys, [b""] * n
     # a mix: rare enough that a per-entry loop is fine; decode() validates each payload
     try:
-        return [decode(p, s) for p, s in zip(payloads, seqs, strict=True)]
+        entries = [decode(p, s) for p, s in zip(payloads, seqs, strict=True)]
     except CodecError:
         return None
+    return [e.op for e in entries], [e.key for e in entries], [e.value for e in entries]
+
+
+def decode_columns(payloads: Sequence[bytes], first_seq: int) -> Columns | None:
+    """Decode payloads carrying sequences first_seq, first_seq+1, ... into columns, with no
+    per-entry object beyond the keys and values themselves. None when any payload is
+    malformed (the caller then decodes one by one to find and report the first bad one)."""
+    fields = _decode_fields(payloads, range(first_seq, first_seq + len(payloads)))
+    if fields is None:
+        return None
+    return Columns(first_seq, *fields)
+
+
+def decode_batch(payloads: Sequence[bytes], seqs: Sequence[int]) -> list[Entry] | None:
+    """Decode many payloads, payload i carrying sequence seqs[i].
+
+    Returns the entries, exactly as decode() would, when every payload is well formed;
+    None when any is not. Never raises for bad input.
+    """
+    fields = _decode_fields(payloads, seqs)
+    if fields is None:
+        return None
+    return list(map(_make_entry, zip(seqs, *fields, strict=True)))
+
+
+def columns_of(entries: Sequence[Entry], first_seq: int) -> Columns:
+    """Entries known to run first_seq, first_seq+1, ... as columns (a slow path's output)."""
+    return Columns(
+        first_seq, [e.op for e in entries], [e.key for e in entries], [e.value for e in entries]
+    )

@@ -41,11 +41,12 @@ import grpc
 
 from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError, StoreError
-from kevo_repl.plugin.engine import Applier, ApplierFactory, Position
 from kevo_repl.plugin.manager import Registry
 from kevo_repl.protocol.methods import SNAPSHOT
 from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.snapshot_chunks import ChunkError, decode_records
+from kevo_repl.storage.applier import Applier, open_applier
+from kevo_repl.storage.position import Position
 from kevo_repl.storage.store import STORE_DIR, open_store, write_file_atomically
 from kevo_repl.tasks import run_blocking
 
@@ -171,7 +172,7 @@ class Bootstrap:
         self.replica_id = replica_id  # configured, or derived and stored by the replica
         self.connector = connector
         self.auth = tuple(auth)
-        self.factory: ApplierFactory = registry.get("applier", self.cfg.applier.name)
+        self.engine_spec = registry.get("applier", self.cfg.applier.name)
         self.data_dir = self.cfg.data_dir
         self.enabled = self.cfg.replica.bootstrap
         self.target: Applier | None = None
@@ -341,7 +342,8 @@ class Bootstrap:
         if path.exists():
             shutil.rmtree(path)
         # no sync per commit: the install is synced once, before it is committed to
-        return self.factory(path, self.cfg.applier.options, False)
+        name = self.cfg.applier.name
+        return open_applier(name, self.engine_spec, path, self.cfg.applier.options, False)
 
     async def _discard(self) -> None:
         """Throw the store being built away: the next attempt starts over."""

@@ -13,6 +13,7 @@ being applied:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -27,11 +28,18 @@ import pluggy
 
 from kevo_repl.config import Config
 from kevo_repl.errors import PluginError, ReplicationError
-from kevo_repl.plugin.engine import Applier, Position
-from kevo_repl.plugin.guards import apply_guarded, open_channel_guarded, sync_guarded
+from kevo_repl.plugin.guards import call_guarded, open_channel_guarded
 from kevo_repl.plugin.manager import Registry
 from kevo_repl.protocol import chain as chain_mod
-from kevo_repl.protocol.codec import CodecError, Entry, checksum, decode, decode_batch
+from kevo_repl.protocol.codec import (
+    CodecError,
+    Columns,
+    Entry,
+    checksum,
+    columns_of,
+    decode,
+    decode_columns,
+)
 from kevo_repl.protocol.compression import CODEC_NONE
 from kevo_repl.protocol.constants import PROTOCOL_VERSION, SESSION_HEADER
 from kevo_repl.protocol.methods import ACKNOWLEDGE, NEGATIVE_ACKNOWLEDGE, STREAM_WAL
@@ -42,6 +50,8 @@ from kevo_repl.replica.bootstrap import Bootstrap, BootstrapError, Installed, re
 from kevo_repl.replica.primary_profile import NackPacer, PrimaryProfile
 from kevo_repl.replica.replica_id import stored_replica_id
 from kevo_repl.replica.state import TRANSITIONS, State, StateMachine
+from kevo_repl.storage.applier import Applier
+from kevo_repl.storage.position import Position
 from kevo_repl.storage.store import open_store
 from kevo_repl.tasks import Supervisor, run_blocking
 
@@ -100,7 +110,9 @@ class Replica:
         self.fatal: str | None = None
         # last sequence handed to the apply queue (>= position.sequence)
         self._received = self.position.sequence
-        self._queue: asyncio.Queue[list[Entry]] = asyncio.Queue(cfg.replica.queue_batches)
+        self._queue: asyncio.Queue[Columns] = asyncio.Queue(cfg.replica.queue_batches)
+        #: a queued batch not contiguous with the one before it, applied on its own next
+        self._held: Columns | None = None
         self._durable_changed = asyncio.Event()
         self._session_id = ""
         self._channel: Any = None
@@ -420,7 +432,7 @@ class Replica:
                 self._check_history(resp.history_id)
             self._observe(resp)
             corrupt_before = self.stats.corrupt_entries
-            batch: list[Entry] = []
+            batch: Columns | None = None
             problem: str | None = None
             try:
                 plain = self._unpacker.unpack(resp)
@@ -432,15 +444,15 @@ class Replica:
                     batch, problem = self._verify(plain)
             if problem is not None:
                 self._unpacker.reset()  # a re-send starts at a batch boundary
-            if batch:
+            if batch is not None and batch.size:
                 nacked = None
                 if self.sm.state is State.WAITING_FOR_DATA:
                     self._progress(State.STREAMING_ENTRIES, "entries arrived")
                 assert plain is not None
                 chain_after = self._extend_chain(plain, batch)
-                self._chain_after[batch[-1].seq] = chain_after
+                self._chain_after[batch.last_seq] = chain_after
                 await self._queue.put(batch)
-                self._received = batch[-1].seq
+                self._received = batch.last_seq
                 self._recv_chain = chain_after
                 if resp.want_received_acks:  # a semi-sync writer waits for receipt
                     self._durable_changed.set()
@@ -488,21 +500,21 @@ class Replica:
             if self._session_task is not None:
                 self._session_task.cancel()
 
-    def _extend_chain(self, plain: rpb.WALStreamResponse, batch: list[Entry]) -> int:
+    def _extend_chain(self, plain: rpb.WALStreamResponse, batch: Columns) -> int:
         """The hash chain after `batch`, checked against the primary's where the response
         carries it: a mismatch means this replica's log and the primary's differ."""
         entries = plain.entries
         payloads = self._batch_payloads  # what _verify accepted, in order
-        assert len(payloads) == len(batch)
+        assert len(payloads) == batch.size
         value = self._recv_chain
         if value:
             value = chain_mod.over(value, payloads)
-        if plain.HasField("chain") and batch[-1].seq == entries[-1].sequence_number:
+        if plain.HasField("chain") and batch.last_seq == entries[-1].sequence_number:
             if value and value != plain.chain:
                 raise ReplicationError(
-                    f"divergence: after sequence {batch[-1].seq} this replica's hash chain is "
+                    f"divergence: after sequence {batch.last_seq} this replica's hash chain is "
                     f"{value:016x} but the primary's is {plain.chain:016x}; entries "
-                    f"{batch[0].seq}..{batch[-1].seq} were not applied"
+                    f"{batch.first_seq}..{batch.last_seq} were not applied"
                 )
             value = plain.chain
         return value
@@ -515,17 +527,19 @@ class Replica:
             )
         self._primary_history = history_id
 
-    def _verify(self, resp: rpb.WALStreamResponse) -> tuple[list[Entry], str | None]:
-        """Entries of `resp` that continue the received sequence, and the first problem."""
+    def _verify(self, resp: rpb.WALStreamResponse) -> tuple[Columns | None, str | None]:
+        """The entries of `resp` that continue the received sequence, decoded once into
+        columns, and the first problem."""
         expected = self._received + 1
         if resp.compressed and resp.codec != rpb.NONE:
-            return [], f"compressed payloads (codec {resp.codec}) were not negotiated"
+            return None, f"compressed payloads (codec {resp.codec}) were not negotiated"
         fast = self._verify_fast(resp.entries, expected)
         if fast is not None:
             return fast, None
-        return self._verify_each(resp.entries, expected)
+        entries, problem = self._verify_each(resp.entries, expected)
+        return columns_of(entries, expected), problem
 
-    def _verify_fast(self, entries: Any, expected: int) -> list[Entry] | None:
+    def _verify_fast(self, entries: Any, expected: int) -> Columns | None:
         """The whole response at batch level (C-level maps, no per-entry Python code) when
         it is clean: contiguous from at most `expected`, unfragmented, checksums and layout
         right. None when anything is off; _verify_each then finds and reports it."""
@@ -538,7 +552,7 @@ class Replica:
         skip = expected - first
         if skip >= n:
             self.stats.duplicates_skipped += n
-            return []
+            return Columns(expected, [], [], [])
         if skip:
             entries = entries[skip:]
             seqs = seqs[skip:]
@@ -548,7 +562,7 @@ class Replica:
         crcs = list(map(_checksum_of, entries))
         if crcs != list(map(zlib.crc32, payloads)) and crcs.count(0) != len(crcs):
             return None  # a mismatch, or a mix of set and unset checksums
-        out = decode_batch(payloads, seqs)
+        out = decode_columns(payloads, expected)
         if out is not None:
             self.stats.duplicates_skipped += skip
             self._batch_payloads = payloads  # for the hash chain, without another pass
@@ -612,25 +626,24 @@ class Replica:
     async def _apply_loop(self) -> None:
         cap = self.cfg.replica.max_apply_entries
         while True:
-            batch = await self._queue.get()
-            # everything that queued up while the last commit ran goes into one transaction
-            while len(batch) < cap and not self._queue.empty():
-                batch.extend(self._queue.get_nowait())
+            batch = await self._next_batch(cap)
             # After a failed apply the queue may still hold entries from before the reset:
             # apply only what continues the durable position, exactly once.
             done = self.position.sequence
-            if batch[0].seq <= done:
-                skipped = min(len(batch), done - batch[0].seq + 1)
+            if batch.first_seq <= done:
+                skipped = min(batch.size, done - batch.first_seq + 1)
                 self.stats.duplicates_skipped += skipped
-                batch = batch[skipped:]
-            if not batch or batch[0].seq != done + 1:
+                batch = Columns(
+                    done + 1, batch.ops[skipped:], batch.keys[skipped:], batch.values[skipped:]
+                )
+            if not batch.size or batch.first_seq != done + 1:
                 continue
-            self._progress(State.APPLYING_ENTRIES, f"{len(batch)} entries")
+            self._progress(State.APPLYING_ENTRIES, f"{batch.size} entries")
             history = self._primary_history or self.position.history_id
             # apply and sync in one trip to the worker thread: a second trip would wait for
             # the event loop (busy verifying the next response) while the store sits idle
-            chain = self._chain_after.pop(batch[-1].seq, 0)
-            for seq in [s for s in self._chain_after if s < batch[-1].seq]:
+            chain = self._chain_after.pop(batch.last_seq, 0)
+            for seq in [s for s in self._chain_after if s < batch.last_seq]:
                 del self._chain_after[seq]
             try:
                 # a cancel waits for a running commit: never one under a closing store
@@ -671,9 +684,9 @@ class Replica:
             try:
                 self.pm.hook.kevo_repl_batch_applied(
                     node=self.replica_id,
-                    first_seq=batch[0].seq,
-                    last_seq=batch[-1].seq,
-                    count=len(batch),
+                    first_seq=batch.first_seq,
+                    last_seq=batch.last_seq,
+                    count=batch.size,
                 )
             except Exception:
                 log.exception("a batch_applied hook failed")
@@ -689,15 +702,40 @@ class Replica:
         if self._session_task is not None:
             self._session_task.cancel()
 
+    async def _next_batch(self, cap: int) -> Columns:
+        """The next queued batch, joined with every contiguous one queued behind it (up to
+        `cap` entries): what queued up while the last commit ran goes into one transaction."""
+        first = self._held if self._held is not None else await self._queue.get()
+        self._held = None
+        parts = [first]
+        size = first.size
+        while size < cap and not self._queue.empty():
+            part = self._queue.get_nowait()
+            if part.first_seq != parts[-1].last_seq + 1:
+                self._held = part  # not contiguous (queued before a reset): on its own
+                break
+            parts.append(part)
+            size += part.size
+        if len(parts) == 1:
+            return first
+        return Columns(
+            first.first_seq,
+            list(itertools.chain.from_iterable(p.ops for p in parts)),
+            list(itertools.chain.from_iterable(p.keys for p in parts)),
+            list(itertools.chain.from_iterable(p.values for p in parts)),
+        )
+
     def _apply_durably(
-        self, batch: list[Entry], history: str, chain: int
+        self, batch: Columns, history: str, chain: int
     ) -> tuple[Position, BaseException | None]:
         """In a worker thread: apply (raising if that fails), then sync; a failed sync is
         returned, for the apply loop to stop on."""
         label = self._applier_label
-        new_pos = apply_guarded(self.store, label, batch, history, chain)
+        new_pos = call_guarded(
+            label, "apply", self.store.apply_columns, batch, history, chain, returns=Position
+        )
         try:
-            sync_guarded(self.store, label)
+            call_guarded(label, "sync", self.store.sync)
         except Exception as exc:
             return new_pos, exc
         return new_pos, None
@@ -710,6 +748,7 @@ class Replica:
             self.position = new_pos
 
     def _drain_queue(self) -> None:
+        self._held = None
         while not self._queue.empty():
             self._queue.get_nowait()
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from kevo_repl.config import Config
 from kevo_repl.errors import StoreError
-from kevo_repl.plugin.engine import Applier, ApplierFactory
 from kevo_repl.plugin.manager import Registry
+from kevo_repl.storage.applier import Applier, open_applier
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,9 @@ def open_store(cfg: Config, registry: Registry, *, durable: bool) -> Applier:
                     f"{found.get('applier')!r} applier; it cannot be opened as a "
                     f"{wanted['role']} with the {wanted['applier']!r} applier"
                 )
-    factory: ApplierFactory = registry.get("applier", cfg.applier.name)
-    store = factory(data_dir / STORE_DIR, cfg.applier.options, durable)
+    name = cfg.applier.name
+    spec = registry.get("applier", name)
+    store = open_applier(name, spec, data_dir / STORE_DIR, cfg.applier.options, durable)
     if not marker.exists():
         write_file_atomically(marker, json.dumps(wanted).encode())
     log.info("%s store position: %d", cfg.applier.name, store.position().sequence)

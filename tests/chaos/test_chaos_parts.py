@@ -17,6 +17,7 @@ from kevo_repl_tools.faultproxy import FaultProxy
 from kevo_repl.errors import StoreError
 from kevo_repl.plugin.manager import Registry, get_plugin_manager
 from kevo_repl.protocol.codec import Entry, Op
+from kevo_repl.storage.applier import open_registered
 
 pytestmark = pytest.mark.chaos
 
@@ -115,8 +116,7 @@ def test_proxy_refuses_other_hosts() -> None:
 def test_faulty_applier_fails_applies_on_demand_and_leaves_the_position(
     tmp_path: Path, real: str
 ) -> None:
-    factory = _registry().get("applier", f"faulty-{real}")
-    store = factory(tmp_path / "node" / "store", {}, True)
+    store = open_registered(_registry(), f"faulty-{real}", tmp_path / "node" / "store", {}, True)
     try:
         assert store.apply(_entries(1, 10), "h").sequence == 10
         (tmp_path / "node" / chaos_plugins.DISK_ERROR_FILE).write_text("2\n")
@@ -130,7 +130,7 @@ def test_faulty_applier_fails_applies_on_demand_and_leaves_the_position(
     finally:
         store.close()
     # the store on disk is the real applier's own
-    plain = _registry().get("applier", real)(tmp_path / "node" / "store", {}, True)
+    plain = open_registered(_registry(), real, tmp_path / "node" / "store", {}, True)
     try:
         assert plain.position().sequence == 15
     finally:
@@ -138,8 +138,7 @@ def test_faulty_applier_fails_applies_on_demand_and_leaves_the_position(
 
 
 def test_broken_applier_keeps_position_and_data_apart(tmp_path: Path) -> None:
-    factory = _registry().get("applier", "broken-lmdb")
-    store = factory(tmp_path / "store", {}, True)
+    store = open_registered(_registry(), "broken-lmdb", tmp_path / "store", {}, True)
     try:
         store.apply(_entries(1, 5), "h")
         assert store.position().sequence == 5
@@ -178,7 +177,7 @@ def test_checker_verdicts(tmp_path: Path) -> None:
 
 
 def test_checker_finds_a_missing_returned_write(tmp_path: Path) -> None:
-    store = _registry().get("applier", "lmdb")(tmp_path / "store", {}, True)
+    store = open_registered(_registry(), "lmdb", tmp_path / "store", {}, True)
     try:
         # writer 0 wrote keys 0..9 as sequences 1..10; key 4 never made it
         entries = [Entry(i + 1, Op.PUT, key_of(0, i), value_of(key_of(0, i)))

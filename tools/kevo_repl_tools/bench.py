@@ -36,6 +36,7 @@ from kevo_repl.protocol.codec import Entry, Op
 from kevo_repl.protocol.methods import NODE_WRITE
 from kevo_repl.protocol.proto import node_pb2 as npb
 from kevo_repl.protocol.transport import channel_options
+from kevo_repl.storage.applier import open_registered
 from kevo_repl_tools.bench_probe import ENV_PROBE_FILE
 from kevo_repl_tools.launcher import NodeProcess
 
@@ -271,8 +272,7 @@ def _identity(data: bytes) -> bytes:
 def raw_baseline(applier: str, count: int, batch: int, path: Path) -> dict[str, float]:
     """`count` entries straight into a fresh durable store of the same type, `batch` per
     transaction; only the apply calls are timed (building entries is not)."""
-    factory = build_registry().get("applier", applier)
-    store = factory(path, {}, True)
+    store = open_registered(build_registry(), applier, path, {}, True)
     spent = 0.0
     try:
         for first in range(1, count + 1, batch):

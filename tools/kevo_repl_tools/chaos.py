@@ -33,6 +33,7 @@ from kevo_repl.client.client import Client, SemiSync
 from kevo_repl.errors import KevoReplError
 from kevo_repl.plugin.manager import ENV_EXTRA_PLUGINS, Registry, get_plugin_manager
 from kevo_repl.protocol.codec import Op
+from kevo_repl.storage.applier import open_registered
 from kevo_repl_tools import chaos_plugins
 from kevo_repl_tools.chaos_checker import (
     VALUE_MARKER,
@@ -759,8 +760,10 @@ class ChaosRun:
         writes = self.writes.snapshot()
         for name, node in self.nodes.items():
             try:
-                factory = self.registry.get("applier", node.proc.applier or "lmdb")
-                store = factory(node.proc.data_dir / "store", {}, False)
+                store = open_registered(
+                    self.registry, node.proc.applier or "lmdb", node.proc.data_dir / "store", {},
+                    False,
+                )
             except Exception as exc:
                 self.checker.violate("durability", f"cannot open {name}'s store: {exc}")
                 continue

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kevo_repl.plugin.engine import Applier
+from kevo_repl.storage.applier import Applier
 
 log = logging.getLogger(__name__)
 

@@ -6,16 +6,17 @@ provides:
 - **An apply log.** With ``$KEVO_CHAOS_APPLY_LOG`` set, one line ``NODE FIRST LAST COUNT``
   per batch the node committed (line-buffered appends: a SIGKILL loses no completed line).
   The chaos checker reads it to prove that no sequence is applied twice.
-- **``faulty-NAME`` appliers** (``faulty-lmdb``, ``faulty-leveldb``): the real ``NAME``
-  applier, looked up in the plugin registry, with disk errors on demand. When the file
+- **``faulty-NAME`` engines** (``faulty-lmdb``, ``faulty-leveldb``): the real ``NAME``
+  engine, looked up in the plugin registry, with disk errors on demand. When the file
   ``DATA_DIR/inject-enospc`` appears holding a number N, the wrapper removes it and fails
-  the next N ``apply`` calls with ``StoreError("ENOSPC ...")`` *before* touching the store,
+  the next N non-empty commits with ``StoreError("ENOSPC ...")`` *before* touching the store,
   as a full disk would: nothing of the batch is written, the position is unchanged, and the
-  node must retry. The store on disk is the real applier's, so it can be opened later with
+  node must retry. The store on disk is the real engine's, so it can be opened later with
   ``NAME`` itself.
-- **``broken-NAME`` appliers** (``broken-lmdb``, ``broken-leveldb``): deliberately WRONG, to
+- **``broken-NAME`` engines** (``broken-lmdb``, ``broken-leveldb``): deliberately WRONG, to
   prove that the chaos checker catches a real bug. It keeps its position and its data in two
-  separate stores of the real applier and commits the position first, then (after a pause of
+  separate stores of the real engine and commits the position (the core's metadata blob)
+  first, then (after a pause of
   ``$KEVO_CHAOS_BROKEN_WINDOW_S`` seconds, 0.05 by default) the data. A SIGKILL between the
   two commits leaves a position that claims entries the store does not hold; the replica
   resumes after them and they are lost. Never use it for anything but that demonstration.
@@ -28,29 +29,28 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from kevo_repl.errors import StoreError
-from kevo_repl.plugin.engine import Applier, ApplierFactory, Position
+from kevo_repl.plugin.engine import Engine, EngineSpec
 from kevo_repl.plugin.manager import hookimpl
 from kevo_repl.plugin.registrars import ApplierRegistrar
-from kevo_repl.protocol.codec import Entry, Op
 
 log = logging.getLogger(__name__)
 
 #: file the apply log is appended to (unset: no log)
 ENV_APPLY_LOG = "KEVO_CHAOS_APPLY_LOG"
-#: seconds the broken appliers wait between committing the position and the data
+#: seconds the broken engines wait between committing the position and the data
 ENV_BROKEN_WINDOW = "KEVO_CHAOS_BROKEN_WINDOW_S"
-#: a file in a node's data directory holding N: its faulty applier fails the next N applies
+#: a file in a node's data directory holding N: its faulty engine fails the next N commits
 DISK_ERROR_FILE = "inject-enospc"
-#: the real appliers that get a faulty-NAME and a broken-NAME variant
+#: the real engines that get a faulty-NAME and a broken-NAME variant
 WRAPPED = ("lmdb", "leveldb")
-#: the broken appliers' position store advances by deleting this key, which never exists
-_MARKER_KEY = b"\x00kevo-chaos-position-marker"
+#: the two stores of a broken engine
+_BROKEN_PARTS = ("position", "data")
 
 _path = os.environ.get(ENV_APPLY_LOG)
 # line-buffered append: each line reaches the OS at once, so SIGKILL loses no completed line
@@ -68,36 +68,50 @@ def kevo_repl_batch_applied(node: str, first_seq: int, last_seq: int, count: int
 @hookimpl
 def kevo_repl_register_appliers(register: ApplierRegistrar) -> None:
     for name in WRAPPED:
-        register(f"faulty-{name}", functools.partial(open_faulty, name))
-        register(f"broken-{name}", functools.partial(open_broken, name))
+        register(
+            f"faulty-{name}",
+            EngineSpec(open=functools.partial(open_faulty, name), owns_file=_owns_like(name)),
+        )
+        register(
+            f"broken-{name}",
+            EngineSpec(
+                open=functools.partial(open_broken, name), owns_file=_BROKEN_PARTS.__contains__
+            ),
+        )
 
 
 @functools.cache
-def _real_factory(name: str) -> ApplierFactory:
-    """The real applier's factory, from a registry of its own (built on first use, when a
-    node opens its store, so that this module's registration hook does not recurse)."""
+def _real_spec(name: str) -> EngineSpec:
+    """The real engine's spec, from a registry of its own (built on first use, when a node
+    opens its store, so that this module's registration hook does not recurse)."""
     from kevo_repl.plugin.manager import build_registry
 
-    factory: ApplierFactory = build_registry().get("applier", name)
-    return factory
+    spec: EngineSpec = build_registry().get("applier", name)
+    return spec
 
 
-# -- faulty-NAME: the real applier, with injected disk errors -----------------------------------
+def _owns_like(name: str) -> Callable[[str], bool]:
+    def owns(file_name: str) -> bool:
+        owns_file = _real_spec(name).owns_file
+        return owns_file is None or owns_file(file_name)
+
+    return owns
 
 
-class FaultyApplier:
-    """Delegates everything to the real applier; fails applies on demand (see the module)."""
+# -- faulty-NAME: the real engine, with injected disk errors ------------------------------------
 
-    def __init__(self, name: str, inner: Any, control: Path) -> None:
+
+class FaultyEngine:
+    """Delegates everything to the real engine; fails commits on demand (see the module)."""
+
+    def __init__(self, name: str, inner: Engine, control: Path) -> None:
         self.name = f"faulty-{name}"
-        #: the real applier (typed loosely: the wrapper forwards whatever it offers)
-        self.inner: Any = inner
+        self.inner = inner
         self.max_key_size = inner.max_key_size
         self.control = control
-        #: applies still to fail, and applies failed so far
+        #: commits still to fail, and commits failed so far
         self.pending_failures = 0
         self.failures = 0
-        self._lock = threading.Lock()
 
     def _arm(self) -> None:
         try:
@@ -116,145 +130,104 @@ class FaultyApplier:
         except ValueError:
             count = 1
         self.pending_failures += count
-        log.warning("%s: injecting ENOSPC into the next %d applies", self.name, count)
+        log.warning("%s: injecting ENOSPC into the next %d commits", self.name, count)
 
-    def position(self) -> Position:
-        pos: Position = self.inner.position()
-        return pos
+    def commit(
+        self, ops: Sequence[int], keys: Sequence[bytes], values: Sequence[bytes], meta: bytes
+    ) -> None:
+        self._arm()  # the core serializes commits: no lock needed
+        if ops and self.pending_failures > 0:
+            self.pending_failures -= 1
+            self.failures += 1
+            raise StoreError(f"ENOSPC: no space left on device (injected by {self.name})")
+        self.inner.commit(ops, keys, values, meta)
 
-    def apply(
-        self, entries: Sequence[Entry], history_id: str, *args: Any, **kwargs: Any
-    ) -> Position:
-        with self._lock:
-            self._arm()
-            if entries and self.pending_failures > 0:
-                self.pending_failures -= 1
-                self.failures += 1
-                raise StoreError(
-                    f"ENOSPC: no space left on device (injected by {self.name}); entries "
-                    f"{entries[0].seq}..{entries[-1].seq} were not applied, the position "
-                    f"stays at {self.inner.position().sequence}"
-                )
-        # anything else the contract passes (or will pass) goes through untouched
-        pos: Position = self.inner.apply(entries, history_id, *args, **kwargs)
-        return pos
+    def read_meta(self) -> bytes | None:
+        return self.inner.read_meta()
 
     def sync(self) -> None:
         self.inner.sync()
 
     def get(self, key: bytes) -> bytes | None:
-        value: bytes | None = self.inner.get(key)
-        return value
+        return self.inner.get(key)
 
     def snapshot(self) -> Any:
         return self.inner.snapshot()
 
-    def load(self, items: Iterable[tuple[bytes, bytes]]) -> int:
-        loaded: int = self.inner.load(items)
-        return loaded
-
-    def set_position(self, position: Position) -> None:
-        self.inner.set_position(position)
+    def load(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+        self.inner.load(keys, values)
 
     def close(self) -> None:
         self.inner.close()
 
 
-def open_faulty(name: str, path: Path, options: Mapping[str, Any], durable: bool) -> Applier:
-    inner = _real_factory(name)(Path(path), options, durable)
+def open_faulty(name: str, path: Path, options: Mapping[str, Any], durable: bool) -> Engine:
+    inner = _real_spec(name).open(Path(path), options, durable)
     # the store lives in DATA_DIR/store; the runner drops its control file in DATA_DIR
-    return FaultyApplier(name, inner, Path(path).parent / DISK_ERROR_FILE)
+    return FaultyEngine(name, inner, Path(path).parent / DISK_ERROR_FILE)
 
 
 # -- broken-NAME: position committed before the data (deliberately wrong) -----------------------
 
 
 class _BrokenView:
-    def __init__(self, data_view: Any, position: Position) -> None:
+    def __init__(self, data_view: Any, meta: bytes | None) -> None:
         self._view = data_view
-        self._position = position
-
-    @property
-    def position(self) -> Position:
-        return self._position
+        self.meta = meta
 
     def items(self, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        items: Iterator[tuple[bytes, bytes]] = (
-            self._view.items() if after is None else self._view.items(after)
-        )
+        items: Iterator[tuple[bytes, bytes]] = self._view.items(after)
         return items
 
 
-class BrokenApplier:
+class BrokenEngine:
     """Two real stores, `position` and `data`; see the module's docstring for the bug."""
 
-    def __init__(self, name: str, position: Any, data: Any, window_s: float) -> None:
+    def __init__(self, name: str, position: Engine, data: Engine, window_s: float) -> None:
         self.name = f"broken-{name}"
-        self._pos: Any = position
-        self._data: Any = data
+        self._pos = position
+        self._data = data
         self.max_key_size = data.max_key_size
         self.window_s = window_s
-        self._lock = threading.Lock()
 
-    def position(self) -> Position:
-        pos: Position = self._pos.position()
-        return pos
+    def commit(
+        self, ops: Sequence[int], keys: Sequence[bytes], values: Sequence[bytes], meta: bytes
+    ) -> None:
+        # THE BUG: the position is committed in a transaction of its own...
+        self._pos.commit([], [], [], meta)
+        time.sleep(self.window_s)
+        # ...and the data in another one: a crash in between loses these entries.
+        self._data.commit(ops, keys, values, meta)
 
-    def apply(
-        self, entries: Sequence[Entry], history_id: str, *args: Any, **kwargs: Any
-    ) -> Position:
-        if not entries:
-            return self.position()
-        with self._lock:
-            current = self._pos.position()
-            if entries[0].seq != current.sequence + 1:
-                raise StoreError(
-                    f"{self.name} expected entry {current.sequence + 1} next but the batch "
-                    f"starts at {entries[0].seq}; nothing was applied"
-                )
-            # THE BUG: the position is committed in a transaction of its own...
-            markers = [Entry(e.seq, Op.DELETE, _MARKER_KEY, b"") for e in entries]
-            new_pos: Position = self._pos.apply(markers, history_id, *args, **kwargs)
-            time.sleep(self.window_s)
-            # ...and the data in another one: a crash in between loses these entries.
-            done = self._data.position().sequence
-            self._data.apply(
-                [Entry(done + 1 + i, e.op, e.key, e.value) for i, e in enumerate(entries)],
-                history_id,
-            )
-            return new_pos
+    def read_meta(self) -> bytes | None:
+        return self._pos.read_meta()
 
     def sync(self) -> None:
         self._pos.sync()
         self._data.sync()
 
     def get(self, key: bytes) -> bytes | None:
-        value: bytes | None = self._data.get(key)
-        return value
+        return self._data.get(key)
 
     @contextmanager
     def snapshot(self) -> Iterator[_BrokenView]:
         with self._data.snapshot() as view:
-            yield _BrokenView(view, self._pos.position())
+            yield _BrokenView(view, self._pos.read_meta())
 
-    def load(self, items: Iterable[tuple[bytes, bytes]]) -> int:
-        loaded: int = self._data.load(items)
-        return loaded
-
-    def set_position(self, position: Position) -> None:
-        self._pos.set_position(position)
+    def load(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+        self._data.load(keys, values)
 
     def close(self) -> None:
         self._pos.close()
         self._data.close()
 
 
-def open_broken(name: str, path: Path, options: Mapping[str, Any], durable: bool) -> Applier:
-    factory = _real_factory(name)
+def open_broken(name: str, path: Path, options: Mapping[str, Any], durable: bool) -> Engine:
+    spec = _real_spec(name)
     path = Path(path)
-    pos = factory(path / "position", options, durable)
+    pos = spec.open(path / "position", options, durable)
     try:
-        data = factory(path / "data", options, durable)
+        data = spec.open(path / "data", options, durable)
     except BaseException:
         pos.close()
         raise
@@ -262,4 +235,4 @@ def open_broken(name: str, path: Path, options: Mapping[str, Any], durable: bool
     log.warning("%s: position committed %.3fs before the data: this store LOSES entries "
                 "when killed; it exists only to show the chaos checker catching it",
                 f"broken-{name}", window)
-    return BrokenApplier(name, pos, data, window)
+    return BrokenEngine(name, pos, data, window)
