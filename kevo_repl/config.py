@@ -27,6 +27,9 @@ class NodeConfig:
     listen: str = "127.0.0.1:50052"
     #: HOST:PORT for a Prometheus /metrics endpoint; empty = none
     metrics: str = ""
+    #: RSS bound in MB: past it the node logs why and exits with code 75 for its supervisor
+    #: to restart it (crash-safe, so nothing is lost); 0 = no bound
+    max_rss_mb: int = 1024
 
 
 @dataclass
@@ -208,6 +211,9 @@ class Config:
         parse_address(self.node.listen, "[node] listen")
         if self.node.metrics:
             parse_address(self.node.metrics, "[node] metrics")
+        if self.node.max_rss_mb < 0:
+            raise ConfigError(f"[node] max_rss_mb must be 0 (no bound) or positive, "
+                              f"not {self.node.max_rss_mb}")
         if self.node.role == "replica":
             parse_address(self.replica.primary, "[replica] primary")
             if not self.replica.replica_id:
