@@ -57,6 +57,11 @@ class NodeConfig:
              "primary as `listener_address` (KevoDB's primary requires it); empty = the listen "
              "address"),
     ] = ""
+    max_rss_mb: Annotated[
+        int,
+        Meta(ge=0, description="RSS bound in MB: past it the node logs why and exits with code 75 "
+             "for its supervisor to restart it (crash-safe, so nothing is lost); 0 = no bound"),
+    ] = 1024
 
 
 @dataclass

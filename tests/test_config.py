@@ -46,7 +46,7 @@ def test_toml_overlay(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text,match", [
     ("[nope]\nx = 1\n", r"unknown section \[nope\] in .*; valid sections: node, replica, "),
     ("[node]\nrol = 'primary'\n",
-     r"unknown key 'rol' in \[node\]; valid keys: role, data_dir, listen, metrics, advertise$"),
+     r"unknown key 'rol' in \[node\]; valid keys: role, data_dir, listen, metrics, advertise, max_rss_mb$"),
     ("[wal]\nsegment_bytes = 'big'\n", r"\[wal\] segment_bytes must be int \(positive\), not str"),
     ("[wal]\nsegment_bytes = true\n", r"\[wal\] segment_bytes must be int .*, not bool"),
     ("[node]\nrole = 'leader'\n",

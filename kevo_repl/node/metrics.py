@@ -65,6 +65,15 @@ class StatusCollector(Collector):
         yield CounterMetricFamily("kevo_repl_applied_entries",
                                   "Entries applied to the local store since it was created",
                                   value=st.get("applied_entries", 0))
+        if "rss_bytes" in st:
+            yield GaugeMetricFamily("kevo_repl_node_rss_bytes", "Resident set size of the node",
+                                    value=st["rss_bytes"])
+            yield GaugeMetricFamily("kevo_repl_node_max_rss_bytes",
+                                    "[node] max_rss_mb in bytes; 0 = no bound",
+                                    value=st.get("max_rss_bytes", 0))
+            yield CounterMetricFamily("kevo_repl_node_memory_guard_trips",
+                                      "Times the memory guard ended this node (over max_rss_mb)",
+                                      value=st.get("memory_guard_trips", 0))
         if role == "replica":
             yield from self._replica(st)
         else:

@@ -15,6 +15,7 @@ import grpc
 
 from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError
+from kevo_repl.node.memguard import MemoryGuard
 from kevo_repl.node.metrics import serve_metrics
 from kevo_repl.plugin.manager import build_registry, get_plugin_manager
 from kevo_repl.primary import kevodb_peers
@@ -33,6 +34,9 @@ from kevo_repl.tasks import Supervisor
 log = logging.getLogger(__name__)
 
 ADDRESS_FILE = "node.addr"
+#: a primary's clean shutdown ends its replication streams first and waits this long at most
+#: for them to close, before the server sends GOAWAY (docs/DESIGN.md, "GOAWAY growth")
+DRAIN_TIMEOUT_S = 2.0
 
 
 def _identity(data: bytes) -> bytes:
@@ -72,7 +76,11 @@ def replication_handler(primary: Primary) -> grpc.GenericRpcHandler:
 class NodeService:
     """The client/operator API, on primary and replica alike."""
 
-    def __init__(self, cfg: Config, primary: Primary | None, replica: Replica | None) -> None:
+    def __init__(
+        self, cfg: Config, primary: Primary | None, replica: Replica | None,
+        memory: MemoryGuard | None = None,
+    ) -> None:
+        self.memory = memory
         self.cfg = cfg
         self.primary = primary
         self.replica = replica
@@ -239,6 +247,12 @@ class NodeService:
         return npb.StatusResponse(**self.status())
 
     def status(self) -> dict[str, Any]:
+        st = self._role_status()
+        if self.memory is not None:
+            st.update(self.memory.status())
+        return st
+
+    def _role_status(self) -> dict[str, Any]:
         if self.replica is not None:
             st = self.replica.status()
             st.pop("updated_at", None)
@@ -382,6 +396,7 @@ class Node:
         self._replica_task: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
         self._metrics: Any = None
+        self.memory: MemoryGuard | None = None
         self.metrics_address = ""
 
     async def start(self) -> str:
@@ -400,7 +415,9 @@ class Node:
         )
         if self.primary is not None:
             server.add_generic_rpc_handlers((replication_handler(self.primary),))
-        self.service = NodeService(cfg, self.primary, self.replica)
+        self.memory = MemoryGuard(cfg.node.max_rss_mb, cfg.data_dir)
+        self.memory.start()
+        self.service = NodeService(cfg, self.primary, self.replica, self.memory)
         server.add_generic_rpc_handlers((node_handler(self.service),))
         creds = server_credentials(cfg.server)
         try:
@@ -448,6 +465,8 @@ class Node:
         if self._metrics is not None:
             self._metrics[0].shutdown()
             self._metrics = None
+        if self.primary is not None:
+            await self.primary.drain(DRAIN_TIMEOUT_S)
         if self.server is not None:
             await self.server.stop(grace=1.0)
         if self.primary is not None:
@@ -455,6 +474,8 @@ class Node:
         if self.replica is not None:
             self.replica.bootstrap.close()
             self.replica.close()
+        if self.memory is not None:
+            self.memory.stop()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

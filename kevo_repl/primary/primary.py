@@ -23,7 +23,7 @@ from kevo_repl.primary.slots import SlotTable
 from kevo_repl.protocol import chain as chain_mod
 from kevo_repl.protocol import wire
 from kevo_repl.protocol.codec import Entry, Op
-from kevo_repl.protocol.constants import SESSION_HEADER
+from kevo_repl.protocol.constants import SESSION_HEADER, SHUTDOWN_DETAILS
 from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.records import Record, chain_of, decode_body, encode_body
 from kevo_repl.storage.applier import Applier
@@ -92,6 +92,8 @@ class Primary:
             raise
         self.history_id = self.wal.history_id
         self.sessions: dict[str, Session] = {}
+        #: set by drain(): streams end and new ones are refused before a clean shutdown
+        self.draining = False
         self._next_seq = self.wal.last_sequence + 1
         self._chain = self._chain_at_head()
         self._pending: list[_Pending] = []
@@ -338,6 +340,8 @@ class Primary:
         self, request: rpb.WALStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         problem = self.check_start(request)
+        if self.draining:
+            problem = (grpc.StatusCode.UNAVAILABLE, SHUTDOWN_DETAILS)
         if problem is not None:
             log.warning(
                 "refused stream for replica %r from %s: %s",
@@ -390,6 +394,8 @@ class Primary:
         first = True
         try:
             while True:
+                if self.draining:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTDOWN_DETAILS)
                 if session.rewind is not None:
                     log.info("session %s rewinds to %d", session.session_id, session.rewind)
                     pos, session.rewind = session.rewind, None
@@ -420,7 +426,7 @@ class Primary:
             log.info("session %s of replica %r ended", session.session_id, session.replica_id)
 
     def _has_work(self, session: Session, pos: int) -> bool:
-        return self.head >= pos or session.rewind is not None
+        return self.head >= pos or session.rewind is not None or self.draining
 
     def live_session(self, replica_id: str) -> Session | None:
         """The session streaming to `replica_id`, if one is alive."""
@@ -515,6 +521,20 @@ class Primary:
         return rpb.NackResponse(success=True)
 
     # -- shutdown ----------------------------------------------------------------------------
+
+    async def drain(self, timeout_s: float) -> None:
+        """Before a clean shutdown: end every stream with UNAVAILABLE `SHUTDOWN_DETAILS` and
+        refuse new ones, and wait (at most `timeout_s`) until they are gone, so that the
+        server's GOAWAY finds no replica setting up a connection."""
+        self.draining = True
+        cond = self._condition()
+        async with cond:
+            cond.notify_all()
+        deadline = time.monotonic() + timeout_s
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self.sessions:
+            log.warning("%d streams still open after a %gs drain", len(self.sessions), timeout_s)
 
     async def close(self) -> None:
         if self._flusher is not None:

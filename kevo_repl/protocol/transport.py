@@ -42,6 +42,11 @@ def channel_options(cfg: ConnectorConfig | None = None) -> list[tuple[str, Any]]
         ("grpc.http2.ping_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # grpcio 1.83.0 to 1.85.3 (at least) allocate memory without end when a server's
+        # SETTINGS and GOAWAY reach a call that is still waiting for its connection: the
+        # retry layer spins on the dead transport. Without it the call fails UNAVAILABLE at
+        # once and the caller's own backoff reconnects (docs/DESIGN.md, "GOAWAY growth").
+        ("grpc.enable_retries", 0),
     ]
     if cfg.tls_server_name:
         opts.append(("grpc.ssl_target_name_override", cfg.tls_server_name))

@@ -41,7 +41,7 @@ from kevo_repl.protocol.codec import (
     decode_columns,
 )
 from kevo_repl.protocol.compression import CODEC_NONE
-from kevo_repl.protocol.constants import PROTOCOL_VERSION, SESSION_HEADER
+from kevo_repl.protocol.constants import PROTOCOL_VERSION, SESSION_HEADER, SHUTDOWN_DETAILS
 from kevo_repl.protocol.methods import ACKNOWLEDGE, NEGATIVE_ACKNOWLEDGE, STREAM_WAL
 from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.transport import MAX_MESSAGE_BYTES, call_metadata
@@ -66,6 +66,8 @@ _fragment_of = attrgetter("fragment_type")
 _NACK_PATIENCE_S = 5.0
 # How long a new stream may take to start (its response headers) before it is abandoned.
 _CONNECT_TIMEOUT_S = 10.0
+#: least pause before reconnecting to a primary that said it is shutting down (times 1-2)
+_SHUTDOWN_PAUSE_S = 1.0
 
 
 class _RestartSession(Exception):
@@ -196,6 +198,7 @@ class Replica:
                 made_progress = False
                 before = self.position.sequence
                 bootstrap = False
+                primary_stopping = False
                 try:
                     self._session_task = asyncio.create_task(self._session())
                     await self._session_task
@@ -208,6 +211,7 @@ class Replica:
                         self._fatal(reason)
                         return
                     bootstrap = self.bootstrap.wanted(exc)
+                    primary_stopping = SHUTDOWN_DETAILS in (exc.details() or "")
                     if not bootstrap:
                         self._error(reason)
                 except (ReplicationError, PluginError) as exc:
@@ -246,6 +250,10 @@ class Replica:
                 attempt = 0 if made_progress else attempt + 1
                 self.stats.reconnects += 1
                 delay = self._backoff(attempt)
+                if primary_stopping:
+                    # not connecting while its server sends GOAWAY; jittered, so that the
+                    # replicas of a restarted primary do not all reconnect at one instant
+                    delay = max(delay, _SHUTDOWN_PAUSE_S * random.uniform(1.0, 2.0))
                 self.stats.backoff_history.append(delay)
                 await asyncio.sleep(delay)
                 if self._stopping or self.fatal is not None:

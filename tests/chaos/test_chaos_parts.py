@@ -212,3 +212,22 @@ def test_semisync_acknowledgements_are_held_to_the_replicas_position(tmp_path: P
     run._check_claims("r2", time.monotonic(), 120)
     run._semisync_returned(ReturnedWrite(1, 30, 5, 121, 125, 1.3), [], degraded=False)
     assert len(run.checker.violations) == 2  # returned, not degraded, yet acked by nobody
+
+
+def test_leak_check_tells_a_recycled_pid_from_a_live_process() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from kevo_repl_tools.chaos_checker import process_start_ticks
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        started = process_start_ticks(child.pid)
+        assert started is not None and started == process_start_ticks(child.pid)
+        # this test process started long before the child: another start time, same check
+        assert process_start_ticks(os.getpid()) not in (None, started)
+    finally:
+        child.kill()
+        child.wait(10)
+    assert process_start_ticks(child.pid) is None  # reaped: gone

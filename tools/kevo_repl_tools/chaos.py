@@ -42,6 +42,7 @@ from kevo_repl_tools.chaos_checker import (
     Violation,
     WriteLog,
     key_of,
+    process_start_ticks,
     read_rss_mb,
     value_of,
 )
@@ -225,7 +226,9 @@ class ChaosRun:
         self.writes = WriteLog(opts.writers)
         self.nodes: dict[str, _Node] = {}
         self.proxies: dict[str, FaultProxy] = {}
-        self.pids: list[int] = []
+        #: every node process started: (pid, start ticks), the start time telling a recycled
+        #: PID (pid_max may be 32768 on a busy machine) from a leaked process
+        self.pids: list[tuple[int, int | None]] = []
         self.timeline: list[TimelineEvent] = []
         self.executed: Counter[str] = Counter()
         self.convergence: dict[str, float | None] = {}
@@ -268,7 +271,7 @@ class ChaosRun:
     def _start_node(self, node: _Node) -> None:
         node.proc.start(_START_TIMEOUT_S)
         with self._lock:
-            self.pids.append(node.proc.pid)
+            self.pids.append((node.proc.pid, process_start_ticks(node.proc.pid)))
             node.state = "up"
 
     # -- cluster -------------------------------------------------------------------------------
@@ -554,7 +557,7 @@ class ChaosRun:
         # It served on a damaged WAL: what it cut cannot be undone by flipping the bit back.
         self._bitflips.pop(f.id)
         with self._lock:
-            self.pids.append(node.proc.pid)
+            self.pids.append((node.proc.pid, process_start_ticks(node.proc.pid)))
             node.state = "up"
         self.checker.violate("durability", f"fault #{f.id}: the primary started on a WAL with "
                              f"a bit flipped at {segment} offset {offset}")
@@ -728,13 +731,15 @@ class ChaosRun:
             proxy.close()
 
     def check_leaks(self) -> None:
-        for pid in self.pids:
+        for pid, started in self.pids:
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
                 continue
             except PermissionError:
                 pass
+            if started is not None and process_start_ticks(pid) != started:
+                continue  # the PID was recycled: ours is gone
             self.checker.violate("leak", f"process {pid} is still running after the run")
             try:
                 os.kill(pid, signal.SIGKILL)

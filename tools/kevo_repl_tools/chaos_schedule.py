@@ -73,12 +73,11 @@ KINDS: dict[str, KindSpec] = {
                             "start it again"),
 }
 
-#: Kinds in a run unless asked otherwise. Not `restart`: a clean shutdown's GOAWAY reaching a
-#: replica that is still connecting sends gRPC's client into eating gigabytes (docs/chaos.md,
-#: known problems).
+#: Kinds in a run unless asked otherwise: all of them (`restart` is back since our channels
+#: avoid gRPC's GOAWAY memory growth; docs/chaos.md, known problem 2).
 DEFAULT_KINDS = (
-    "kill", "freeze", "cut", "stall", "delay", "corrupt", "corrupt_any", "disk_error",
-    "retention",
+    "kill", "freeze", "restart", "cut", "stall", "delay", "corrupt", "corrupt_any",
+    "disk_error", "retention",
 )
 
 #: no fault starts before this many seconds (writers and replicas get going first)

@@ -154,6 +154,18 @@ class FaultProxy:
 
         self._call(_cut())
 
+    def cut_and_stall(self) -> None:
+        """Close every connection; accept new ones (and connect them upstream) but forward
+        nothing until resume(): a peer's reconnect is left mid-connect."""
+
+        async def _cut() -> None:
+            self._flowing.clear()
+            for w in list(self._writers):
+                w.transport.abort()
+            self._writers.clear()
+
+        self._call(_cut())
+
     def stall(self) -> None:
         """Keep connections open but forward nothing."""
         self._loop.call_soon_threadsafe(self._flowing.clear)
