@@ -23,6 +23,7 @@ from kevo_repl.primary.retention import SlotBusy
 from kevo_repl.protocol.proto import node_pb2 as npb
 from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.transport import TokenInterceptor, server_credentials, server_options
+from kevo_repl.replica.read_gate import ReadGate, TooManyWaitingReads
 from kevo_repl.replica.replica import Replica
 from kevo_repl.storage import store as store_mod
 from kevo_repl.storage.store import lock_data_dir, write_file_atomically
@@ -74,6 +75,9 @@ class NodeService:
         self.primary = primary
         self.replica = replica
         assert primary is not None or replica is not None
+        # a primary's position moves with its own writes; the gate polls it
+        self.read_gate = (replica.read_gate if replica is not None
+                          else ReadGate(lambda: self.store.position().sequence))
 
     @property
     def store(self) -> Applier:
@@ -224,11 +228,35 @@ class NodeService:
     async def Get(
         self, request: npb.GetRequest, context: grpc.aio.ServicerContext
     ) -> npb.GetResponse:
+        if request.min_sequence:
+            await self._wait_applied(request.min_sequence, context)
+        if not request.key:  # a pure wait (`kevo-repl wait`): no key is read
+            return npb.GetResponse(found=False, sequence=self.store.position().sequence)
         value = await asyncio.to_thread(self.store.get, request.key)
         seq = self.store.position().sequence
         if value is None:
             return npb.GetResponse(found=False, sequence=seq)
         return npb.GetResponse(found=True, value=value, sequence=seq)
+
+    async def _wait_applied(self, sequence: int, context: grpc.aio.ServicerContext) -> None:
+        """Hold a read until this node applied `sequence`, within the call's deadline (less a
+        margin to answer in); FAILED_PRECONDITION when it does not get there in time."""
+        remaining = context.time_remaining()
+        budget = _NO_DEADLINE_WAIT_S if remaining is None else max(0.0, remaining - 0.05)
+        try:
+            ok = await self.read_gate.wait(sequence, budget)
+        except TooManyWaitingReads as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise AssertionError("unreachable") from exc
+        if not ok:
+            applied = self.store.position().sequence
+            where = (f"; its primary is {self.cfg.replica.primary}" if self.replica is not None
+                     else "")
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this node has applied through {applied}, not yet {sequence}, after "
+                f"waiting {budget:.3g}s{where}",
+            )
 
     async def Status(
         self, request: npb.StatusRequest, context: grpc.aio.ServicerContext
@@ -330,6 +358,9 @@ class _WriteFailed(Exception):
         self.code = code
         self.message = message
 
+
+#: how long a read with min_sequence waits when the call has no deadline
+_NO_DEADLINE_WAIT_S = 30.0
 
 #: writes of one WriteStream that may be in flight at once (bounds the primary's memory)
 MAX_STREAM_IN_FLIGHT = 1024

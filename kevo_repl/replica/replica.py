@@ -38,6 +38,7 @@ from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.transport import MAX_MESSAGE_BYTES, call_metadata
 from kevo_repl.protocol.wire import Unpacker, UnpackError
 from kevo_repl.replica.bootstrap import Bootstrap, recover_install
+from kevo_repl.replica.read_gate import ReadGate
 from kevo_repl.replica.state import TRANSITIONS, State, StateMachine
 from kevo_repl.storage.store import open_store
 
@@ -89,6 +90,7 @@ class Replica:
         self._received = self.position.sequence
         self._queue: asyncio.Queue[list[Entry]] = asyncio.Queue(cfg.replica.queue_batches)
         self._durable_changed = asyncio.Event()
+        self.read_gate = ReadGate(lambda: self.position.sequence)  # Get(min_sequence=)
         self._session_id = ""
         self._channel: Any = None
         self._session_task: asyncio.Task[None] | None = None
@@ -526,6 +528,7 @@ class Replica:
             self._progress_log.append((self._last_progress_at, new_pos.sequence))
             self._progress(State.ACKNOWLEDGING, f"durable through {new_pos.sequence}")
             self._durable_changed.set()
+            self.read_gate.advanced()
             try:
                 self.pm.hook.kevo_repl_batch_applied(
                     node=self.replica_id,
