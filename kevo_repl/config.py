@@ -33,8 +33,8 @@ class NodeConfig:
 class ReplicaConfig:
     """How a replica follows its primary."""
 
-    #: the primary's HOST:PORT
-    primary: str = "127.0.0.1:50052"
+    #: the primary's HOST:PORT (required for a replica: --primary or this key)
+    primary: str = ""
     #: this replica's name; the primary keeps a durable slot (acked position) per name
     replica_id: str = "r1"
     #: responses buffered between receive and apply; bounds replica memory (flow control)
@@ -209,6 +209,11 @@ class Config:
         if self.node.metrics:
             parse_address(self.node.metrics, "[node] metrics")
         if self.node.role == "replica":
+            if not self.replica.primary:
+                raise ConfigError(
+                    "a replica needs its primary: --primary HOST:PORT, or [replica] primary "
+                    "in --config"
+                )
             parse_address(self.replica.primary, "[replica] primary")
             if not self.replica.replica_id:
                 raise ConfigError("[replica] replica_id must not be empty")

@@ -26,6 +26,7 @@ from kevo_repl.cli.data_args import (
     show_bytes,
     write_value,
 )
+from kevo_repl.cli.status_view import for_role, print_slots, print_table, status_rows
 from kevo_repl.cli.targets import explain_rpc_error, resolve_target
 from kevo_repl.client.loadgen import load_keys
 from kevo_repl.errors import KevoReplError
@@ -178,44 +179,17 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(rows: list[tuple[str, Any]]) -> None:
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as c:
         st = c.status()
     if args.json:
-        print(json.dumps(st, sort_keys=True))
+        print(json.dumps(for_role(st), sort_keys=True))
         return 0
-    replicas = st.pop("replicas", [])
-    # the table shows what this role has: counters at zero and the other role's fields are
-    # left out (--json has everything)
-    always = {"role", "state", "last_applied", "head_sequence", "applied_entries"}
-    if st.get("role") == "replica":
-        always |= {"lag_entries", "lag_seconds", "stalled", "connected", "received_sequence"}
-    _print_table([
-        (k, round(v, 3) if isinstance(v, float) else v)
-        for k, v in st.items()
-        if k in always or v not in ("", None, 0, 0.0, False, [])
-    ])
-    if replicas:
+    print_table(status_rows(st))
+    if st.get("replicas"):
         print()
-        _print_slots(replicas)
+        print_slots(for_role(st)["replicas"])
     return 0
-
-
-def _print_slots(replicas: list[dict[str, Any]]) -> None:
-    print(f"{'replica':<16} {'state':<8} {'acked':>12} {'lag':>10} {'lag bytes':>12}  "
-          f"{'oldest':<6}  peer")
-    for r in replicas:
-        print(
-            f"{r['replica_id']:<16} {r['slot_state']:<8} {r['acked_sequence']:>12} "
-            f"{r['lag_entries']:>10} {r['lag_bytes']:>12}  "
-            f"{'yes' if r['holds_oldest_segment'] else '':<6}  {r['peer']}"
-        )
 
 
 def cmd_slots_list(args: argparse.Namespace) -> int:
@@ -224,10 +198,11 @@ def cmd_slots_list(args: argparse.Namespace) -> int:
     if st["role"] != "primary":
         raise KevoReplError(f"{args.target} is a replica; slots live on its primary "
                             f"{st['primary']}")
+    slots = for_role(st)["replicas"]
     if args.json:
-        print(json.dumps(st["replicas"], sort_keys=True))
-    elif st["replicas"]:
-        _print_slots(st["replicas"])
+        print(json.dumps(slots, sort_keys=True))
+    elif slots:
+        print_slots(slots)
     else:
         print("no slots")
     return 0
@@ -246,7 +221,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(d, sort_keys=True))
     else:
-        _print_table(list(d.items()))
+        print_table(list(d.items()))
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -64,6 +65,25 @@ def replication_handler(primary: Primary) -> grpc.GenericRpcHandler:
                 response_serializer=rpb.SnapshotChunk.SerializeToString,
             ),
         },
+    )
+
+
+def not_a_primary_handler(cfg: Config) -> grpc.GenericRpcHandler:
+    """A replica's answer to a replica that streams from it: point it at the primary."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"this node is a replica, not a primary; its primary is {cfg.replica.primary}: "
+            f"point --primary there",
+        )
+
+    def handler(fn: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_stream_rpc_method_handler(fn, request_deserializer=_identity,
+                                                     response_serializer=_identity)
+
+    return grpc.method_handlers_generic_handler(
+        "kevo.replication.WALReplicationService", {"StreamWAL": handler(refuse)},
     )
 
 
@@ -408,19 +428,13 @@ class Node:
 
     async def start(self) -> str:
         cfg = self.cfg
-        self._lock_fd = lock_data_dir(cfg.data_dir)
-        if cfg.node.role == "primary":
-            self.primary = Primary(cfg, self.registry, self.pm)
-        else:
-            self.replica = Replica(cfg, self.registry, self.pm)
+        # everything that can be refused without touching the disk comes first: a node that
+        # cannot start leaves no data directory behind
+        self.registry.get("applier", cfg.applier.name)
         interceptors = [TokenInterceptor(cfg.server.token)] if cfg.server.token else []
         server = grpc.aio.server(
             options=server_options(cfg.server), interceptors=interceptors
         )
-        if self.primary is not None:
-            server.add_generic_rpc_handlers((replication_handler(self.primary),))
-        self.service = NodeService(cfg, self.primary, self.replica)
-        server.add_generic_rpc_handlers((node_handler(self.service),))
         creds = server_credentials(cfg.server)
         try:
             if creds is None:
@@ -430,9 +444,13 @@ class Node:
         except RuntimeError as exc:
             raise KevoReplError(f"cannot listen on {cfg.node.listen}: {exc}") from exc
         if port == 0:
-            raise KevoReplError(f"cannot listen on {cfg.node.listen}")
+            raise KevoReplError(f"cannot listen on {cfg.node.listen} (in use?)")
         self.server = server
-        await server.start()
+        try:
+            await self._open(server)
+        except BaseException:
+            await self._abandon_start()
+            raise
         host = cfg.node.listen.rpartition(":")[0]
         self.address = f"{host}:{port}"
         write_file_atomically(Path(cfg.data_dir) / ADDRESS_FILE, self.address.encode())
@@ -442,13 +460,47 @@ class Node:
             "mutual TLS" if cfg.server.tls_client_ca else "TLS" if creds else "plaintext",
             ", token required" if cfg.server.token else "",
         )
-        if cfg.node.metrics:
-            self._metrics, self.metrics_address = serve_metrics(
-                cfg.node.metrics, self.service.status
-            )
         if self.replica is not None:
             self._replica_task = asyncio.create_task(self.replica.run(), name="replica")
         return self.address
+
+    async def _open(self, server: grpc.aio.Server) -> None:
+        cfg = self.cfg
+        if cfg.node.metrics:
+            # bound now, served from status once the node exists
+            self._metrics, self.metrics_address = serve_metrics(
+                cfg.node.metrics, lambda: self.service.status()
+            )
+        self._lock_fd = lock_data_dir(cfg.data_dir)
+        if cfg.node.role == "primary":
+            self.primary = Primary(cfg, self.registry, self.pm)
+        else:
+            self.replica = Replica(cfg, self.registry, self.pm)
+        if self.primary is not None:
+            server.add_generic_rpc_handlers((replication_handler(self.primary),))
+        else:
+            server.add_generic_rpc_handlers((not_a_primary_handler(cfg),))
+        self.service = NodeService(cfg, self.primary, self.replica)
+        server.add_generic_rpc_handlers((node_handler(self.service),))
+        await server.start()
+
+    async def _abandon_start(self) -> None:
+        """Undo a start that failed part-way: nothing keeps running, nothing stays locked."""
+        if self._metrics is not None:
+            self._metrics[0].shutdown()
+            self._metrics = None
+        if self.server is not None:
+            await self.server.stop(None)
+            self.server = None
+        if self.primary is not None:
+            with contextlib.suppress(Exception):
+                await self.primary.close()
+        if self.replica is not None:
+            with contextlib.suppress(Exception):
+                self.replica.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     async def stop(self) -> None:
         if self.replica is not None:

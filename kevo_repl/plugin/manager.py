@@ -64,6 +64,13 @@ class KevoPluginManager(pluggy.PluginManager):
         self.distributions: dict[str, tuple[str, str]] = {}
 
 
+#: plugins of this repository that ship apart from the core, by (kind, name)
+_DISTRIBUTIONS = {
+    ("applier", "lmdb"): "kevo-repl-lmdb",
+    ("applier", "leveldb"): "kevo-repl-leveldb",
+}
+
+
 class Registry:
     """Named backends of each kind, as the plugins registered them."""
 
@@ -108,8 +115,14 @@ class Registry:
     def get(self, kind: str, name: str) -> Any:
         reg = self._by_kind[kind].get(name)
         if reg is None:
-            available = ", ".join(self.names(kind)) or "none"
-            raise ConfigError(f"unknown {kind} {name!r}; available: {available}")
+            available = ", ".join(self.names(kind)) or "none installed"
+            hint = ""
+            dist = _DISTRIBUTIONS.get((kind, name))
+            if dist is not None:
+                hint = (f". The {name!r} {kind} comes with the {dist} distribution: install it "
+                        f"(`pip install {dist}`, or `pip install -e plugins/{name}` in a "
+                        "checkout)")
+            raise ConfigError(f"unknown {kind} {name!r}; available: {available}{hint}")
         return reg.obj
 
     def compressors_by_id(self) -> dict[int, Compressor]:

@@ -105,6 +105,8 @@ class Replica:
         # for lag and stall reporting (monotonic clock unless said otherwise)
         self._connected = False
         self._last_message_at: float | None = None
+        self._started_at = time.monotonic()
+        self._last_ack_at = 0.0  # when an ack was last delivered
         self._last_progress_at = time.monotonic()
         self._behind_since_primary_ns: int | None = None  # primary clock: head passed us
         self._clock_offset_ns = 0  # primary clock minus ours, from the latest response
@@ -225,6 +227,11 @@ class Replica:
                 f"primary {primary} refused our credentials ({details}); "
                 "check [connector] token"
             )
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            return False, (
+                f"{primary} does not speak kevo-repl's replication protocol ({details}); "
+                "is --primary the primary's address and port?"
+            )
         lowered = details.lower()
         if code == grpc.StatusCode.UNAVAILABLE and any(
             w in lowered for w in ("ssl", "handshake", "certificate", "tls")
@@ -300,6 +307,12 @@ class Replica:
         for key, value in metadata or ():
             if key == SESSION_HEADER:
                 self._session_id = str(value)
+        if not self._session_id:
+            # no session: the stream failed before it started; reading raises its error
+            await call.read()
+            raise _RestartSession(
+                f"{self.cfg.replica.primary} ended the stream before it started"
+            )
         log.info(
             "replica %s connected to %s, streaming from %d (session %s)",
             self.replica_id, self.cfg.replica.primary, start, self._session_id,
@@ -309,6 +322,9 @@ class Replica:
         self._last_message_at = self._last_progress_at = time.monotonic()
         self._move(State.STREAMING_ENTRIES, f"connected, streaming from {start}")
         self.bootstrap.stream_started()  # after an install: ack the new position at once
+        # a new session (say, after the primary restarted) learns our durable position at
+        # once, not with the next write: the slot's acked position is true while idle
+        self._durable_changed.set()
         loop = asyncio.get_running_loop()
         nacked: tuple[int, float] | None = None  # (sequence asked for, when)
         async for resp in call:
@@ -576,7 +592,8 @@ class Replica:
             session = self._session_id
             if self._channel is None or not session:
                 continue
-            if sent[0] == session and durable <= sent[1] and received <= sent[2]:
+            stale = time.monotonic() - self._last_ack_at >= self.cfg.stream.heartbeat_s
+            if sent[0] == session and durable <= sent[1] and received <= sent[2] and not stale:
                 continue
             ack = self._channel.unary_unary(
                 _ACK,
@@ -590,6 +607,7 @@ class Replica:
                     timeout=10,
                 )
                 sent = (session, durable, received)
+                self._last_ack_at = time.monotonic()
             except (grpc.aio.AioRpcError, RuntimeError) as exc:
                 # the next batch (or the next session) acks again
                 log.info("replica %s: ack of %d not delivered: %s", self.replica_id, durable, exc)
@@ -600,6 +618,10 @@ class Replica:
         """Head and clock from a response (heartbeats included): the basis of lag."""
         now = time.monotonic()
         self._last_message_at = now
+        if now - self._last_ack_at >= self.cfg.stream.heartbeat_s:
+            # idle: a heartbeat is answered with an ack, so the primary's view of this
+            # replica (last_ack_age_s) stays fresh
+            self._durable_changed.set()
         if resp.primary_time_ns:
             self._clock_offset_ns = resp.primary_time_ns - time.time_ns()
         if resp.head_sequence:
@@ -621,15 +643,23 @@ class Replica:
         silent = self._last_message_at is not None and now - self._last_message_at > max(
             stall_after, 3 * self.cfg.stream.heartbeat_s
         )
+        if not self._connected:
+            # no news from the primary: entries are as last heard (a floor), and seconds
+            # grow at least with the silence, since we cannot know we are current
+            heard = self._last_message_at or self._started_at
+            return entries, max(self._seconds_behind(), now - heard), False
         if entries == 0:
             self._behind_since_primary_ns = None
-            return 0, 0.0, self._connected and silent
-        seconds = 0.0
-        if self._behind_since_primary_ns is not None:
-            primary_now = time.time_ns() + self._clock_offset_ns
-            seconds = max(0.0, (primary_now - self._behind_since_primary_ns) / 1e9)
+            return 0, 0.0, silent
+        seconds = self._seconds_behind()
         stuck = now - self._last_progress_at > stall_after
-        return entries, seconds, self._connected and (stuck or silent)
+        return entries, seconds, stuck or silent
+
+    def _seconds_behind(self) -> float:
+        if self._behind_since_primary_ns is None:
+            return 0.0
+        primary_now = time.time_ns() + self._clock_offset_ns
+        return max(0.0, (primary_now - self._behind_since_primary_ns) / 1e9)
 
     def apply_rate(self, window_s: float = 5.0) -> float:
         """Entries applied per second over the last `window_s` seconds."""
