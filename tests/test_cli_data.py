@@ -14,7 +14,11 @@ import pytest
 from cli_script import KEVO_REPL, run
 from conftest import Cluster
 
-pytestmark = pytest.mark.parametrize("applier", ["lmdb"])
+
+@pytest.fixture
+def applier() -> str:
+    """These tests are about the CLI and status, not the store: one applier is enough."""
+    return "lmdb"
 
 
 def test_value_file_and_stdin_round_trip_binary_bytes_exactly(

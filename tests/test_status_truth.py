@@ -14,7 +14,11 @@ from kevo_repl_tools.launcher import wait_until
 from kevo_repl.cli.status_view import for_role
 from kevo_repl.node.metrics import metric_name, slot_metric_name
 
-pytestmark = pytest.mark.parametrize("applier", ["lmdb"])
+
+@pytest.fixture
+def applier() -> str:
+    """These tests are about the CLI and status, not the store: one applier is enough."""
+    return "lmdb"
 
 
 def _slot(primary, replica_id="r1"):
