@@ -73,6 +73,18 @@ class ReplicaStats:
     backoff_history: deque[float] = field(default_factory=lambda: deque(maxlen=10))
 
 
+async def _responses(call: Any, first: list[Any]) -> Any:
+    """The stream's messages, those in `first` (already read) included: one reading API for
+    the whole call, since gRPC forbids mixing read() and iteration."""
+    for resp in first:
+        yield resp
+    while True:
+        resp = await call.read()
+        if resp is grpc.aio.EOF:
+            return
+        yield resp
+
+
 class Replica:
     def __init__(self, cfg: Config, registry: Registry, pm: pluggy.PluginManager) -> None:
         self.cfg = cfg
@@ -307,12 +319,15 @@ class Replica:
         for key, value in metadata or ():
             if key == SESSION_HEADER:
                 self._session_id = str(value)
+        first: list[Any] = []  # a message read before the loop (None: it did not parse)
         if not self._session_id:
-            # no session: the stream failed before it started; reading raises its error
-            await call.read()
-            raise _RestartSession(
-                f"{self.cfg.replica.primary} ended the stream before it started"
-            )
+            # no session header: either the stream failed before it started (reading raises
+            # its error) or a peer that sends none; connected only once a message arrived
+            first.append(await call.read())
+            if first[0] is grpc.aio.EOF:
+                raise _RestartSession(
+                    f"{self.cfg.replica.primary} ended the stream before it started"
+                )
         log.info(
             "replica %s connected to %s, streaming from %d (session %s)",
             self.replica_id, self.cfg.replica.primary, start, self._session_id,
@@ -327,7 +342,7 @@ class Replica:
         self._durable_changed.set()
         loop = asyncio.get_running_loop()
         nacked: tuple[int, float] | None = None  # (sequence asked for, when)
-        async for resp in call:
+        async for resp in _responses(call, first):
             if resp is None:
                 # gRPC hands over None for a message that does not parse (damaged in flight)
                 self._count_corrupt(self._received + 1)
