@@ -4,6 +4,7 @@ cannot start leaves nothing behind. Every test runs the installed console script
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -55,6 +56,18 @@ def test_unknown_applier_names_the_distribution_and_leaves_no_data_dir(tmp_path:
     res = run("primary", "--data-dir", str(tmp_path / "p"), "--listen", "127.0.0.1:0",
               "--applier", "rocks")
     _refused(res, "unknown applier 'rocks'", "available: ")
+    assert not (tmp_path / "p").exists()
+
+
+def test_missing_store_plugin_names_what_to_install(tmp_path: Path) -> None:
+    # a core-only install: the lmdb plugin's distribution is not there
+    res = subprocess.run(
+        [KEVO_REPL, "primary", "--data-dir", str(tmp_path / "p"), "--listen", "127.0.0.1:0"],
+        capture_output=True, timeout=60,
+        env={**os.environ, "KEVO_REPL_BLOCK_PLUGINS": "lmdb,leveldb"},
+    )
+    _refused(res, "unknown applier 'lmdb'", "kevo-repl-lmdb distribution",
+             "pip install 'kevo-repl[lmdb]'", "kevo-repl[all]")
     assert not (tmp_path / "p").exists()
 
 

@@ -160,7 +160,8 @@ def test_a_node_failing_at_start_up_fails_the_demo_at_once_with_its_log(tmp_path
                          capture_output=True, text=True, timeout=60)
     assert time.monotonic() - started < 20
     assert res.returncode == 2, res.stdout + res.stderr
-    assert "exited with code" in res.stderr and "holds a replica's data" in res.stderr
+    assert "did not start: it exited with code" in res.stderr
+    assert "holds a replica's data" in res.stderr
     assert "Traceback" not in res.stderr
 
 

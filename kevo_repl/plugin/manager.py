@@ -119,9 +119,9 @@ class Registry:
             hint = ""
             dist = _DISTRIBUTIONS.get((kind, name))
             if dist is not None:
-                hint = (f". The {name!r} {kind} comes with the {dist} distribution: install it "
-                        f"(`pip install {dist}`, or `pip install -e plugins/{name}` in a "
-                        "checkout)")
+                hint = (f". The {name!r} {kind} comes with the {dist} distribution: install "
+                        f"it with `pip install 'kevo-repl[{name}]'` (or `kevo-repl[all]`), or "
+                        f"`pip install -e plugins/{name}` in a checkout")
             raise ConfigError(f"unknown {kind} {name!r}; available: {available}{hint}")
         return reg.obj
 

@@ -148,7 +148,7 @@ def _mismatch(data_dir: Path, found: dict[str, Any], wanted: dict[str, str]) -> 
             f"{wanted['role']} its own --data-dir"
         )
     return (
-        f"{data_dir} holds a store of the {found.get('applier')!r} applier, not "
-        f"{wanted['applier']!r}. Start it with --applier {found.get('applier')}, or use "
-        "another --data-dir"
+        f"{data_dir} holds a store of the {found.get('applier')!r} applier, which the "
+        f"{wanted['applier']!r} applier cannot open. Start it with --applier "
+        f"{found.get('applier')}, or use another --data-dir"
     )

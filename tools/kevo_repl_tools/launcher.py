@@ -96,11 +96,11 @@ class NodeProcess:
         if not line:
             self.kill()
             # a node that exits during start-up ends its stdout: that is known at once
-            what = (f"exited with code {self.proc.returncode} during start-up"
+            what = (f"it exited with code {self.proc.returncode}"
                     if time.monotonic() - started < timeout else
-                    f"did not start within {timeout}s")
+                    f"no 'listening' line within {timeout}s")
             raise KevoReplError(
-                f"{self.role} at {self.data_dir} {what}; the end of its log:\n"
+                f"{self.role} at {self.data_dir} did not start: {what}; the end of its log:\n"
                 f"{self.log_tail(15)}"
             )
         ready = json.loads(line)
