@@ -83,6 +83,11 @@ def test_operator_tour_stop_replica_write_restart_read_my_write(cluster, tmp_pat
     # check lag
     table = run("status", "--target", r).stdout.decode()
     assert re.search(r"lag_entries\s+0\n", table) and re.search(r"connected\s+true", table)
+    primary_table = run("status", "--target", p).stdout.decode()
+    assert re.search(r"max_retained_bytes\s+64\.0 GiB\n", primary_table), primary_table
+    assert "bootstrap_" not in table and "lag_seconds" not in primary_table
+    primary_json = json.loads(run("status", "--target", p, "--json").stdout)
+    assert not {"replica_id", "lag_seconds", "connected", "bootstrap_keys"} & set(primary_json)
     slots = json.loads(run("slots", "list", "--target", p, "--json").stdout)
     assert slots[0]["lag_entries"] == 0 and "lost_age_s" not in slots[0]
     # stop the replica (crash), write, restart

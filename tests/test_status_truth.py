@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import urllib.request
@@ -43,6 +44,11 @@ def test_replica_of_a_dead_primary_is_not_connected_and_its_lag_grows(cluster) -
     assert second["lag_seconds"] >= first["lag_seconds"] + 2.0 > 2.0
     # "connected" is logged once: for the one stream that really started
     assert replica.log_file.read_text().count(" connected to ") == 1
+    shown = json.loads(run("status", "--target", replica.address, "--json").stdout)
+    assert shown["backoff_history_s"] and all(
+        d == round(d, 3) for d in shown["backoff_history_s"]
+    )
+    assert "wal_segments" not in shown and "replicas" not in shown  # the primary's fields
     table = run("status", "--target", replica.address).stdout.decode()
     assert re.search(r"lag_entries\s+unknown: not connected", table), table
     assert re.search(r"connected\s+false", table), table

@@ -32,6 +32,8 @@ def for_role(st: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in st.items() if k not in other}
     if "replicas" in out:
         out["replicas"] = [_slot_fields(r) for r in out["replicas"]]
+    if "backoff_history_s" in out:  # milliseconds are precision enough
+        out["backoff_history_s"] = [round(d, 3) for d in out["backoff_history_s"]]
     return out
 
 
