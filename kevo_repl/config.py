@@ -68,7 +68,10 @@ class NodeConfig:
 class ReplicaConfig:
     """How a replica follows its primary."""
 
-    primary: Annotated[str, Meta(description="the primary's HOST:PORT")] = "127.0.0.1:50052"
+    primary: Annotated[
+        str, Meta(description="the primary's HOST:PORT (required for a replica: --primary or "
+                  "this key)")
+    ] = ""
     replica_id: Annotated[
         str,
         Meta(description="this replica's name (1 to 128 of A-Z a-z 0-9 . _ -); "
@@ -342,11 +345,16 @@ class Config:
         if self.node.advertise:
             parse_address(self.node.advertise, "[node] advertise")
         if self.node.role == "replica":
-            parse_address(self.replica.primary, "[replica] primary")
             if self.replica.replica_id:
                 problem = replica_id_problem(self.replica.replica_id)
                 if problem is not None:
                     raise ConfigError(f"[replica] replica_id: {problem}")
+            if not self.replica.primary:
+                raise ConfigError(
+                    "a replica needs its primary: --primary HOST:PORT, or [replica] primary "
+                    "in --config"
+                )
+            parse_address(self.replica.primary, "[replica] primary")
         if bool(self.server.tls_cert) != bool(self.server.tls_key):
             raise ConfigError("[server] tls_cert and tls_key go together")
         if self.server.tls_client_ca and not self.server.tls_cert:

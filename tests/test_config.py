@@ -46,7 +46,8 @@ def test_toml_overlay(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text,match", [
     ("[nope]\nx = 1\n", r"unknown section \[nope\] in .*; valid sections: node, replica, "),
     ("[node]\nrol = 'primary'\n",
-     r"unknown key 'rol' in \[node\]; valid keys: role, data_dir, listen, metrics, advertise, max_rss_mb$"),
+     r"unknown key 'rol' in \[node\]; valid keys: role, data_dir, listen, metrics, advertise, "
+     r"max_rss_mb$"),
     ("[wal]\nsegment_bytes = 'big'\n", r"\[wal\] segment_bytes must be int \(positive\), not str"),
     ("[wal]\nsegment_bytes = true\n", r"\[wal\] segment_bytes must be int .*, not bool"),
     ("[node]\nrole = 'leader'\n",
@@ -77,6 +78,7 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, match: str) -> N
 def test_no_default_replica_id() -> None:
     cfg = Config()
     cfg.node.role = "replica"
+    cfg.replica.primary = "127.0.0.1:50052"
     cfg.validate()  # an empty id is valid: the replica derives and stores one
     assert cfg.replica.replica_id == ""
 

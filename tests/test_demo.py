@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 DEMO = [sys.executable, "-m", "kevo_repl", "demo", "--no-tty"]
 
 
@@ -89,3 +91,88 @@ def test_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:
                          timeout=60)
     assert res.returncode == 2 and "not made by the demo" in res.stderr
     assert (target / "data.txt").read_text() == "keep me"
+
+
+KEVO_REPL = str(Path(sys.executable).parent / "kevo-repl")
+
+
+def _start_demo(tmp_path: Path) -> tuple[subprocess.Popen[str], set[int]]:
+    """A slow demo, started as an operator does, once its three nodes are up."""
+    proc = subprocess.Popen([KEVO_REPL, "demo", "--no-tty", "--rate", "500"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        seen += line
+        if "written" in line or time.monotonic() > deadline:
+            break
+    pids = _pids(seen)
+    assert len(pids) == 3, seen
+    # nodes run as `kevo-repl`, so that ps finds them by that name
+    for pid in pids:
+        assert "kevo-repl" in Path(f"/proc/{pid}/cmdline").read_text(), pid
+    return proc, pids
+
+
+def _wait_gone(pids: set[int], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(_gone(p) for p in pids):
+        assert time.monotonic() < deadline, [p for p in pids if not _gone(p)]
+        time.sleep(0.1)
+
+
+def test_nodes_die_with_a_killed_demo(tmp_path: Path) -> None:
+    proc, pids = _start_demo(tmp_path)
+    try:
+        proc.kill()  # SIGKILL: no handler of the demo runs; the nodes' parent-death signal
+        proc.wait(10)
+        _wait_gone(pids)
+    finally:
+        for pid in pids:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_closing_the_terminal_stops_every_node(tmp_path: Path) -> None:
+    proc, pids = _start_demo(tmp_path)
+    try:
+        proc.send_signal(signal.SIGHUP)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "interrupted" in err
+        _wait_gone(pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in pids:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_node_failing_at_start_up_fails_the_demo_at_once_with_its_log(tmp_path: Path) -> None:
+    work = tmp_path / "kevo-demo"
+    (work / "primary").mkdir(parents=True)
+    (work / ".kevo-demo").write_text("made by kevo-repl demo\n")
+    # a primary's data directory that holds a replica's data: the primary refuses to start
+    (work / "primary" / "node.json").write_text('{"role": "replica", "applier": "lmdb"}')
+    started = time.monotonic()
+    res = subprocess.run([KEVO_REPL, "demo", "--no-tty", "--keep"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 20
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "did not start: it exited with code" in res.stderr
+    assert "holds a replica's data" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--count", "0"], "--count must be >= 1"),
+    (["--count", "-5"], "--count must be >= 1"),
+    (["--dir", "README.md"], "is not a directory"),
+])
+def test_bad_arguments_are_refused(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "README.md").write_text("not a directory\n")
+    res = subprocess.run([KEVO_REPL, "demo", "--no-tty", *args], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr

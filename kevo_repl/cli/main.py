@@ -2,6 +2,7 @@
 
 This is the only module that configures logging.
 """
+# (a module docstring, not the parser's description: --help shows no developer notes)
 
 from __future__ import annotations
 
@@ -18,6 +19,15 @@ from typing import Any
 import grpc
 
 from kevo_repl import config as config_mod
+from kevo_repl.cli.data_args import (
+    add_encoding_flags,
+    decode_arg,
+    read_value,
+    show_bytes,
+    write_value,
+)
+from kevo_repl.cli.status_view import for_role, print_slots, print_table, status_rows
+from kevo_repl.cli.targets import explain_rpc_error, resolve_target
 from kevo_repl.client.loadgen import load_keys
 from kevo_repl.errors import KevoReplError
 from kevo_repl.protocol.codec import Op
@@ -81,13 +91,17 @@ def cmd_node(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> Any:
     from kevo_repl.client.client import Client
 
+    return Client(resolve_target(args.target), timeout=args.timeout, connector=_connector(args))
+
+
+def _connector(args: argparse.Namespace) -> config_mod.ConnectorConfig:
     # the [connector] table of --config, with flags overriding it
     conn = config_mod.load(args.config).connector
     for flag in ("tls_ca", "tls_cert", "tls_key", "tls_server_name", "token"):
         value = getattr(args, flag)
         if value is not None:
             setattr(conn, flag, value)
-    return Client(args.target, timeout=args.timeout, connector=conn)
+    return conn
 
 
 def _semisync(args: argparse.Namespace) -> Any:
@@ -100,8 +114,9 @@ def _semisync(args: argparse.Namespace) -> Any:
 
 
 def _write_one(args: argparse.Namespace, op: int, value: bytes) -> int:
+    key = decode_arg(args.key, args, "KEY")
     with _client(args) as c:
-        resp = c.write_full([(op, args.key.encode(), value)], _semisync(args))
+        resp = c.write_full([(op, key, value)], _semisync(args))
     out: dict[str, Any] = {"sequence": resp.last_sequence}
     if args.wait_for:
         out |= {"acked_by": list(resp.acked_by), "degraded": resp.degraded}
@@ -110,7 +125,7 @@ def _write_one(args: argparse.Namespace, op: int, value: bytes) -> int:
 
 
 def cmd_put(args: argparse.Namespace) -> int:
-    return _write_one(args, Op.PUT, args.value.encode())
+    return _write_one(args, Op.PUT, read_value(args))
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -118,12 +133,24 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    key = decode_arg(args.key, args, "KEY")
     with _client(args) as c:
-        value = c.get(args.key.encode())
+        value = c.get(key, min_sequence=args.min_sequence)
     if value is None:
-        print(f"{args.key}: not found", file=sys.stderr)
+        print(f"{show_bytes(key)}: not found", file=sys.stderr)
         return 1
-    sys.stdout.write(value.decode(errors="backslashreplace") + "\n")
+    write_value(value, args)
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    if args.sequence < 1:
+        raise KevoReplError("--sequence must be >= 1 (a write's \"sequence\")")
+    started = time.perf_counter()
+    with _client(args) as c:
+        applied = c.wait_applied(args.sequence, args.timeout)
+    print(json.dumps({"sequence": args.sequence, "applied": applied,
+                      "waited_s": round(time.perf_counter() - started, 3)}))
     return 0
 
 
@@ -135,56 +162,36 @@ def cmd_load(args: argparse.Namespace) -> int:
     written = 0
     sync = _semisync(args)
     with _client(args) as c:
-        for muts in load_keys(args.count, args.start, args.key_size, args.value_size, args.batch):
-            last = c.write_full(muts, sync).last_sequence
-            written += len(muts)
-            if args.progress:
-                print(json.dumps({"written": written, "last_sequence": last}), flush=True)
+        try:
+            for muts in load_keys(args.count, args.start, args.key_size, args.value_size,
+                                  args.batch):
+                last = c.write_full(muts, sync).last_sequence
+                written += len(muts)
+                if args.progress:
+                    print(json.dumps({"written": written, "last_sequence": last}), flush=True)
+        except grpc.RpcError as exc:
+            # what is durable is worth knowing: the summary, then the error (rc 3)
+            print(json.dumps({"entries": written, "requested": args.count,
+                              "last_sequence": last, "interrupted": _rpc_text(exc)}))
+            print(f"kevo-repl: load stopped after {written} of {args.count} entries "
+                  f"(last sequence {last}): {_rpc_text(exc)}", file=sys.stderr)
+            return 3
     seconds = time.perf_counter() - started
     print(json.dumps({"entries": written, "seconds": round(seconds, 6), "last_sequence": last}))
     return 0
-
-
-def _print_table(rows: list[tuple[str, Any]]) -> None:
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as c:
         st = c.status()
     if args.json:
-        print(json.dumps(st, sort_keys=True))
+        print(json.dumps(for_role(st), sort_keys=True))
         return 0
-    replicas = st.pop("replicas", [])
-    # the table shows what this role has: counters at zero and the other role's fields are
-    # left out (--json has everything)
-    always = {"role", "state", "last_applied", "head_sequence", "applied_entries"}
-    if st.get("role") == "replica":
-        always |= {"lag_entries", "lag_seconds", "stalled", "connected", "received_sequence"}
-    _print_table([
-        (k, round(v, 3) if isinstance(v, float) else v)
-        for k, v in st.items()
-        if k in always or v not in ("", None, 0, 0.0, False, [])
-    ])
-    if replicas:
+    print_table(status_rows(st))
+    if st.get("replicas"):
         print()
-        _print_slots(replicas)
+        print_slots(for_role(st)["replicas"])
     return 0
-
-
-def _print_slots(replicas: list[dict[str, Any]]) -> None:
-    print(f"{'replica':<16} {'state':<8} {'acked':>12} {'lag':>10} {'lag bytes':>12}  "
-          f"{'oldest':<6}  peer")
-    for r in replicas:
-        # a KevoDB replica never acknowledges: its slot follows its stream requests
-        acked = "never acks" if r.get("never_acks") else r["acked_sequence"]
-        print(
-            f"{r['replica_id']:<16} {r['slot_state']:<8} {acked:>12} "
-            f"{r['lag_entries']:>10} {r['lag_bytes']:>12}  "
-            f"{'yes' if r['holds_oldest_segment'] else '':<6}  {r['peer']}"
-        )
 
 
 def cmd_slots_list(args: argparse.Namespace) -> int:
@@ -193,10 +200,11 @@ def cmd_slots_list(args: argparse.Namespace) -> int:
     if st["role"] != "primary":
         raise KevoReplError(f"{args.target} is a replica; slots live on its primary "
                             f"{st['primary']}")
+    slots = for_role(st)["replicas"]
     if args.json:
-        print(json.dumps(st["replicas"], sort_keys=True))
-    elif st["replicas"]:
-        _print_slots(st["replicas"])
+        print(json.dumps(slots, sort_keys=True))
+    elif slots:
+        print_slots(slots)
     else:
         print("no slots")
     return 0
@@ -215,21 +223,22 @@ def cmd_digest(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(d, sort_keys=True))
     else:
-        _print_table(list(d.items()))
+        print_table(list(d.items()))
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from kevo_repl.client.client import Client
-    from kevo_repl.client.verify import verify
+    from kevo_repl.client.verify import check_roles, verify
 
-    conn = config_mod.load(args.config).connector
-    if args.token is not None:
-        conn.token = args.token
+    conn = _connector(args)
+    primary = resolve_target(args.primary, "--primary")
+    replica = resolve_target(args.replica, "--replica")
     with (
-        Client(args.primary, args.timeout, conn) as p,
-        Client(args.replica, args.timeout, conn) as r,
+        Client(primary, args.timeout, conn) as p,
+        Client(replica, args.timeout, conn) as r,
     ):
+        check_roles(p, r)
         result = verify(p, r, timeout=args.timeout)
     if args.json:
         print(json.dumps(result.as_dict(), sort_keys=True))
@@ -306,19 +315,65 @@ def _add_extension_commands(sub: Any) -> None:
             log.warning("command extension %s (%s) failed to load: %s", ep.name, ep.value, exc)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default, when it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" not in text and action.option_strings
+            and default not in (None, False, argparse.SUPPRESS)
+            and action.nargs != 0
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kevo-repl")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+_ROLE_HELP = {
+    "primary": "Run a primary: it accepts writes, logs them durably in its WAL, applies them "
+    "to its store and streams them to replicas. Runs until SIGTERM/SIGINT.",
+    "replica": "Run a replica: it streams its primary's WAL, applies each batch durably to "
+    "its own store, acknowledges it, and serves reads. Runs until SIGTERM/SIGINT.",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kevo-repl",
         description="Run kevo-repl primary and replica nodes, write to them, read from them and "
         "inspect them.",
+        formatter_class=_HelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--log-level", default=os.environ.get("KEVO_REPL_LOG_LEVEL", "INFO"),
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
+                   help="log messages at this level and above ($KEVO_REPL_LOG_LEVEL)")
     p.add_argument("--log-file", default=None, help="log here instead of stderr")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_parser = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+        kw.setdefault("formatter_class", _HelpFormatter)
+        if "help" in kw:
+            kw.setdefault("description", kw["help"][:1].upper() + kw["help"][1:] + ".")
+        parser: argparse.ArgumentParser = _add_parser(name, **kw)
+        return parser
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]  # every command formats alike
 
     for role in ("primary", "replica"):
-        s = sub.add_parser(role, help=f"run a {role} node until SIGTERM/SIGINT")
+        s = sub.add_parser(role, help=f"run a {role} node until SIGTERM/SIGINT",
+                           description=_ROLE_HELP[role])
         s.add_argument("--config", help="TOML configuration file")
         s.add_argument("--data-dir", help="data directory (default from config: ./data)")
         s.add_argument("--listen", help="HOST:PORT to serve on (port 0 picks a free one; "
@@ -326,28 +381,35 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--applier", help="store backend by registered name (default lmdb)")
         s.add_argument("--metrics", help="HOST:PORT to serve Prometheus /metrics on")
         if role == "replica":
-            s.add_argument("--primary", help="the primary's HOST:PORT")
+            s.add_argument("--primary", help="the primary's HOST:PORT (required, here or as "
+                           "[replica] primary in --config)")
             s.add_argument("--replica-id", help="this replica's durable name on the primary "
-                           "(default: derived once and kept in DATA_DIR/replica_id)")
+                           "(default: [replica] replica_id, else derived once and kept in "
+                           "DATA_DIR/replica_id)")
             s.add_argument("--replication-token",
                            default=os.environ.get("KEVO_REPL_REPLICATION_TOKEN"),
                            help="the primary's replication token "
                            "(default: $KEVO_REPL_REPLICATION_TOKEN)")
         s.set_defaults(func=cmd_node)
 
-    def client_cmd(
-        name: str, help: str, parent: Any = None
-    ) -> argparse.ArgumentParser:
-        s = (parent or sub).add_parser(name, help=help)
-        s.add_argument("--target", required=True, help="a node's HOST:PORT")
-        s.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
-        s.add_argument("--config", help="TOML file whose [connector] table says how to connect")
+    def tls_flags(s: argparse.ArgumentParser) -> None:
         s.add_argument("--tls-ca", help="CA file to verify the node's certificate (TLS)")
         s.add_argument("--tls-cert", help="client certificate (mutual TLS)")
         s.add_argument("--tls-key", help="client key (mutual TLS)")
         s.add_argument("--tls-server-name", help="name to expect in the node's certificate")
         s.add_argument("--token", default=os.environ.get("KEVO_REPL_TOKEN"),
-                       help="shared token (default: $KEVO_REPL_TOKEN)")
+                       help="shared token ($KEVO_REPL_TOKEN)")
+
+    def client_cmd(
+        name: str, help: str, parent: Any = None
+    ) -> argparse.ArgumentParser:
+        s = (parent or sub).add_parser(name, help=help, formatter_class=_HelpFormatter,
+                                       description=help[:1].upper() + help[1:] + ".")
+        s.add_argument("--target", required=True,
+                       help="a node's HOST:PORT, or its data directory (read from node.addr)")
+        s.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+        s.add_argument("--config", help="TOML file whose [connector] table says how to connect")
+        tls_flags(s)
         return s
 
     def semisync_flags(s: argparse.ArgumentParser) -> None:
@@ -355,45 +417,64 @@ def build_parser() -> argparse.ArgumentParser:
                        help="return only once N replicas acknowledged (semi-sync; default 0)")
         s.add_argument("--level", choices=["durable", "received"], default="durable",
                        help="what a replica's acknowledgement must mean")
-        s.add_argument("--wait-timeout", type=float, default=5.0, metavar="SECONDS")
+        s.add_argument("--wait-timeout", type=float, default=5.0, metavar="SECONDS",
+                       help="how long the primary waits for --wait-for acknowledgements")
         s.add_argument("--on-timeout", choices=["raise", "degrade"], default="raise",
                        help="fail the call, or return degraded (logged and counted)")
 
-    s = client_cmd("put", "write one key (primary only)")
-    s.add_argument("key")
-    s.add_argument("value")
+    json_help = "print JSON (every field) instead of a table"
+    s = client_cmd("put", "write one key (primary only); print its sequence as JSON")
+    s.add_argument("key", metavar="KEY")
+    s.add_argument("value", metavar="VALUE", nargs="?",
+                   help="the value (or use --value-file)")
+    s.add_argument("--value-file", metavar="FILE",
+                   help="read the value's exact bytes from FILE; `-` reads stdin")
+    add_encoding_flags(s, "KEY and VALUE are given")
     semisync_flags(s)
     s.set_defaults(func=cmd_put)
     s = client_cmd("delete", "delete one key (primary only)")
-    s.add_argument("key")
+    s.add_argument("key", metavar="KEY")
+    add_encoding_flags(s, "KEY is given")
     semisync_flags(s)
     s.set_defaults(func=cmd_delete)
-    s = client_cmd("get", "read one key from any node")
-    s.add_argument("key")
+    s = client_cmd("get", "read one key from any node (exit 1 when not found)")
+    s.add_argument("key", metavar="KEY")
+    add_encoding_flags(s, "KEY is given and the value printed")
+    s.add_argument("--raw", action="store_true",
+                   help="write the value's exact bytes, no newline")
+    s.add_argument("--min-sequence", type=int, default=0, metavar="N",
+                   help="read-your-writes: answer once the node has applied sequence N (a "
+                   "write's \"sequence\"), waiting up to --timeout")
     s.set_defaults(func=cmd_get)
+    s = client_cmd("wait", "wait until a node has applied a sequence (read-your-writes)")
+    s.add_argument("--sequence", type=int, required=True, metavar="N",
+                   help="the sequence to wait for (a write's \"sequence\")")
+    s.set_defaults(func=cmd_wait)
     s = client_cmd("load", "write COUNT entries in write batches; print a JSON summary")
-    s.add_argument("--count", type=int, required=True)
+    s.add_argument("--count", type=int, required=True, help="entries to write")
     s.add_argument("--start", type=int, default=0, help="first key index")
-    s.add_argument("--key-size", type=int, default=16)
-    s.add_argument("--value-size", type=int, default=100)
-    s.add_argument("--batch", type=int, default=1000)
+    s.add_argument("--key-size", type=int, default=16, help="bytes per key (>= 4)")
+    s.add_argument("--value-size", type=int, default=100, help="bytes per value")
+    s.add_argument("--batch", type=int, default=1000, help="entries per write batch")
     s.add_argument("--progress", action="store_true", help="print a JSON line per batch")
     semisync_flags(s)
     s.set_defaults(func=cmd_load)
     s = client_cmd("status", "role, state, positions and replicas of a node")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help=json_help)
     s.set_defaults(func=cmd_status)
     s = client_cmd("digest", "digest of a node's store at one consistent position")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help=json_help)
     s.set_defaults(func=cmd_digest)
 
     slots = sub.add_parser("slots", help="the primary's replica slots (WAL retention)")
     slots_sub = slots.add_subparsers(dest="slots_command", required=True)
     s = client_cmd("list", "every slot: acked position, lag, state", slots_sub)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help=json_help)
     s.set_defaults(func=cmd_slots_list)
-    s = client_cmd("drop", "forget a slot (its replica must not be streaming); the WAL it "
-                   "held is pruned, and the replica bootstraps from a snapshot if it returns",
+    s = client_cmd("drop", "forget a slot (its replica must not be streaming), so that it no "
+                   "longer holds WAL; the WAL is pruned later, when nothing else holds it. If "
+                   "the replica returns, it resumes if the primary still has its position, "
+                   "and bootstraps from a snapshot if not",
                    slots_sub)
     s.add_argument("replica_id", help="the slot's replica id")
     s.set_defaults(func=cmd_slots_drop)
@@ -403,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = wal_sub.add_parser("check", help="report damage in DATA_DIR/wal without changing "
                            "anything; exit 1 when the primary would refuse to start on it")
     s.add_argument("data_dir", metavar="DATA_DIR", help="the primary's data directory")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help=json_help)
     s.set_defaults(func=cmd_wal_check)
 
     s = sub.add_parser("rebuild-primary", help="write a stopped replica's store into a new, "
@@ -421,36 +502,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("verify", help="compare a primary and a replica at a common position; "
                        "exit 1 and print the differing key ranges when they differ")
-    s.add_argument("--primary", required=True, help="the primary's HOST:PORT")
-    s.add_argument("--replica", required=True, help="the replica's HOST:PORT")
-    s.add_argument("--timeout", type=float, default=60.0)
+    s.add_argument("--primary", required=True,
+                   help="the primary's HOST:PORT, or its data directory")
+    s.add_argument("--replica", required=True,
+                   help="the replica's HOST:PORT, or its data directory")
+    s.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to find a common position")
     s.add_argument("--config", help="TOML file whose [connector] table says how to connect")
-    s.add_argument("--token", default=os.environ.get("KEVO_REPL_TOKEN"))
-    s.add_argument("--json", action="store_true")
+    tls_flags(s)
+    s.add_argument("--json", action="store_true", help=json_help)
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("plugins", help="list every registered plugin")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help=json_help)
     s.set_defaults(func=cmd_plugins)
 
     _add_extension_commands(sub)
     return p
 
 
+def _rpc_text(exc: grpc.RpcError) -> str:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    name = code.name if code is not None else "RPC error"
+    return f"{name}: {details}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level, args.log_file)
     try:
-        return int(args.func(args))
+        rc = int(args.func(args))
+        sys.stdout.flush()  # here, so that a closed pipe is caught below
+        return rc
     except KevoReplError as exc:
         print(f"kevo-repl: error: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:
-        code = exc.code() if hasattr(exc, "code") else None
-        details = exc.details() if hasattr(exc, "details") else str(exc)
-        name = code.name if code is not None else "RPC error"
-        print(f"kevo-repl: {name}: {details}", file=sys.stderr)
+        print(f"kevo-repl: {explain_rpc_error(exc, getattr(args, 'target', None))}",
+              file=sys.stderr)
         return 3
+    except BrokenPipeError:
+        # `kevo-repl status | head`: the reader left; stop quietly, and keep Python's exit
+        # flush from failing again on the same pipe
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # what a shell reports for SIGPIPE
     except KeyboardInterrupt:
         return 130
 

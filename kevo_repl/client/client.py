@@ -272,9 +272,22 @@ class Client:
     def delete(self, key: bytes) -> int:
         return self.write([(Op.DELETE, key, b"")])[1]
 
-    def get(self, key: bytes) -> bytes | None:
-        resp = self._get(npb.GetRequest(key=key), timeout=self.timeout)
+    def get(self, key: bytes, min_sequence: int = 0) -> bytes | None:
+        """The value of `key`, or None. With `min_sequence` (a write's last_sequence), the
+        node answers only once it has applied that sequence: read-your-writes on a replica.
+        It waits up to this client's timeout, then fails with FAILED_PRECONDITION."""
+        resp = self._get(npb.GetRequest(key=key, min_sequence=min_sequence),
+                         timeout=self.timeout)
         return bytes(resp.value) if resp.found else None
+
+    def wait_applied(self, sequence: int, timeout: float | None = None) -> int:
+        """Block until the node has applied `sequence`; return its applied position.
+        FAILED_PRECONDITION when it does not get there within `timeout` (default: the
+        client's)."""
+        resp = self._get(npb.GetRequest(min_sequence=sequence),
+                         timeout=self.timeout if timeout is None else timeout)
+        applied: int = resp.sequence
+        return applied
 
     def status(self) -> dict[str, Any]:
         return message_to_dict(self._status(npb.StatusRequest(), timeout=self.timeout))

@@ -76,6 +76,27 @@ def _at_common_position(
         time.sleep(0.05)
 
 
+def check_roles(primary: Client, replica: Client) -> None:
+    """Refuse swapped roles, the same node twice, and a replica of another primary: their
+    digests would differ (or agree) for reasons that have nothing to do with replication."""
+    p, r = primary.status(), replica.status()
+    if p["role"] != "primary":
+        raise KevoReplError(
+            f"--primary {primary.target} is a {p['role']}"
+            + (f" (its primary is {p['primary']})" if p.get("primary") else "")
+        )
+    if r["role"] != "replica":
+        raise KevoReplError(
+            f"--replica {replica.target} is a {r['role']}, not a replica"
+            + (" (the same node as --primary?)" if r["history_id"] == p["history_id"] else "")
+        )
+    if r["history_id"] and r["history_id"] != p["history_id"]:
+        raise KevoReplError(
+            f"--replica {replica.target} follows history {r['history_id']} (its primary is "
+            f"{r['primary']}), not {primary.target}'s {p['history_id']}"
+        )
+
+
 def verify(
     primary: Client, replica: Client, *, timeout: float = 60.0, max_ranges: int = 50
 ) -> VerifyResult:

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from kevo_repl.config import parse_address
+from kevo_repl.errors import KevoReplError
 from kevo_repl.replica.state import State
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,10 @@ _REPLICA_GAUGES = {
                           "Last sequence received (verified, maybe not yet durable)"),
     "apply_rate": ("kevo_repl_replica_apply_rate_entries_per_second",
                    "Recent apply rate of the replica"),
+    "primary_protocol": ("kevo_repl_replica_primary_protocol",
+                         "Protocol version the primary speaks (1 KevoDB, 2 kevo-repl, 0 unknown)"),
+    "divergence_detection": ("kevo_repl_replica_divergence_detection",
+                             "1 while the primary sends a hash chain that is checked, else 0"),
 }
 _REPLICA_COUNTERS = {
     "reconnects": ("kevo_repl_replica_reconnects", "Reconnects to the primary"),
@@ -37,7 +42,59 @@ _REPLICA_COUNTERS = {
                            "Entries skipped because they were already applied"),
     "mislabelled_payloads": ("kevo_repl_replica_mislabelled_payloads",
                              "Payloads flagged compressed that arrived plain (KevoDB primary)"),
+    "bootstraps": ("kevo_repl_replica_bootstraps", "Snapshots installed since the node started"),
 }
+_PRIMARY_COUNTERS = {
+    "semisync_degraded": ("kevo_repl_primary_semisync_degraded",
+                          "Semi-sync writes that timed out and returned degraded"),
+}
+#: status fields exported under names of their own above (or as state labels)
+_NAMED = {"last_applied", "head_sequence", "applied_entries", "first_sequence", "wal_bytes",
+          "connected", "stalled"}
+
+
+def metric_name(role: str, field: str) -> str:
+    """The metric that exports a numeric status field (the test of completeness uses it)."""
+    for table in (_REPLICA_GAUGES, _REPLICA_COUNTERS, _PRIMARY_COUNTERS):
+        if field in table:
+            name = table[field][0]
+            return name + "_total" if table is not _REPLICA_GAUGES else name
+    fixed = {"last_applied": "kevo_repl_last_applied_sequence",
+             "head_sequence": "kevo_repl_head_sequence",
+             "applied_entries": "kevo_repl_applied_entries_total",
+             "first_sequence": "kevo_repl_primary_first_sequence",
+             "wal_bytes": "kevo_repl_primary_wal_bytes",
+             "connected": "kevo_repl_replica_connected",
+             "stalled": "kevo_repl_replica_stalled"}
+    return fixed.get(field) or f"kevo_repl_{role}_{field}"
+
+
+#: per-slot fields on the primary: metric suffix and meaning
+_SLOT_GAUGES = {
+    "acked_sequence": ("acked_sequence", "Highest sequence a replica acked"),
+    "lag_entries": ("lag_entries", "Entries a replica has not acked"),
+    "connected": ("connected", "1 while the replica streams"),
+    "stalled": ("stalled", "1 when connected, behind and not acking"),
+    "lag_bytes": ("lag_bytes", "WAL bytes after the acked sequence (0 when lost)"),
+    "holds_oldest_segment": ("holds_oldest_segment",
+                             "1 when this slot is why the oldest WAL segment is kept"),
+    "last_ack_age_s": ("last_ack_age_seconds", "Seconds since the last ack (-1: none yet)"),
+    "inactive_s": ("inactive_seconds", "Seconds since the replica was last seen (0: active)"),
+    "lost_age_s": ("lost_age_seconds", "Seconds since the slot was marked lost (-1: not lost)"),
+    "never_acks": ("never_acks", "1 for a replica that never acknowledges (KevoDB)"),
+    "sent_sequence": ("sent_sequence", "Highest sequence sent to the replica"),
+}
+SLOT_STATES = ("active", "inactive", "lost")
+
+
+def slot_metric_name(field: str) -> str:
+    if field == "slot_state":
+        return "kevo_repl_primary_slot_state"
+    return f"kevo_repl_primary_slot_{_SLOT_GAUGES[field][0]}"
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, int | float)  # bool is an int: exported as 0/1
 
 
 class StatusCollector(Collector):
@@ -78,6 +135,17 @@ class StatusCollector(Collector):
             yield from self._replica(st)
         else:
             yield from self._primary(st)
+        yield from self._the_rest(role, st)
+
+    def _the_rest(self, role: str, st: dict[str, Any]) -> Iterator[Metric]:
+        """Every other numeric status field, as a gauge named after it: what `status`
+        shows, Prometheus has."""
+        named = _NAMED | set(_REPLICA_GAUGES) | set(_REPLICA_COUNTERS) | set(_PRIMARY_COUNTERS)
+        for key, value in st.items():
+            if key in named or not _numeric(value):
+                continue
+            yield GaugeMetricFamily(metric_name(role, key), f"status field {key}",
+                                    value=float(value))
 
     def _replica(self, st: dict[str, Any]) -> Iterator[Metric]:
         for key, (name, doc) in _REPLICA_GAUGES.items():
@@ -98,6 +166,9 @@ class StatusCollector(Collector):
         yield state
 
     def _primary(self, st: dict[str, Any]) -> Iterator[Metric]:
+        for key, (name, doc) in _PRIMARY_COUNTERS.items():
+            if key in st:
+                yield CounterMetricFamily(name, doc, value=st[key])
         yield GaugeMetricFamily("kevo_repl_primary_first_sequence",
                                 "First sequence still retained in the WAL",
                                 value=st.get("first_sequence", 0))
@@ -105,27 +176,24 @@ class StatusCollector(Collector):
             yield GaugeMetricFamily("kevo_repl_primary_wal_bytes", "Bytes of WAL on disk",
                                     value=st["wal_bytes"])
         families = {
-            "acked_sequence": GaugeMetricFamily(
-                "kevo_repl_primary_slot_acked_sequence", "Highest sequence a replica acked",
-                labels=["replica_id"]),
-            "lag_entries": GaugeMetricFamily(
-                "kevo_repl_primary_slot_lag_entries", "Entries a replica has not acked",
-                labels=["replica_id"]),
-            "connected": GaugeMetricFamily(
-                "kevo_repl_primary_slot_connected", "1 while the replica streams",
-                labels=["replica_id"]),
-            "stalled": GaugeMetricFamily(
-                "kevo_repl_primary_slot_stalled", "1 when connected, behind and not acking",
-                labels=["replica_id"]),
+            key: GaugeMetricFamily(slot_metric_name(key), doc, labels=["replica_id"])
+            for key, (_, doc) in _SLOT_GAUGES.items()
         }
+        state = GaugeMetricFamily(slot_metric_name("slot_state"),
+                                  "1 for the slot's state (active, inactive, lost)",
+                                  labels=["replica_id", "state"])
         for slot in st.get("replicas", []):
             values: dict[str, Any] = (
-                slot if isinstance(slot, dict) else {k: getattr(slot, k) for k in families}
-                | {"replica_id": slot.replica_id}
+                slot if isinstance(slot, dict)
+                else {k: getattr(slot, k) for k in (*families, "slot_state", "replica_id")}
             )
+            rid = str(values["replica_id"])
             for key, fam in families.items():
-                fam.add_metric([str(values["replica_id"])], float(values[key]))
+                fam.add_metric([rid], float(values[key]))
+            for name in SLOT_STATES:
+                state.add_metric([rid, name], 1.0 if values["slot_state"] == name else 0.0)
         yield from families.values()
+        yield state
 
 
 def serve_metrics(address: str, status: Callable[[], dict[str, Any]]) -> tuple[Any, str]:
@@ -134,7 +202,10 @@ def serve_metrics(address: str, status: Callable[[], dict[str, Any]]) -> tuple[A
     host, port = parse_address(address, "--metrics")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(status))
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    try:
+        server, thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise KevoReplError(f"cannot serve metrics on {address}: {exc.strerror}") from None
     bound = f"{host}:{server.server_port}"
     log.info("metrics on http://%s/metrics", bound)
     return (server, thread), bound

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from kevo_repl.protocol.methods import NODE_SERVICE, REPLICATION_SERVICE
 from kevo_repl.protocol.proto import node_pb2 as npb
 from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.transport import TokenInterceptor, server_credentials, server_options
+from kevo_repl.replica.read_gate import ReadGate, TooManyWaitingReads
 from kevo_repl.replica.replica import Replica
 from kevo_repl.storage import store as store_mod
 from kevo_repl.storage.applier import Applier
@@ -73,6 +75,25 @@ def replication_handler(primary: Primary) -> grpc.GenericRpcHandler:
     )
 
 
+def not_a_primary_handler(cfg: Config) -> grpc.GenericRpcHandler:
+    """A replica's answer to a replica that streams from it: point it at the primary."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"this node is a replica, not a primary; its primary is {cfg.replica.primary}: "
+            f"point --primary there",
+        )
+
+    def handler(fn: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_stream_rpc_method_handler(fn, request_deserializer=_identity,
+                                                     response_serializer=_identity)
+
+    return grpc.method_handlers_generic_handler(
+        "kevo.replication.WALReplicationService", {"StreamWAL": handler(refuse)},
+    )
+
+
 class NodeService:
     """The client/operator API, on primary and replica alike."""
 
@@ -85,6 +106,9 @@ class NodeService:
         self.primary = primary
         self.replica = replica
         assert primary is not None or replica is not None
+        # a primary's position moves with its own writes; the gate polls it
+        self.read_gate = (replica.read_gate if replica is not None
+                          else ReadGate(lambda: self.store.position().sequence))
 
     @property
     def store(self) -> Applier:
@@ -235,11 +259,35 @@ class NodeService:
     async def Get(
         self, request: npb.GetRequest, context: grpc.aio.ServicerContext
     ) -> npb.GetResponse:
+        if request.min_sequence:
+            await self._wait_applied(request.min_sequence, context)
+        if not request.key:  # a pure wait (`kevo-repl wait`): no key is read
+            return npb.GetResponse(found=False, sequence=self.store.position().sequence)
         value = await asyncio.to_thread(self.store.get, request.key)
         seq = self.store.position().sequence
         if value is None:
             return npb.GetResponse(found=False, sequence=seq)
         return npb.GetResponse(found=True, value=value, sequence=seq)
+
+    async def _wait_applied(self, sequence: int, context: grpc.aio.ServicerContext) -> None:
+        """Hold a read until this node applied `sequence`, within the call's deadline (less a
+        margin to answer in); FAILED_PRECONDITION when it does not get there in time."""
+        remaining = context.time_remaining()
+        budget = _NO_DEADLINE_WAIT_S if remaining is None else max(0.0, remaining - 0.05)
+        try:
+            ok = await self.read_gate.wait(sequence, budget)
+        except TooManyWaitingReads as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise AssertionError("unreachable") from exc
+        if not ok:
+            applied = self.store.position().sequence
+            where = (f"; its primary is {self.cfg.replica.primary}" if self.replica is not None
+                     else "")
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this node has applied through {applied}, not yet {sequence}, after "
+                f"waiting {budget:.3g}s{where}",
+            )
 
     async def Status(
         self, request: npb.StatusRequest, context: grpc.aio.ServicerContext
@@ -352,6 +400,9 @@ class _WriteFailed(Exception):
         self.message = message
 
 
+#: how long a read with min_sequence waits when the call has no deadline
+_NO_DEADLINE_WAIT_S = 30.0
+
 #: writes of one WriteStream that may be in flight at once (bounds the primary's memory)
 MAX_STREAM_IN_FLIGHT = 1024
 
@@ -401,11 +452,9 @@ class Node:
 
     async def start(self) -> str:
         cfg = self.cfg
-        self._lock_fd = lock_data_dir(cfg.data_dir)
-        if cfg.node.role == "primary":
-            self.primary = Primary(cfg, self.registry, self.pm)
-        else:
-            self.replica = Replica(cfg, self.registry, self.pm)
+        # everything that can be refused without touching the disk comes first: a node that
+        # cannot start leaves no data directory behind
+        self.registry.get("applier", cfg.applier.name)
         interceptors = (
             [TokenInterceptor(cfg.server.token, cfg.server.replication_token)]
             if cfg.server.token or cfg.server.replication_token else []
@@ -413,12 +462,6 @@ class Node:
         server = grpc.aio.server(
             options=server_options(cfg.server), interceptors=interceptors
         )
-        if self.primary is not None:
-            server.add_generic_rpc_handlers((replication_handler(self.primary),))
-        self.memory = MemoryGuard(cfg.node.max_rss_mb, cfg.data_dir)
-        self.memory.start()
-        self.service = NodeService(cfg, self.primary, self.replica, self.memory)
-        server.add_generic_rpc_handlers((node_handler(self.service),))
         creds = server_credentials(cfg.server)
         try:
             if creds is None:
@@ -428,9 +471,13 @@ class Node:
         except RuntimeError as exc:
             raise KevoReplError(f"cannot listen on {cfg.node.listen}: {exc}") from exc
         if port == 0:
-            raise KevoReplError(f"cannot listen on {cfg.node.listen}")
+            raise KevoReplError(f"cannot listen on {cfg.node.listen} (in use?)")
         self.server = server
-        await server.start()
+        try:
+            await self._open(server)
+        except BaseException:
+            await self._abandon_start()
+            raise
         host = cfg.node.listen.rpartition(":")[0]
         self.address = f"{host}:{port}"
         write_file_atomically(Path(cfg.data_dir) / ADDRESS_FILE, self.address.encode())
@@ -441,10 +488,6 @@ class Node:
             ", token required" if cfg.server.token else "",
             ", replication token required" if cfg.server.replication_token else "",
         )
-        if cfg.node.metrics:
-            self._metrics, self.metrics_address = serve_metrics(
-                cfg.node.metrics, self.service.status
-            )
         if self.replica is not None:
             self.replica.listener_address = cfg.node.advertise or self.address
             self._replica_task = self._tasks.spawn(self.replica.run(), "replica")
@@ -456,6 +499,49 @@ class Node:
         reason = f"{name} failed: {type(exc).__name__}: {exc}"
         if self.replica is not None:
             self.replica.fail(reason)
+
+    async def _open(self, server: grpc.aio.Server) -> None:
+        cfg = self.cfg
+        if cfg.node.metrics:
+            # bound now, served from status once the node exists
+            self._metrics, self.metrics_address = serve_metrics(
+                cfg.node.metrics, lambda: self.service.status()
+            )
+        self._lock_fd = lock_data_dir(cfg.data_dir)
+        if cfg.node.role == "primary":
+            self.primary = Primary(cfg, self.registry, self.pm)
+        else:
+            self.replica = Replica(cfg, self.registry, self.pm)
+        if self.primary is not None:
+            server.add_generic_rpc_handlers((replication_handler(self.primary),))
+        else:
+            server.add_generic_rpc_handlers((not_a_primary_handler(cfg),))
+        self.memory = MemoryGuard(cfg.node.max_rss_mb, cfg.data_dir)
+        self.memory.start()
+        self.service = NodeService(cfg, self.primary, self.replica, self.memory)
+        server.add_generic_rpc_handlers((node_handler(self.service),))
+        await server.start()
+
+    async def _abandon_start(self) -> None:
+        """Undo a start that failed part-way: nothing keeps running, nothing stays locked."""
+        if self.memory is not None:
+            self.memory.stop()
+            self.memory = None
+        if self._metrics is not None:
+            self._metrics[0].shutdown()
+            self._metrics = None
+        if self.server is not None:
+            await self.server.stop(None)
+            self.server = None
+        if self.primary is not None:
+            with contextlib.suppress(Exception):
+                await self.primary.close()
+        if self.replica is not None:
+            with contextlib.suppress(Exception):
+                self.replica.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     async def stop(self) -> None:
         if self.replica is not None:

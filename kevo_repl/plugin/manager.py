@@ -76,6 +76,13 @@ class KevoPluginManager(pluggy.PluginManager):
         self.distributions: dict[str, tuple[str, str]] = {}
 
 
+#: plugins of this repository that ship apart from the core, by (kind, name)
+_DISTRIBUTIONS = {
+    ("applier", "lmdb"): "kevo-repl-lmdb",
+    ("applier", "leveldb"): "kevo-repl-leveldb",
+}
+
+
 class Registry:
     """Named backends of each kind, as the plugins registered them."""
 
@@ -126,8 +133,14 @@ class Registry:
     def registration(self, kind: str, name: str) -> Registration:
         reg = self._by_kind[kind].get(name)
         if reg is None:
-            available = ", ".join(self.names(kind)) or "none"
-            raise ConfigError(f"unknown {kind} {name!r}; available: {available}")
+            available = ", ".join(self.names(kind)) or "none installed"
+            hint = ""
+            dist = _DISTRIBUTIONS.get((kind, name))
+            if dist is not None:
+                hint = (f". The {name!r} {kind} comes with the {dist} distribution: install "
+                        f"it with `pip install 'kevo-repl[{name}]'` (or `kevo-repl[all]`), or "
+                        f"`pip install -e plugins/{name}` in a checkout")
+            raise ConfigError(f"unknown {kind} {name!r}; available: {available}{hint}")
         return reg
 
     def get(self, kind: str, name: str) -> Any:

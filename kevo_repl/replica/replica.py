@@ -48,6 +48,7 @@ from kevo_repl.protocol.transport import MAX_MESSAGE_BYTES, call_metadata
 from kevo_repl.protocol.wire import Unpacker, UnpackError
 from kevo_repl.replica.bootstrap import Bootstrap, BootstrapError, Installed, recover_install
 from kevo_repl.replica.primary_profile import NackPacer, PrimaryProfile
+from kevo_repl.replica.read_gate import ReadGate
 from kevo_repl.replica.replica_id import stored_replica_id
 from kevo_repl.replica.state import TRANSITIONS, State, StateMachine
 from kevo_repl.storage.applier import Applier
@@ -85,6 +86,18 @@ class ReplicaStats:
     backoff_history: deque[float] = field(default_factory=lambda: deque(maxlen=10))
 
 
+async def _responses(call: Any, first: list[Any]) -> Any:
+    """The stream's messages, those in `first` (already read) included: one reading API for
+    the whole call, since gRPC forbids mixing read() and iteration."""
+    for resp in first:
+        yield resp
+    while True:
+        resp = await call.read()
+        if resp is grpc.aio.EOF:
+            return
+        yield resp
+
+
 class Replica:
     def __init__(self, cfg: Config, registry: Registry, pm: pluggy.PluginManager) -> None:
         self.cfg = cfg
@@ -106,6 +119,7 @@ class Replica:
         # apply and ack run as owned tasks: one that fails stops the replica (ERROR)
         self._tasks = Supervisor(f"replica {self.replica_id}", self._task_failed)
         self._announce = False  # after an install: ack the new position as a stream starts
+        self._ack_forced = False  # the next ack goes out even if it repeats the last one
         self.position: Position = self.store.position()
         self.stats = ReplicaStats()
         self.sm = StateMachine(on_change=self._state_changed)
@@ -116,6 +130,7 @@ class Replica:
         #: a queued batch not contiguous with the one before it, applied on its own next
         self._held: Columns | None = None
         self._durable_changed = asyncio.Event()
+        self.read_gate = ReadGate(lambda: self.position.sequence)  # Get(min_sequence=)
         self._session_id = ""
         self._channel: Any = None
         self._session_task: asyncio.Task[Any] | None = None  # a session, or a bootstrap
@@ -135,6 +150,8 @@ class Replica:
         # for lag and stall reporting (monotonic clock unless said otherwise)
         self._connected = False
         self._last_message_at: float | None = None
+        self._started_at = time.monotonic()
+        self._last_ack_at = 0.0  # when an ack was last delivered
         self._last_progress_at = time.monotonic()
         self._behind_since_primary_ns: int | None = None  # primary clock: head passed us
         self._clock_offset_ns = 0  # primary clock minus ours, from the latest response
@@ -330,6 +347,11 @@ class Replica:
                 f"primary {primary} refused our credentials ({details}); "
                 "check [connector] token"
             )
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            return False, (
+                f"{primary} does not speak kevo-repl's replication protocol ({details}); "
+                "is --primary the primary's address and port?"
+            )
         lowered = details.lower()
         if code == grpc.StatusCode.UNAVAILABLE and any(
             w in lowered for w in ("ssl", "handshake", "certificate", "tls")
@@ -411,6 +433,15 @@ class Replica:
         for key, value in metadata or ():
             if key == SESSION_HEADER:
                 self._session_id = str(value)
+        first: list[Any] = []  # a message read before the loop (None: it did not parse)
+        if not self._session_id:
+            # no session header: either the stream failed before it started (reading raises
+            # its error) or a peer that sends none; connected only once a message arrived
+            first.append(await call.read())
+            if first[0] is grpc.aio.EOF:
+                raise _RestartSession(
+                    f"{self.cfg.replica.primary} ended the stream before it started"
+                )
         log.info(
             "replica %s connected to %s, streaming from %d (session %s)",
             self.replica_id, self.cfg.replica.primary, start, self._session_id,
@@ -419,21 +450,21 @@ class Replica:
         self.stats.last_error = ""  # connected again: an earlier failure is history
         self._last_message_at = self._last_progress_at = time.monotonic()
         self._move(State.STREAMING_ENTRIES, f"connected, streaming from {start}")
-        if self._announce:
-            # after an install, ack the new position at once: the primary's slot (lost until
-            # then) holds WAL again from there, even if no batch would prompt an ack
-            self._announce = False
-            self._durable_changed.set()
+        # a new session (say, after the primary restarted, or after a snapshot install) learns
+        # our durable position at once, not with the next write: the slot's acked position is
+        # true while idle, and a slot lost before an install holds WAL again from there
+        self._announce = False
+        self._durable_changed.set()
         loop = asyncio.get_running_loop()
         nacked: tuple[int, float] | None = None  # (sequence asked for, when)
-        renegotiate, first = False, True
-        async for resp in call:
+        renegotiate, is_first = False, True
+        async for resp in _responses(call, first):
             if resp is None:
                 # gRPC hands over None for a message that does not parse (damaged in flight)
                 self._count_corrupt(self._received + 1)
                 raise _RestartSession("a response from the primary did not parse; reconnecting")
-            if first:
-                renegotiate, first = self._learn_primary(resp, codec), False
+            if is_first:
+                renegotiate, is_first = self._learn_primary(resp, codec), False
             else:
                 self._profile.observe(resp)
             if resp.history_id:
@@ -494,7 +525,10 @@ class Replica:
         self._unpacker.accept_mislabelled = self._profile.legacy
         renegotiate = self._profile.legacy and asked_codec != CODEC_NONE
         if self._profile.legacy and not renegotiate:
-            self._durable_changed.set()  # tell it our position: its re-send window starts there
+            # tell it our position, even if the stream's start already did: the ack that
+            # counts is one its session knows, and its re-send window starts there
+            self._ack_forced = True
+            self._durable_changed.set()
         return renegotiate
 
     async def _paced_nack(self, sequence: int, reason: str) -> None:
@@ -689,6 +723,7 @@ class Replica:
             self._progress_log.append((self._last_progress_at, new_pos.sequence))
             self._progress(State.ACKNOWLEDGING, f"durable through {new_pos.sequence}")
             self._durable_changed.set()
+            self.read_gate.advanced()
             try:
                 self.pm.hook.kevo_repl_batch_applied(
                     node=self.replica_id,
@@ -774,7 +809,10 @@ class Replica:
             session = self._session_id
             if self._channel is None or not session:
                 continue
-            if sent[0] == session and durable <= sent[1] and received <= sent[2]:
+            stale = time.monotonic() - self._last_ack_at >= self.cfg.stream.heartbeat_s
+            forced, self._ack_forced = self._ack_forced, False
+            if (sent[0] == session and durable <= sent[1] and received <= sent[2]
+                    and not stale and not forced):
                 continue
             ack = self._channel.unary_unary(
                 ACKNOWLEDGE,
@@ -788,9 +826,18 @@ class Replica:
                     timeout=10,
                 )
                 sent = (session, durable, received)
+                self._last_ack_at = time.monotonic()
             except (grpc.aio.AioRpcError, RuntimeError) as exc:
                 # the next batch (or the next session) acks again
                 log.info("replica %s: ack of %d not delivered: %s", self.replica_id, durable, exc)
+            except asyncio.CancelledError:
+                # grpc.aio cancels a call in flight when its channel closes (a session ended):
+                # that ends this ack, not the ack loop, unless the loop itself is cancelled
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                log.info("replica %s: ack of %d cancelled with its channel", self.replica_id,
+                         durable)
 
     # -- observation -----------------------------------------------------------------------------
 
@@ -798,6 +845,10 @@ class Replica:
         """Head and clock from a response (heartbeats included): the basis of lag."""
         now = time.monotonic()
         self._last_message_at = now
+        if now - self._last_ack_at >= self.cfg.stream.heartbeat_s:
+            # idle: a heartbeat is answered with an ack, so the primary's view of this
+            # replica (last_ack_age_s) stays fresh
+            self._durable_changed.set()
         if resp.primary_time_ns:
             self._clock_offset_ns = resp.primary_time_ns - time.time_ns()
         if resp.head_sequence:
@@ -822,15 +873,23 @@ class Replica:
             and self._last_message_at is not None
             and now - self._last_message_at > max(stall_after, 3 * self.cfg.stream.heartbeat_s)
         )
+        if not self._connected:
+            # no news from the primary: entries are as last heard (a floor), and seconds
+            # grow at least with the silence, since we cannot know we are current
+            heard = self._last_message_at or self._started_at
+            return entries, max(self._seconds_behind(), now - heard), False
         if entries == 0:
             self._behind_since_primary_ns = None
-            return 0, 0.0, self._connected and silent
-        seconds = 0.0
-        if self._behind_since_primary_ns is not None:
-            primary_now = time.time_ns() + self._clock_offset_ns
-            seconds = max(0.0, (primary_now - self._behind_since_primary_ns) / 1e9)
+            return 0, 0.0, silent
+        seconds = self._seconds_behind()
         stuck = now - self._last_progress_at > stall_after
-        return entries, seconds, self._connected and (stuck or silent)
+        return entries, seconds, stuck or silent
+
+    def _seconds_behind(self) -> float:
+        if self._behind_since_primary_ns is None:
+            return 0.0
+        primary_now = time.time_ns() + self._clock_offset_ns
+        return max(0.0, (primary_now - self._behind_since_primary_ns) / 1e9)
 
     def apply_rate(self, window_s: float = 5.0) -> float:
         """Entries applied per second over the last `window_s` seconds."""

@@ -47,8 +47,13 @@ def lock_data_dir(data_dir: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
         os.close(fd)
-        raise StoreError(f"{data_dir} is in use by another kevo-repl process") from None
+        pid = f" (pid {holder})" if holder.isdigit() else ""
+        raise StoreError(f"{data_dir} is in use by another kevo-repl process{pid}") from None
+    # the holder's pid, for the message above (the lock itself is the flock, not the file)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
 
 
@@ -65,11 +70,7 @@ def open_store(cfg: Config, registry: Registry, *, durable: bool) -> Applier:
             raise StoreError(f"{marker} is unreadable: {exc}") from exc
         for key in ("role", "applier"):
             if found.get(key) != wanted[key]:
-                raise StoreError(
-                    f"{data_dir} was created by a {found.get('role')} node with the "
-                    f"{found.get('applier')!r} applier; it cannot be opened as a "
-                    f"{wanted['role']} with the {wanted['applier']!r} applier"
-                )
+                raise StoreError(_mismatch(data_dir, found, wanted))
     name = cfg.applier.name
     spec = registry.get("applier", name)
     store = open_applier(name, spec, data_dir / STORE_DIR, cfg.applier.options, durable)
@@ -137,3 +138,18 @@ def digest(store: Applier, prefix: bytes = b"", split: bool = False) -> Digest:
                     bucket = buckets[sub] = Bucket(sub, exact=len(key) == depth)
                 bucket.add(key, value)
         return Digest(snap.position.sequence, total.keys, total.digest, tuple(buckets.values()))
+
+
+def _mismatch(data_dir: Path, found: dict[str, Any], wanted: dict[str, str]) -> str:
+    """Name only what differs, and what to do about it."""
+    if found.get("role") != wanted["role"]:
+        return (
+            f"{data_dir} holds a {found.get('role')}'s data; it cannot be run as a "
+            f"{wanted['role']}. Start it as `kevo-repl {found.get('role')}`, or give the "
+            f"{wanted['role']} its own --data-dir"
+        )
+    return (
+        f"{data_dir} holds a store of the {found.get('applier')!r} applier, which the "
+        f"{wanted['applier']!r} applier cannot open. Start it with --applier "
+        f"{found.get('applier')}, or use another --data-dir"
+    )

@@ -131,6 +131,8 @@ class Reporter:
 
 
 def _prepare_dir(work: Path, keep: bool) -> None:
+    if work.exists() and not work.is_dir():
+        raise KevoReplError(f"--dir {work} exists and is not a directory; pass another --dir")
     if work.exists() and not keep:
         if any(work.iterdir()) and not (work / MARKER).exists():
             raise KevoReplError(
@@ -154,6 +156,8 @@ def _poller(nodes: list[DemoNode], stop: threading.Event, reporter: Reporter) ->
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if args.count < 1 or args.rate < 0:
+        raise KevoReplError("--count must be >= 1 and --rate >= 0")
     work = Path(args.dir)
     _prepare_dir(work, args.keep)
     tty = sys.stdout.isatty() and not args.no_tty
@@ -166,7 +170,8 @@ def run_demo(args: argparse.Namespace) -> int:
     def node(name: str, role: str, applier: str, **kw: Any) -> DemoNode:
         probe = work / f"{name}.probe"
         env = {"KEVO_REPL_PLUGINS": env_plugins, ENV_PROBE_FILE: str(probe)}
-        proc = NodeProcess(role, work / name, applier=applier, env=env, **kw)
+        proc = NodeProcess(role, work / name, applier=applier, env=env, die_with_parent=True,
+                           **kw)
         return DemoNode(name, proc, probe)
 
     primary = node("primary", "primary", "lmdb")
@@ -178,16 +183,18 @@ def run_demo(args: argparse.Namespace) -> int:
         interrupted.append(signum)
         raise KeyboardInterrupt
 
-    old_term = signal.signal(signal.SIGTERM, on_signal)
+    # closing the terminal (SIGHUP) stops the nodes like Ctrl-C; a demo killed outright
+    # takes them along by their parent-death signal
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         print(f"work directory: {work.resolve()} (logs: *.log there)")
         primary.proc.start()
-        print(f"primary  lmdb     {primary.proc.address}  pid {primary.proc.pid}")
+        print(f"{'primary':<10} {'lmdb':<8} {primary.proc.address}  pid {primary.proc.pid}")
         for name, applier in (("replica-1", "lmdb"), ("replica-2", second)):
             n = node(name, "replica", applier, primary=primary.proc.address, replica_id=name)
             n.proc.start()
             nodes.append(n)
-            print(f"{name:<8} {applier:<8} {n.proc.address}  pid {n.proc.pid}")
+            print(f"{name:<10} {applier:<8} {n.proc.address}  pid {n.proc.pid}")
         if second != "leveldb":
             print("(kevo-repl-leveldb is not installed: both replicas use LMDB)")
         return _run(args, work, nodes, stop, tty)
@@ -198,7 +205,8 @@ def run_demo(args: argparse.Namespace) -> int:
         stop.set()
         for n in reversed(nodes):
             n.proc.terminate(timeout=10)
-        signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         pids = ", ".join(str(n.proc.pid) for n in nodes if n.proc.proc is not None)
         print(f"stopped node processes: {pids}")
 
@@ -213,6 +221,8 @@ def _run(
     poller = threading.Thread(target=_poller, args=(nodes, stop, reporter), daemon=True)
     events: list[str] = []
     resumed_ok = True
+    for n in nodes:  # the first progress line shows real states, not "?"
+        n.status = n.proc.status()
     with reporter:
         poller.start()
         started = time.perf_counter()
@@ -261,6 +271,7 @@ def _kill(victim: DemoNode, reporter: Reporter, events: list[str]) -> int:
 
 
 def _restart(victim: DemoNode, killed_at: int, reporter: Reporter, events: list[str]) -> bool:
+    old_pid = victim.proc.pid
     victim.proc.start()
     st = victim.proc.status()
     victim.status = st
@@ -270,8 +281,8 @@ def _restart(victim: DemoNode, killed_at: int, reporter: Reporter, events: list[
     # kill, and every entry counted once
     ok = bool(resumed >= killed_at and st["applied_entries"] == resumed)
     msg = (
-        f"restarted {victim.name} (pid {victim.proc.pid}): resumes from its stored position "
-        f"{resumed} (was >= {killed_at} before the kill), "
+        f"restarted {victim.name} (new pid {victim.proc.pid}, was {old_pid}): resumes from "
+        f"its stored position {resumed} (was >= {killed_at} before the kill), "
         f"{'no entry applied twice' if ok else 'POSITION PROBLEM'}"
     )
     events.append(msg)

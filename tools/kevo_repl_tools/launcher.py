@@ -38,6 +38,7 @@ class NodeProcess:
         log_level: str = "INFO",
         client_config: ConnectorConfig | None = None,
         metrics: str | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.role = role
         self.data_dir = Path(data_dir)
@@ -50,6 +51,8 @@ class NodeProcess:
         self.log_level = log_level
         self.client_config = client_config
         self.metrics = metrics
+        #: the node gets SIGTERM when the process that started it dies, however it dies
+        self.die_with_parent = die_with_parent
         self.log_file = self.data_dir.parent / f"{self.data_dir.name}.log"
         self.stderr_file = self.data_dir.parent / f"{self.data_dir.name}.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -57,7 +60,10 @@ class NodeProcess:
         self.metrics_address = ""
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "kevo_repl", "--log-level", self.log_level,
+        # the console script when installed, so that `ps | grep kevo-repl` finds the node
+        script = Path(sys.executable).parent / "kevo-repl"
+        run = [str(script)] if script.exists() else [sys.executable, "-m", "kevo_repl"]
+        cmd = [*run, "--log-level", self.log_level,
                "--log-file", str(self.log_file), self.role,
                "--data-dir", str(self.data_dir), "--listen", self.listen]
         if self.applier:
@@ -84,13 +90,20 @@ class NodeProcess:
             self.proc = subprocess.Popen(
                 self.command(), stdout=subprocess.PIPE, stderr=err, env=env,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         assert self.proc.stdout is not None
+        started = time.monotonic()
         line = _read_line(self.proc.stdout, timeout)
         if not line:
             self.kill()
+            # a node that exits during start-up ends its stdout: that is known at once
+            what = (f"it exited with code {self.proc.returncode}"
+                    if time.monotonic() - started < timeout else
+                    f"no 'listening' line within {timeout}s")
             raise KevoReplError(
-                f"{self.role} did not start within {timeout}s:\n{self.log_tail()}"
+                f"{self.role} at {self.data_dir} did not start: {what}; the end of its log:\n"
+                f"{self.log_tail(15)}"
             )
         ready = json.loads(line)
         self.address = ready["listening"]
@@ -154,6 +167,31 @@ class NodeProcess:
             except OSError:
                 pass
         return "\n".join(out)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Any:
+    """libc's prctl, looked up in the parent: the child between fork and exec (maybe while
+    other threads of the parent held locks) only calls it."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies, even by SIGKILL."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _read_line(stream: Any, timeout: float) -> bytes:

@@ -89,10 +89,12 @@ class WriteResponse(_message.Message):
     def __init__(self, first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ..., acked_by: _Optional[_Iterable[str]] = ..., degraded: _Optional[bool] = ..., request_id: _Optional[int] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("key",)
+    __slots__ = ("key", "min_sequence")
     KEY_FIELD_NUMBER: _ClassVar[int]
+    MIN_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     key: bytes
-    def __init__(self, key: _Optional[bytes] = ...) -> None: ...
+    min_sequence: int
+    def __init__(self, key: _Optional[bytes] = ..., min_sequence: _Optional[int] = ...) -> None: ...
 
 class GetResponse(_message.Message):
     __slots__ = ("found", "value", "sequence")

@@ -88,7 +88,9 @@ class NodeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Get(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """With min_sequence, a replica answers only once it has applied that sequence (bounded by
+        the call's deadline): causal reads from any node.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
