@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from kevo_repl.errors import ConfigError
-
 #: The version of the engine contract this core implements.
 ENGINE_API_VERSION = 1
 
@@ -112,14 +110,3 @@ class EngineSpec:
     owns_file: Callable[[str], bool] | None
     #: the version of this contract the engine implements
     api_version: int = ENGINE_API_VERSION
-
-
-def reject_unknown_options(options: Mapping[str, Any], valid: Sequence[str], engine: str) -> None:
-    """ConfigError naming every option in `options` that is not in `valid`, listing those."""
-    unknown = sorted(str(k) for k in options if k not in valid)
-    if unknown:
-        names = ", ".join(repr(k) for k in unknown)
-        raise ConfigError(
-            f"unknown {engine} applier option{'s' if len(unknown) > 1 else ''} {names} "
-            f"in [applier.options]; valid options: {', '.join(valid)}"
-        )
