@@ -21,8 +21,8 @@ class SQLiteOptions:
         int, Meta(ge=_KIB, description="bytes of page cache of the writing connection")
     ] = 64 * _KIB * _KIB
     wal_autocheckpoint: Annotated[
-        int, Meta(ge=0, description="WAL pages after which a commit checkpoints; 0 = never "
-                  "(the WAL then grows without bound: only for tests)")
+        int, Meta(ge=1, description="WAL pages (of 4 KiB) after which a commit copies the WAL "
+                  "into the database file: the WAL's size while no snapshot is open")
     ] = 1000
     max_readers: Annotated[
         int, Meta(ge=1, le=1024, description="read connections (concurrent gets and "
