@@ -43,6 +43,8 @@ _SCHEMA = (
 )
 _META_ROW = "replication"
 _SELECT_META = "SELECT value FROM kevo_meta WHERE name = 'replication'"
+#: rows a snapshot iteration fetches at a time
+_FETCH_ROWS = 512
 _UPSERT = "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)"
 
 
@@ -121,10 +123,15 @@ class SQLiteSnapshot:
                 cursor.execute("SELECT key, value FROM kv ORDER BY key")
             else:
                 cursor.execute("SELECT key, value FROM kv WHERE key > ? ORDER BY key", (after,))
-            yield from cursor
+            # fetched in lists: `yield from cursor` would close the cursor on GeneratorExit
+            while rows := cursor.fetchmany(_FETCH_ROWS):
+                yield from rows
         finally:
-            self._cursors.discard(cursor)
-            cursor.close()
+            # an iteration abandoned half-way ends here only when collected, possibly after
+            # close() closed its cursor and the connection went back to the pool
+            if cursor in self._cursors:
+                self._cursors.discard(cursor)
+                cursor.close()
 
     def close(self) -> None:
         for cursor in list(self._cursors):  # iterations abandoned half-way
@@ -172,6 +179,14 @@ class SQLiteEngine:
     @staticmethod
     def _set_synchronous(conn: sqlite3.Connection, full: bool) -> None:
         conn.execute(f"PRAGMA synchronous={'FULL' if full else 'NORMAL'}")
+
+    def settings(self) -> dict[str, str | int]:
+        """journal_mode and synchronous (0 OFF, 1 NORMAL, 2 FULL) of the writing connection,
+        as SQLite reports them (for operators and tests)."""
+        with self._lock:
+            mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
+            sync = self._conn.execute("PRAGMA synchronous").fetchone()[0]
+        return {"journal_mode": str(mode), "synchronous": int(sync)}
 
     def read_meta(self) -> bytes | None:
         with self._lock:
