@@ -19,11 +19,16 @@ sys.path.insert(0, str(ROOT))
 # after the path is set
 from kevo_repl_leveldb.options import LevelDBOptions  # noqa: E402
 from kevo_repl_lmdb.options import LMDBOptions  # noqa: E402
+from kevo_repl_sqlite.options import SQLiteOptions  # noqa: E402
 
 from kevo_repl import config, schema  # noqa: E402
 
 #: the built-in appliers' declared options, documented under [applier.options]
-APPLIER_OPTIONS: dict[str, type[Any]] = {"lmdb": LMDBOptions, "leveldb": LevelDBOptions}
+APPLIER_OPTIONS: dict[str, type[Any]] = {
+    "lmdb": LMDBOptions,
+    "leveldb": LevelDBOptions,
+    "sqlite": SQLiteOptions,
+}
 
 
 def _class_doc(cls: type) -> str:

@@ -30,7 +30,7 @@ from kevo_repl.storage.position import Position
 ApplierFactory = Callable[[Path, Mapping[str, Any], bool], Applier]
 
 #: Applier plugins under test.
-APPLIERS = ["lmdb", "leveldb"]
+APPLIERS = ["lmdb", "leveldb", "sqlite"]
 
 #: Per applier: options it must accept, and one known option with a value of the wrong type.
 VALID_OPTIONS: dict[str, dict[str, Any]] = {
@@ -44,6 +44,8 @@ VALID_OPTIONS: dict[str, dict[str, Any]] = {
         "compression": "none",
         "paranoid_checks": True,
     },
+    "sqlite": {"cache_size": 1 << 20, "wal_autocheckpoint": 100, "max_readers": 2,
+               "reader_wait_s": 0.5},
 }
 WRONG_TYPED_OPTIONS: dict[str, list[tuple[str, Any]]] = {
     "lmdb": [("map_size", "64GiB"), ("map_size", True), ("map_size", 0), ("max_readers", 1.5)],
@@ -59,6 +61,8 @@ WRONG_TYPED_OPTIONS: dict[str, list[tuple[str, Any]]] = {
         ("compression", 1),
         ("paranoid_checks", "yes"),
     ],
+    "sqlite": [("cache_size", "64MiB"), ("cache_size", 1023), ("wal_autocheckpoint", 0),
+               ("max_readers", 0), ("max_readers", 1025), ("reader_wait_s", 0)],
 }
 
 HISTORY = "history-a"

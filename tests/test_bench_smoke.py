@@ -43,6 +43,15 @@ def test_catchup(tmp_path: Path) -> None:
     assert r["ratio"] == pytest.approx(r["entries_per_s"] / r["raw_entries_per_s"], rel=1e-2)
 
 
+def test_catchup_sqlite_against_bare_sqlite3(tmp_path: Path) -> None:
+    r = bench("catchup", "--applier", "sqlite", "--count", "2000", "--dir", str(tmp_path))
+    assert r["applier"] == "sqlite" and r["applied_entries"] == 2000
+    positive(r, "seconds", "entries_per_s", "raw_seconds", "raw_entries_per_s", "ratio")
+    assert r["raw_entries_per_s"] == pytest.approx(2000 / r["raw_seconds"], rel=1e-2)
+    # the bare baseline wrote its own database beside the nodes' directories
+    assert (tmp_path / "catchup" / "raw" / "raw.sqlite").is_file()
+
+
 def test_lag(tmp_path: Path) -> None:
     r = bench("lag", "--seconds", "2", "--rate", "2000", "--dir", str(tmp_path))
     assert r["scenario"] == "lag"

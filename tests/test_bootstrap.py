@@ -482,7 +482,10 @@ def test_cut_connection_resumes_the_snapshot(cluster, tmp_path: Path) -> None:
         proxy.close()
 
 
-@pytest.mark.parametrize(("applier", "replica_applier"), [("lmdb", "leveldb"), ("leveldb", "lmdb")])
+@pytest.mark.parametrize(
+    ("applier", "replica_applier"),
+    [("lmdb", "leveldb"), ("leveldb", "lmdb"), ("lmdb", "sqlite"), ("sqlite", "leveldb")],
+)
 def test_bootstrap_across_appliers(cluster, tmp_path: Path, replica_applier: str) -> None:
     primary = cluster.primary(config=_toml(tmp_path / "p.toml", SMALL_WAL))
     replica = cluster.replica(primary, applier=replica_applier)

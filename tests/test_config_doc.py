@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from kevo_repl_leveldb.options import LevelDBOptions
 from kevo_repl_lmdb.options import LMDBOptions
+from kevo_repl_sqlite.options import SQLiteOptions
 
 from kevo_repl import schema
 from kevo_repl.config import Config
@@ -21,6 +22,7 @@ SECTIONS: list[tuple[str, type[Any]]] = [
     *((f"[{f.name}]", type(getattr(Config(), f.name))) for f in dataclasses.fields(Config)),
     ("[applier.options] of the lmdb applier", LMDBOptions),
     ("[applier.options] of the leveldb applier", LevelDBOptions),
+    ("[applier.options] of the sqlite applier", SQLiteOptions),
 ]
 
 

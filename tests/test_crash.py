@@ -21,6 +21,8 @@ from kevo_repl_tools.launcher import wait_until
 pytestmark = pytest.mark.crash
 
 TOTAL = 20_000
+#: the crash tests run on every shipped engine (conftest's APPLIERS, and sqlite)
+ENGINES = ("lmdb", "leveldb", "sqlite")
 
 
 def _start_load(target: str, count: int, *, start: int = 0, batch: int) -> subprocess.Popen[str]:
@@ -31,6 +33,7 @@ def _start_load(target: str, count: int, *, start: int = 0, batch: int) -> subpr
     )
 
 
+@pytest.mark.parametrize("applier", ENGINES)
 def test_replica_killed_three_times_resumes_exactly_once(cluster, tmp_path: Path) -> None:
     apply_log = tmp_path / "applied.log"
     primary = cluster.primary()
@@ -70,6 +73,7 @@ def test_replica_killed_three_times_resumes_exactly_once(cluster, tmp_path: Path
     assert ranges[-1][1] == TOTAL
 
 
+@pytest.mark.parametrize("applier", ENGINES)
 def test_primary_killed_during_load_keeps_every_returned_write(cluster, tmp_path: Path) -> None:
     primary = cluster.primary()
     replica = cluster.replica(primary)

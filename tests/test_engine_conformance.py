@@ -20,3 +20,7 @@ class TestLevelDB(EngineConformance):
 class TestMemory(EngineConformance):
     engine = "kevo_repl_example:SPEC"  # by module path: no registry needed
     persistent = False  # it lives in the process: no reopen, no crash survival
+
+
+class TestSQLite(EngineConformance):
+    engine = "sqlite"

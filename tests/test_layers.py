@@ -80,7 +80,8 @@ def test_cli_start_imports_no_tooling() -> None:
         "from kevo_repl.cli.main import build_parser\n"
         "build_parser()\n"
         "print(','.join(sorted(m for m in sys.modules if m.startswith('kevo_repl_tools.')"
-        " or m == 'rich' or m.startswith('kevo_repl_lmdb') or m.startswith('kevo_repl_leveldb'))))"
+        " or m == 'rich'"
+        " or m.startswith(('kevo_repl_lmdb', 'kevo_repl_leveldb', 'kevo_repl_sqlite')))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60).stdout.strip()

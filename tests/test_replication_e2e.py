@@ -77,7 +77,9 @@ def test_second_node_on_same_data_dir_is_refused(cluster) -> None:
 
 
 @pytest.mark.parametrize(
-    ("applier", "replica_applier"), [("lmdb", "leveldb"), ("leveldb", "lmdb")]
+    ("applier", "replica_applier"),
+    [("lmdb", "leveldb"), ("leveldb", "lmdb"), ("lmdb", "sqlite"), ("sqlite", "lmdb"),
+     ("leveldb", "sqlite"), ("sqlite", "leveldb")],
 )
 def test_mixed_backends_converge_to_equal_digests(
     cluster, applier: str, replica_applier: str

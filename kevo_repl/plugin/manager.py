@@ -80,6 +80,7 @@ class KevoPluginManager(pluggy.PluginManager):
 _DISTRIBUTIONS = {
     ("applier", "lmdb"): "kevo-repl-lmdb",
     ("applier", "leveldb"): "kevo-repl-leveldb",
+    ("applier", "sqlite"): "kevo-repl-sqlite",
 }
 
 

@@ -38,6 +38,7 @@ from kevo_repl.protocol.proto import node_pb2 as npb
 from kevo_repl.protocol.transport import channel_options
 from kevo_repl.storage.applier import open_registered
 from kevo_repl_tools.bench_probe import ENV_PROBE_FILE
+from kevo_repl_tools.bench_raw import RAW_BASELINES
 from kevo_repl_tools.launcher import NodeProcess
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,16 @@ def _identity(data: bytes) -> bytes:
 
 def raw_baseline(applier: str, count: int, batch: int, path: Path) -> dict[str, float]:
     """`count` entries straight into a fresh durable store of the same type, `batch` per
-    transaction; only the apply calls are timed (building entries is not)."""
+    transaction; only the apply calls are timed (building entries is not). An engine with a
+    bare-library baseline (bench_raw.RAW_BASELINES) is measured with its library alone."""
+    bare = RAW_BASELINES.get(applier)
+    if bare is not None:
+        batches = (
+            [(key_of(i), value_of(i)) for i in range(first, min(first + batch, count))]
+            for first in range(0, count, batch)
+        )
+        spent = bare(path, batches)
+        return {"raw_seconds": spent, "raw_entries_per_s": count / spent if spent else 0.0}
     store = open_registered(build_registry(), applier, path, {}, True)
     spent = 0.0
     try:
