@@ -153,6 +153,11 @@ class StreamConfig:
     heartbeat_s: float = 1.0
     #: a replica that is behind and has not advanced for this long is reported as stalled
     stall_after_s: float = 5.0
+    #: most StreamWAL calls served at once; more are refused with RESOURCE_EXHAUSTED
+    max_streams: int = 64
+    #: results a WriteStream may hold (in flight or not yet sent); past it the primary stops
+    #: reading the stream's requests until the client reads its results
+    max_write_stream_pending: int = 1024
 
 
 @dataclass
@@ -174,8 +179,13 @@ class RetentionConfig:
     max_retained_age_s: float = 0.0
     #: forget a slot whose replica has not been connected for this long; 0 = never
     drop_inactive_after_s: float = 0.0
-    #: how often the age cap and inactive slots are checked (only when one of them is set)
+    #: how often the age cap and inactive slots are checked
     check_interval_s: float = 5.0
+    #: most replica slots; a stream that would create one more is refused (RESOURCE_EXHAUSTED)
+    max_slots: int = 64
+    #: forget a slot that never acknowledged anything once its replica has been gone this
+    #: long; 0 = never
+    unacked_slot_expiry_s: float = 600.0
 
 
 @dataclass
@@ -233,6 +243,9 @@ class Config:
             ("[stream] max_entry_bytes", self.stream.max_entry_bytes),
             ("[replica] queue_batches", self.replica.queue_batches),
             ("[replica] max_apply_entries", self.replica.max_apply_entries),
+            ("[stream] max_streams", self.stream.max_streams),
+            ("[stream] max_write_stream_pending", self.stream.max_write_stream_pending),
+            ("[retention] max_slots", self.retention.max_slots),
         ):
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, not {value}")
@@ -284,6 +297,7 @@ class Config:
         for name, fvalue in (
             ("[retention] max_retained_age_s", ret.max_retained_age_s),
             ("[retention] drop_inactive_after_s", ret.drop_inactive_after_s),
+            ("[retention] unacked_slot_expiry_s", ret.unacked_slot_expiry_s),
         ):
             if fvalue < 0:
                 raise ConfigError(f"{name} must be 0 (off) or positive, not {fvalue}")

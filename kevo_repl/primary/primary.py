@@ -19,7 +19,7 @@ from kevo_repl.identity import bound_replica_id, check_replica_id
 from kevo_repl.plugin.engine import Applier
 from kevo_repl.plugin.manager import Registry
 from kevo_repl.primary.retention import Retention
-from kevo_repl.primary.slots import SlotTable
+from kevo_repl.primary.slots import SlotTable, TooManySlots
 from kevo_repl.protocol import chain as chain_mod
 from kevo_repl.protocol import wire
 from kevo_repl.protocol.codec import Entry, Op
@@ -72,7 +72,9 @@ class Primary:
         data_dir = cfg.data_dir
         self.store: Applier = open_store(cfg, registry, durable=False)
         try:
-            self.slots = SlotTable(data_dir / "slots.json")
+            self.slots = SlotTable(
+                data_dir / "slots.json", max_slots=cfg.retention.max_slots
+            )
             # What the store applied and replicas acknowledged was acknowledged to a client:
             # WAL recovery must not cut a tail holding it, or its sequences would be reused.
             acknowledged = max(
@@ -344,13 +346,15 @@ class Primary:
             )
             log.warning("refused stream from %s: %s", context.peer(), message)
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, message)
+        no_room = self._admission(replica_id if named else None, request.start_sequence)
+        if no_room is not None:
+            log.warning("refused stream from %s: %s", context.peer(), no_room)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, no_room)
         session = Session(
             uuid.uuid4().hex, replica_id, context.peer(), request.start_sequence,
             sent=request.start_sequence - 1, context=context,
         )
         self.sessions[session.session_id] = session
-        if named:
-            self.slots.get(replica_id)
         await context.send_initial_metadata(((SESSION_HEADER, session.session_id),))
         log.info(
             "replica %r (%s) streaming from %d, session %s, protocol %d, %s",
@@ -393,6 +397,22 @@ class Primary:
         finally:
             self.sessions.pop(session.session_id, None)
             log.info("session %s of replica %r ended", session.session_id, session.replica_id)
+
+    def _admission(self, replica_id: str | None, start: int) -> str | None:
+        """Why a new stream is refused for lack of room (streams, slots), or None; creates
+        the slot of a named replica."""
+        cap = self.cfg.stream.max_streams
+        live = sum(
+            1 for s in self.sessions.values() if not (s.context is not None and s.context.done())
+        )
+        if live >= cap:
+            return f"{live} streams are being served ([stream] max_streams); try again later"
+        if replica_id is not None:
+            try:
+                self.slots.get(replica_id, start)
+            except TooManySlots as exc:
+                return str(exc)
+        return None
 
     def _has_work(self, session: Session, pos: int) -> bool:
         return self.head >= pos or session.rewind is not None

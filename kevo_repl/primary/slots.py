@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kevo_repl.errors import KevoReplError
+from kevo_repl.primary.slot_file import read_slot_file
 from kevo_repl.storage.store import write_file_atomically
 
 log = logging.getLogger(__name__)
@@ -35,11 +37,25 @@ class Slot:
     lost_at: float = 0.0
     #: wall-clock time the replica was last seen streaming (updated while it streams)
     last_seen_at: float = 0.0
+    #: where the slot's latest stream started; until the first ack the slot holds WAL from
+    #: here, not from sequence 1
+    start: int = 0
+
+    def needs_from(self) -> int:
+        """The first sequence this slot holds WAL for."""
+        if self.last_ack_at == 0 and self.start > self.acked + 1:
+            return self.start
+        return self.acked + 1
+
+
+class TooManySlots(KevoReplError):
+    """A new slot would exceed [retention] max_slots."""
 
 
 class SlotTable:
-    def __init__(self, path: Path, flush_interval_s: float = 0.2) -> None:
+    def __init__(self, path: Path, flush_interval_s: float = 0.2, max_slots: int = 64) -> None:
         self.path = path
+        self.max_slots = max_slots
         self.slots: dict[str, Slot] = {}
         self._dirty = False
         self._flush_interval = flush_interval_s
@@ -49,15 +65,27 @@ class SlotTable:
         #: called on the event loop after every ack, with the slot and the acked sequence
         self.on_ack: Callable[[Slot, int], None] | None = None
         if path.exists():
-            for item in json.loads(path.read_text()):
+            for item in read_slot_file(path):
                 slot = Slot(**item)
                 self.slots[slot.replica_id] = slot
 
-    def get(self, replica_id: str) -> Slot:
+    def get(self, replica_id: str, start: int = 0) -> Slot:
+        """The slot of `replica_id`, created when new (TooManySlots past max_slots). `start`
+        is where its stream starts: a slot that never acked holds WAL from there."""
         slot = self.slots.get(replica_id)
         if slot is None:
-            slot = self.slots[replica_id] = Slot(replica_id, last_seen_at=time.time())
-            log.info("new slot for replica %r", replica_id)
+            if len(self.slots) >= self.max_slots:
+                raise TooManySlots(
+                    f"{len(self.slots)} replica slots exist ([retention] max_slots); drop an "
+                    "unused one (kevo-repl drop-slot) before a new replica can stream"
+                )
+            slot = self.slots[replica_id] = Slot(
+                replica_id, last_seen_at=time.time(), start=start
+            )
+            log.info("new slot for replica %r from %d", replica_id, start)
+            self._mark_dirty()
+        elif start and slot.last_ack_at == 0 and slot.start != start:
+            slot.start = start
             self._mark_dirty()
         return slot
 
