@@ -117,15 +117,24 @@ class Primary:
         return value
 
     def chain_at(self, sequence: int) -> int | None:
-        """The chain after `sequence` when a retained record ends exactly there."""
+        """The hash chain after `sequence`, at any retained sequence (also inside a record);
+        None when the WAL cannot tell (not retained, or inside the first retained record)."""
         if sequence == 0:
             return chain_mod.START
         if not self.wal.first_sequence <= sequence <= self.wal.last_sequence:
             return None
-        [record] = self.wal.read(sequence, 1)
-        if record.last_seq != sequence:
+        first = self.wal.record_start(sequence)
+        [record] = self.wal.read(first, 1)
+        if record.last_seq == sequence:
+            return chain_of(record)
+        # inside a record: the chain before it, extended over its entries up to `sequence`
+        known = first == 1 or first - 1 >= self.wal.first_sequence
+        before = self.chain_at(first - 1) if known else None
+        if before is None:
             return None
-        return chain_of(record)
+        msg = rpb.WALStreamResponse.FromString(record.body)
+        payloads = [e.payload for e in msg.entries if e.sequence_number <= sequence]
+        return chain_mod.over(before, payloads)
 
     def _replay_store(self) -> None:
         """Bring the local store up to the WAL: it is applied without sync, so after a crash it
@@ -298,6 +307,13 @@ class Primary:
             )
         if request.HasField("chain") and start > 1:
             mine = self.chain_at(start - 1)
+            if mine is None and start - 1 >= self.wal.first_sequence:
+                return (
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    f"sequence {start - 1} lies inside the first retained WAL record, so this "
+                    "primary cannot check the replica's history there; bootstrap from a "
+                    "snapshot",
+                )
             if mine is not None and mine != request.chain:
                 return (
                     grpc.StatusCode.FAILED_PRECONDITION,
