@@ -26,8 +26,15 @@ class NodeConfig:
     data_dir: str = "./data"
     #: HOST:PORT to serve on; port 0 picks a free one (written to DATA_DIR/node.addr)
     listen: str = "127.0.0.1:50052"
-    #: HOST:PORT for a Prometheus /metrics endpoint; empty = none
+    #: HOST:PORT for a Prometheus /metrics endpoint, or PORT alone for 127.0.0.1:PORT;
+    #: empty = none
     metrics: str = ""
+    #: when set, /metrics answers only requests with "Authorization: Bearer <token>"
+    metrics_token: str = ""
+    #: PEM certificate: serve /metrics over HTTPS (with metrics_tls_key)
+    metrics_tls_cert: str = ""
+    #: PEM private key of metrics_tls_cert
+    metrics_tls_key: str = ""
 
 
 @dataclass
@@ -230,7 +237,9 @@ class Config:
             )
         parse_address(self.node.listen, "[node] listen")
         if self.node.metrics:
-            parse_address(self.node.metrics, "[node] metrics")
+            parse_address(metrics_address(self.node.metrics), "[node] metrics")
+        if bool(self.node.metrics_tls_cert) != bool(self.node.metrics_tls_key):
+            raise ConfigError("[node] metrics_tls_cert and metrics_tls_key go together")
         if self.node.role == "replica":
             parse_address(self.replica.primary, "[replica] primary")
             if self.replica.replica_id:
@@ -317,6 +326,11 @@ class Config:
                 raise ConfigError(
                     f"{name} must be from {MIN_CHUNK_BYTES} to {MAX_CHUNK_BYTES}, not {value}"
                 )
+
+
+def metrics_address(address: str) -> str:
+    """The metrics endpoint's HOST:PORT: a bare PORT means loopback only."""
+    return f"127.0.0.1:{address}" if address.isdigit() else address
 
 
 def parse_address(address: str, what: str = "address") -> tuple[str, int]:

@@ -446,7 +446,8 @@ class Node:
         )
         if cfg.node.metrics:
             self._metrics, self.metrics_address = serve_metrics(
-                cfg.node.metrics, self.service.status
+                cfg.node.metrics, self.service.status, cfg.node.metrics_token,
+                cfg.node.metrics_tls_cert, cfg.node.metrics_tls_key,
             )
         if self.replica is not None:
             self._replica_task = asyncio.create_task(self.replica.run(), name="replica")
@@ -462,6 +463,7 @@ class Node:
                 pass
         if self._metrics is not None:
             self._metrics[0].shutdown()
+            self._metrics[0].server_close()
             self._metrics = None
         if self.server is not None:
             await self.server.stop(grace=1.0)
