@@ -304,7 +304,7 @@ class NodeService:
             )
         return {
             "role": "primary",
-            "state": "SERVING" if p._broken is None else "ERROR",
+            "state": "SERVING" if p._broken is None and p.store_failure is None else "ERROR",
             "last_applied": pos.sequence,
             "head_sequence": p.head,
             "first_sequence": p.wal.first_sequence,
@@ -312,7 +312,9 @@ class NodeService:
             "applier": self.cfg.applier.name,
             "applied_entries": pos.applied_entries,
             "replicas": slots,
-            "last_error": p._broken or "",
+            "last_error": p._broken or (
+                f"store cannot apply: {p.store_failure}" if p.store_failure else ""
+            ),
             "semisync_degraded": p.semisync_degraded,
             **retention,
         }

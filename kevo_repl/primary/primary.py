@@ -18,6 +18,7 @@ from kevo_repl.errors import KevoReplError, StoreError
 from kevo_repl.identity import bound_replica_id, check_replica_id
 from kevo_repl.plugin.engine import Applier
 from kevo_repl.plugin.manager import Registry
+from kevo_repl.primary import store_failure
 from kevo_repl.primary.retention import Retention
 from kevo_repl.primary.slots import SlotTable, TooManySlots
 from kevo_repl.protocol import chain as chain_mod
@@ -36,7 +37,12 @@ class WriteRejected(KevoReplError):
 
 
 class PrimaryUnavailable(KevoReplError):
-    """The primary cannot take writes (its WAL failed); it must be restarted."""
+    """The primary cannot take writes now: its WAL failed (it must be restarted), or its
+    store cannot apply (writes resume by themselves once it can)."""
+
+
+#: how often a primary whose store could not apply tries again
+STORE_RETRY_S = 1.0
 
 
 @dataclass
@@ -95,6 +101,11 @@ class Primary:
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
         self._broken: str | None = None
+        #: the store could not apply what the WAL holds: new writes wait until it can
+        self.store_failure: str | None = None
+        self._store_retry: asyncio.Task[None] | None = None
+        #: a commit and the store's catch-up never run at once
+        self._commit_lock: asyncio.Lock | None = None
         self._advanced: asyncio.Condition | None = None
         self._acks_changed: asyncio.Condition | None = None
         self._ack_waiters = 0
@@ -102,6 +113,10 @@ class Primary:
         self.received_waiters = 0
         self.semisync_degraded = 0
         self._replay_store()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
         # WAL retention for the slots, within the caps, and snapshots for bootstrapping replicas
         self.retention = Retention(self)
 
@@ -208,6 +223,11 @@ class Primary:
         """Validate, assign sequences, encode, and queue one write for the group commit."""
         if self._broken is not None:
             raise PrimaryUnavailable(self._broken)
+        if self.store_failure is not None:
+            raise PrimaryUnavailable(
+                f"the primary's store cannot apply: {self.store_failure}; writes are refused "
+                "until it can (they resume by themselves), nothing of this write was applied"
+            )
         if not mutations:
             raise WriteRejected("a write needs at least one mutation")
         max_key = self.store.max_key_size
@@ -248,19 +268,23 @@ class Primary:
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._commit_lock is None:
+            self._commit_lock = asyncio.Lock()
         while self._pending:
             group, self._pending = self._pending, []
             try:
                 # one WAL fsync for every write that queued up meanwhile (group commit)
-                await _run_to_completion(loop, self._commit, group)
+                async with self._commit_lock:
+                    await _run_to_completion(loop, self._append, group)
             except Exception as exc:
-                self._broken = f"the primary's WAL or store failed: {exc}; restart the primary"
+                self._broken = f"the primary's WAL failed: {exc}; restart the primary"
                 log.error("write failed, refusing further writes: %s", exc)
                 for p in (*group, *self._pending):
                     if p.future is not None and not p.future.done():
                         p.future.set_exception(PrimaryUnavailable(self._broken))
                 self._pending = []
                 return
+            # durable in the WAL: committed, whatever the store does next
             for p in group:
                 if p.future is not None and not p.future.done():
                     p.future.set_result((p.record.first_seq, p.record.last_seq))
@@ -275,11 +299,57 @@ class Primary:
             except Exception:
                 log.exception("a batch_applied hook failed")
 
-    def _commit(self, group: list[_Pending]) -> None:
+    def _append(self, group: list[_Pending]) -> None:
+        """In a worker thread: append a group to the WAL (raises if that fails), then apply
+        it to the store; a store failure is kept in store_failure, not raised."""
         self.retention.before_append(sum(len(p.record.body) for p in group), len(group))
         self.wal.append([p.record for p in group])
+        if self.store_failure is not None:
+            return  # the store catches up from the WAL once it can
         entries = [e for p in group for e in p.entries]
-        self.store.apply(entries, self.history_id, group[-1].chain)
+        try:
+            self.store.apply(entries, self.history_id, group[-1].chain)
+        except Exception as exc:
+            self._store_failed(exc)
+
+    def _store_failed(self, exc: BaseException) -> None:
+        """In a worker thread: the store could not apply; refuse writes, retry in the
+        background."""
+        self.store_failure = store_failure.describe(exc, self.cfg.data_dir)
+        log.error(
+            "the primary's store cannot apply (%s): refusing new writes until it can; what "
+            "the WAL holds stays committed", self.store_failure,
+        )
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._start_store_retry)
+
+    def _start_store_retry(self) -> None:
+        if self._store_retry is None or self._store_retry.done():
+            self._store_retry = asyncio.get_running_loop().create_task(
+                self._retry_store(), name="store-retry"
+            )
+
+    async def _retry_store(self) -> None:
+        """Apply what the WAL holds beyond the store, every STORE_RETRY_S until it works;
+        then writes are taken again."""
+        assert self._commit_lock is not None
+        while self.store_failure is not None and self._broken is None:
+            await asyncio.sleep(STORE_RETRY_S)
+            async with self._commit_lock:
+                try:
+                    await asyncio.to_thread(self._catch_up_store)
+                except Exception as exc:
+                    self.store_failure = store_failure.describe(exc, self.cfg.data_dir)
+                    log.warning("the primary's store still cannot apply: %s", self.store_failure)
+                    continue
+                log.info("the primary's store applies again (at %d); writes resume", self.head)
+                self.store_failure = None
+
+    def _catch_up_store(self) -> None:
+        """In a worker thread: apply every WAL record the store does not have yet."""
+        for record in self.wal.iter_records(self.store.position().sequence + 1):
+            self.store.apply(decode_body(record.body), self.history_id, chain_of(record) or 0)
 
     # -- streaming ---------------------------------------------------------------------------
 
@@ -530,6 +600,12 @@ class Primary:
     async def close(self) -> None:
         if self._flusher is not None:
             await self._flusher
+        if self._store_retry is not None and not self._store_retry.done():
+            self._store_retry.cancel()
+            try:
+                await self._store_retry
+            except asyncio.CancelledError:
+                pass
         await self.retention.close()
         await self.slots.close()
         self.wal.close()
