@@ -1,0 +1,154 @@
+"""Client-side attacks the chaos runner performs on the primary (fault kinds slot_flood,
+stalled_snapshot and unread_writestream). Each runs in a thread for its fault's duration and
+reports what it saw and what it found wrong; the runner's RSS sampling checks the memory
+bound meanwhile."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import grpc
+
+from kevo_repl.protocol.proto import node_pb2 as npb
+from kevo_repl.protocol.proto import replication_pb2 as rpb
+
+_SVC = "/kevo.replication.WALReplicationService/"
+#: the primary's [retention] max_slots in a chaos run (its default)
+MAX_SLOTS = 64
+
+
+@dataclass
+class AttackResult:
+    notes: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+
+def _status(channel: grpc.Channel) -> npb.StatusResponse:
+    status = channel.unary_unary("/kevo.repl.Node/Status",
+                                 request_serializer=npb.StatusRequest.SerializeToString,
+                                 response_deserializer=npb.StatusResponse.FromString)
+    resp: npb.StatusResponse = status(npb.StatusRequest(), timeout=5)
+    return resp
+
+
+def slot_flood(address: str, fault: int, count: int, stop: threading.Event) -> AttackResult:
+    """Open and drop streams under `count` new replica ids: slots past max_slots must be
+    refused with RESOURCE_EXHAUSTED; the flood's slots are dropped at the end."""
+    out = AttackResult()
+    accepted: list[str] = []
+    refused = 0
+    with grpc.insecure_channel(address) as ch:
+        stream = ch.unary_stream(_SVC + "StreamWAL",
+                                 request_serializer=rpb.WALStreamRequest.SerializeToString,
+                                 response_deserializer=bytes)
+        head = _status(ch).head_sequence
+        for i in range(count):
+            if stop.is_set():
+                break
+            rid = f"flood-{fault}-{i}"
+            call = stream(rpb.WALStreamRequest(start_sequence=head + 1, protocol_version=1,
+                                               replica_id=rid), timeout=10)
+            md = dict(call.initial_metadata() or ())
+            if "session-id" in md:
+                accepted.append(rid)
+            else:
+                code = call.code()
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    refused += 1
+                elif code != grpc.StatusCode.UNAVAILABLE:  # the primary went away meanwhile
+                    out.violations.append(f"slot flood stream {rid} refused with {code}, "
+                                          "not RESOURCE_EXHAUSTED")
+            call.cancel()
+        slots = len(_status(ch).replicas)
+        if slots > MAX_SLOTS:
+            out.violations.append(f"the primary holds {slots} slots, over max_slots "
+                                  f"{MAX_SLOTS}")
+        out.notes.append(f"{len(accepted)} flood slots made, {refused} refused "
+                         f"(RESOURCE_EXHAUSTED), {slots} slots in all")
+        stop.wait()
+        drop = ch.unary_unary("/kevo.repl.Node/DropSlot",
+                              request_serializer=npb.DropSlotRequest.SerializeToString,
+                              response_deserializer=npb.DropSlotResponse.FromString)
+        for rid in accepted:  # the operator's clean-up: the flood's sessions are over
+            for _ in range(20):
+                try:
+                    drop(npb.DropSlotRequest(replica_id=rid), timeout=5)
+                    break
+                except grpc.RpcError as exc:
+                    if exc.code() == grpc.StatusCode.NOT_FOUND:
+                        break
+                    time.sleep(0.1)
+    return out
+
+
+def stalled_snapshot(address: str, fault: int, count: int, hold_s: float,
+                     stop: threading.Event) -> AttackResult:
+    """Take `count` snapshots, read one chunk of each and stop reading: after hold_s a real
+    replica must still get a snapshot."""
+    out = AttackResult()
+    with grpc.insecure_channel(address) as ch:
+        snap = ch.unary_stream(_SVC + "Snapshot",
+                               request_serializer=rpb.SnapshotRequest.SerializeToString,
+                               response_deserializer=rpb.SnapshotChunk.FromString)
+        calls = []
+        for i in range(count):
+            call = snap(rpb.SnapshotRequest(replica_id=f"stall-{fault}-{i}",
+                                            max_chunk_bytes=1024), timeout=120)
+            try:
+                next(call)
+            except (grpc.RpcError, StopIteration):
+                pass
+            calls.append(call)
+        if not stop.wait(hold_s + 2.0):
+            probe = snap(rpb.SnapshotRequest(replica_id=f"probe-{fault}",
+                                             max_chunk_bytes=1024), timeout=30)
+            try:
+                next(probe)
+                out.notes.append(f"{count} stalled snapshot streams; a new one was served "
+                                 f"after {hold_s:g}s")
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    out.violations.append(
+                        f"{count} stalled snapshot streams still block a new snapshot "
+                        f"{hold_s + 2:g}s later: {exc.details()}")
+            except StopIteration:
+                pass
+            probe.cancel()
+            stop.wait()
+        for call in calls:
+            call.cancel()
+    return out
+
+
+def unread_writestream(address: str, stop: threading.Event,
+                       max_consumed: int) -> AttackResult:
+    """Send refused writes (an unknown ack level) on a WriteStream and never read the
+    answers: the primary must stop reading after a bounded number."""
+    out = AttackResult()
+    consumed = 0
+    batch = npb.WriteBatch(writes=[
+        npb.WriteRequest(mutations=[npb.Mutation(op=npb.PUT, key=b"attack", value=b"x")],
+                         request_id=i, level=7)  # type: ignore[arg-type]
+        for i in range(500)
+    ])
+
+    def requests() -> Iterator[npb.WriteBatch]:
+        nonlocal consumed
+        while not stop.is_set():
+            yield batch
+            consumed += len(batch.writes)
+
+    with grpc.insecure_channel(address) as ch:
+        call = ch.stream_stream("/kevo.repl.Node/WriteStream",
+                                request_serializer=npb.WriteBatch.SerializeToString,
+                                response_deserializer=bytes)(requests())
+        stop.wait()
+        call.cancel()
+    out.notes.append(f"the primary read {consumed} unread-answer writes")
+    if consumed > max_consumed:
+        out.violations.append(f"the primary read {consumed} writes of a WriteStream whose "
+                              f"answers were never read (bound {max_consumed})")
+    return out
