@@ -36,7 +36,8 @@ def _status(channel: grpc.Channel) -> npb.StatusResponse:
 
 def slot_flood(address: str, fault: int, count: int, stop: threading.Event) -> AttackResult:
     """Open and drop streams under `count` new replica ids: slots past max_slots must be
-    refused with RESOURCE_EXHAUSTED; the flood's slots are dropped at the end."""
+    refused with RESOURCE_EXHAUSTED; then the flood's slots are dropped (the operator's
+    clean-up)."""
     out = AttackResult()
     accepted: list[str] = []
     refused = 0
@@ -68,7 +69,7 @@ def slot_flood(address: str, fault: int, count: int, stop: threading.Event) -> A
                                   f"{MAX_SLOTS}")
         out.notes.append(f"{len(accepted)} flood slots made, {refused} refused "
                          f"(RESOURCE_EXHAUSTED), {slots} slots in all")
-        stop.wait()
+        started = time.monotonic()
         drop = ch.unary_unary("/kevo.repl.Node/DropSlot",
                               request_serializer=npb.DropSlotRequest.SerializeToString,
                               response_deserializer=npb.DropSlotResponse.FromString)
@@ -81,6 +82,8 @@ def slot_flood(address: str, fault: int, count: int, stop: threading.Event) -> A
                     if exc.code() == grpc.StatusCode.NOT_FOUND:
                         break
                     time.sleep(0.1)
+        out.notes.append(f"dropped in {time.monotonic() - started:.1f}s")
+        stop.wait()
     return out
 
 
