@@ -338,7 +338,8 @@ class Primary:
             await asyncio.sleep(STORE_RETRY_S)
             async with self._commit_lock:
                 try:
-                    await asyncio.to_thread(self._catch_up_store)
+                    # waits for the thread even when cancelled: the store is closed after it
+                    await _run_to_completion(asyncio.get_running_loop(), self._catch_up_store)
                 except Exception as exc:
                     self.store_failure = store_failure.describe(exc, self.cfg.data_dir)
                     log.warning("the primary's store still cannot apply: %s", self.store_failure)
@@ -533,7 +534,10 @@ class Primary:
                 "refused ack from replica %r (%s): %s", session.replica_id, session.peer, problem
             )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        self.slots.ack(session.replica_id, seq)
+        try:
+            self.slots.ack(session.replica_id, seq)
+        except TooManySlots as exc:  # a peer without a replica id, named after its address
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         session.received = max(session.received, received)
         if self._ack_waiters:
             cond = self._acks_condition()
