@@ -86,7 +86,7 @@ _SNAPSHOT_HOLD_S = 3.0
 #: writes of an unread WriteStream the primary may read before it must have stopped
 _UNREAD_WRITES_BOUND = 1_000_000
 #: the kinds that are client-side attacks on the primary (kevo_repl_tools.chaos_attacks)
-_ATTACKS = ("slot_flood", "stalled_snapshot", "unread_writestream")
+_ATTACKS = ("slot_flood", "stalled_snapshot", "unread_writestream", "rogue_replica")
 #: with the retention fault: small segments and a small cap, so a replica that is down for a
 #: few seconds while writes go on loses its place in the WAL and must bootstrap
 _RETENTION_TOML = """\
@@ -549,6 +549,8 @@ class ChaosRun:
             try:
                 if f.kind == "slot_flood":
                     res = chaos_attacks.slot_flood(address, f.id, int(f.param), stop)
+                elif f.kind == "rogue_replica":
+                    res = chaos_attacks.rogue_replica(address, f.id, REPLICAS, stop)
                 elif f.kind == "stalled_snapshot":
                     res = chaos_attacks.stalled_snapshot(address, f.id, int(f.param),
                                                          _SNAPSHOT_HOLD_S, stop)

@@ -155,3 +155,76 @@ def unread_writestream(address: str, stop: threading.Event,
         out.violations.append(f"the primary read {consumed} writes of a WriteStream whose "
                               f"answers were never read (bound {max_consumed})")
     return out
+
+
+def rogue_replica(address: str, fault: int, victims: tuple[str, ...],
+                  stop: threading.Event) -> AttackResult:
+    """Try to take over live replicas' ids, and lie in acks on a session of one's own: a
+    live id must be ALREADY_EXISTS, every impossible ack INVALID_ARGUMENT, a forged session
+    NOT_FOUND, and the rogue's slot must not move."""
+    out = AttackResult()
+    rid = f"rogue-{fault}"
+    with grpc.insecure_channel(address) as ch:
+        stream = ch.unary_stream(_SVC + "StreamWAL",
+                                 request_serializer=rpb.WALStreamRequest.SerializeToString,
+                                 response_deserializer=bytes)
+        ack = ch.unary_unary(_SVC + "Acknowledge", request_serializer=rpb.Ack.SerializeToString,
+                             response_deserializer=rpb.AckResponse.FromString)
+        head = _status(ch).head_sequence
+        live = {r.replica_id for r in _status(ch).replicas if r.connected}
+        refused = 0
+        for victim in victims:
+            call = stream(rpb.WALStreamRequest(start_sequence=head + 1, protocol_version=1,
+                                               replica_id=victim), timeout=10)
+            md = dict(call.initial_metadata() or ())
+            code = None if "session-id" in md else call.code()
+            call.cancel()
+            if code == grpc.StatusCode.ALREADY_EXISTS:
+                refused += 1
+            elif code is None and victim in live:
+                # it may have died between the status and the call: only a note then
+                out.notes.append(f"{victim}'s id was free when asked (its session had ended)")
+        call = stream(rpb.WALStreamRequest(start_sequence=head + 1, protocol_version=1,
+                                           replica_id=rid), timeout=30)
+        md = dict(call.initial_metadata() or ())
+        sid = str(md.get("session-id", ""))
+        lies = [
+            ("past what was sent", rpb.Ack(acknowledged_up_to=head + 1000,
+                                           received_up_to=head + 1000)),
+            ("received below durable", rpb.Ack(acknowledged_up_to=head, received_up_to=1)),
+        ]
+        if sid:
+            for what, lie in lies:
+                try:
+                    ack(lie, metadata=(("session-id", sid),), timeout=5)
+                    out.violations.append(f"an ack {what} was accepted")
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                        out.violations.append(f"an ack {what} got {exc.code()}, not "
+                                              "INVALID_ARGUMENT")
+        try:
+            ack(rpb.Ack(acknowledged_up_to=1), metadata=(("session-id", "f" * 32),), timeout=5)
+            out.violations.append("an ack on a forged session id was accepted")
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                out.violations.append(f"an ack on a forged session got {exc.code()}")
+        slot = [r for r in _status(ch).replicas if r.replica_id == rid]
+        if slot and slot[0].acked_sequence != 0:
+            out.violations.append(f"lying acks moved the rogue's slot to "
+                                  f"{slot[0].acked_sequence}")
+        call.cancel()
+        out.notes.append(f"{refused} of {len(victims)} takeovers refused (ALREADY_EXISTS); "
+                         f"{len(lies) + 1 if sid else 1} lying acks refused")
+        drop = ch.unary_unary("/kevo.repl.Node/DropSlot",
+                              request_serializer=npb.DropSlotRequest.SerializeToString,
+                              response_deserializer=npb.DropSlotResponse.FromString)
+        for _ in range(50):
+            try:
+                drop(npb.DropSlotRequest(replica_id=rid), timeout=5)
+                break
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    break
+                time.sleep(0.1)
+        stop.wait()
+    return out

@@ -80,6 +80,10 @@ KINDS: dict[str, KindSpec] = {
                                  "take every held snapshot, read one chunk of each and stop "
                                  "reading: after [snapshot] hold_s a new snapshot must be "
                                  "served"),
+    "rogue_replica": KindSpec(("primary",), (1.0, 3.0), (0, 0), "", 1.0,
+                              "try to stream as r1 and r2 (ALREADY_EXISTS while they are "
+                              "live) and send impossible acks on a session of its own "
+                              "(INVALID_ARGUMENT; the slot must not move)"),
     "unread_writestream": KindSpec(("primary",), (3.0, 6.0), (0, 0), "", 1.0,
                                    "send refused writes on a WriteStream and never read the "
                                    "answers: the primary must stop reading (bounded) and its "
