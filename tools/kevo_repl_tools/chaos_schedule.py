@@ -76,10 +76,10 @@ KINDS: dict[str, KindSpec] = {
                            "open and drop streams under that many new replica ids: past "
                            "[retention] max_slots they must be refused (RESOURCE_EXHAUSTED); "
                            "the flood's slots are dropped at the end"),
-    "stalled_snapshot": KindSpec(("primary",), (6.0, 9.0), (4, 4), "snapshots", 1.0,
+    "stalled_snapshot": KindSpec(("primary",), (15.0, 20.0), (4, 4), "snapshots", 1.0,
                                  "take every held snapshot, read one chunk of each and stop "
-                                 "reading: after [snapshot] hold_s a new snapshot must be "
-                                 "served"),
+                                 "reading: before the fault ends (well past [snapshot] "
+                                 "hold_s) a new snapshot must be served"),
     "rogue_replica": KindSpec(("primary",), (1.0, 3.0), (0, 0), "", 1.0,
                               "try to stream as r1 and r2 (ALREADY_EXISTS while they are "
                               "live) and send impossible acks on a session of its own "
