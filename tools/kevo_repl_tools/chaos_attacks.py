@@ -143,9 +143,11 @@ def unread_writestream(address: str, stop: threading.Event,
         for i in range(500)
     ])
 
+    ended = threading.Event()  # the call is over: what is pulled now reaches no primary
+
     def requests() -> Iterator[npb.WriteBatch]:
         nonlocal consumed
-        while not stop.is_set():
+        while not stop.is_set() and not ended.is_set():
             yield batch
             consumed += len(batch.writes)
 
@@ -153,7 +155,10 @@ def unread_writestream(address: str, stop: threading.Event,
         call = ch.stream_stream("/kevo.repl.Node/WriteStream",
                                 request_serializer=npb.WriteBatch.SerializeToString,
                                 response_deserializer=bytes)(requests())
+        call.add_done_callback(lambda _: ended.set())
         stop.wait()
+        if ended.is_set() and call.code() != grpc.StatusCode.CANCELLED:
+            out.notes.append(f"the call ended early: {call.code()}")
         call.cancel()
     out.notes.append(f"the primary read {consumed} unread-answer writes")
     if consumed > max_consumed:
