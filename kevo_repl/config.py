@@ -49,7 +49,8 @@ class NodeConfig:
              "DATA_DIR/node.addr)"),
     ] = "127.0.0.1:50052"
     metrics: Annotated[
-        str, Meta(description="HOST:PORT for a Prometheus /metrics endpoint; empty = none")
+        str, Meta(description="HOST:PORT for a Prometheus /metrics endpoint, or PORT alone for "
+                  "127.0.0.1:PORT; empty = none")
     ] = ""
     advertise: Annotated[
         str,
@@ -62,6 +63,16 @@ class NodeConfig:
         Meta(ge=0, description="RSS bound in MB: past it the node logs why and exits with code 75 "
              "for its supervisor to restart it (crash-safe, so nothing is lost); 0 = no bound"),
     ] = 1024
+    metrics_token: Annotated[
+        str, Meta(description="when set, /metrics answers only requests with "
+                  "\"Authorization: Bearer <token>\"")
+    ] = ""
+    metrics_tls_cert: Annotated[
+        str, Meta(description="PEM certificate: serve /metrics over HTTPS (with metrics_tls_key)")
+    ] = ""
+    metrics_tls_key: Annotated[
+        str, Meta(description="PEM private key of metrics_tls_cert")
+    ] = ""
 
 
 @dataclass
@@ -256,6 +267,15 @@ class StreamConfig:
         Meta(gt=0, description="a replica that is behind and has not advanced for this long is "
              "reported as stalled"),
     ] = 5.0
+    max_streams: Annotated[
+        int, Meta(ge=1, description="most StreamWAL calls served at once; more are refused with "
+                  "RESOURCE_EXHAUSTED")
+    ] = 64
+    max_write_stream_pending: Annotated[
+        int, Meta(ge=1, description="results a WriteStream may hold (in flight or not yet sent); "
+                  "past it the primary stops reading the stream's requests until the client "
+                  "reads its results")
+    ] = 1024
 
 
 @dataclass
@@ -293,6 +313,14 @@ class RetentionConfig:
         Meta(gt=0, description="how often the age cap and inactive slots are checked (only "
              "when one of them is set)"),
     ] = 5.0
+    max_slots: Annotated[
+        int, Meta(ge=1, description="most replica slots; a stream that would create one more is "
+                  "refused (RESOURCE_EXHAUSTED)")
+    ] = 64
+    unacked_slot_expiry_s: Annotated[
+        float, Meta(ge=0, description="forget a slot that never acknowledged anything once its "
+                    "replica has been gone this long; 0 = never")
+    ] = 600.0
 
 
 @dataclass
@@ -341,7 +369,9 @@ class Config:
             schema.check(getattr(self, f.name), f"[{f.name}]")
         parse_address(self.node.listen, "[node] listen")
         if self.node.metrics:
-            parse_address(self.node.metrics, "[node] metrics")
+            parse_address(metrics_address(self.node.metrics), "[node] metrics")
+        if bool(self.node.metrics_tls_cert) != bool(self.node.metrics_tls_key):
+            raise ConfigError("[node] metrics_tls_cert and metrics_tls_key go together")
         if self.node.advertise:
             parse_address(self.node.advertise, "[node] advertise")
         if self.node.role == "replica":
@@ -377,6 +407,11 @@ class Config:
                 f"at least twice [wal] segment_bytes ({self.wal.segment_bytes}): the segment "
                 "being written is never deleted"
             )
+
+
+def metrics_address(address: str) -> str:
+    """The metrics endpoint's HOST:PORT: a bare PORT means loopback only."""
+    return f"127.0.0.1:{address}" if address.isdigit() else address
 
 
 def parse_address(address: str, what: str = "address") -> tuple[str, int]:

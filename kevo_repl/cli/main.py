@@ -379,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--listen", help="HOST:PORT to serve on (port 0 picks a free one; "
                        "the bound address is written to DATA_DIR/node.addr)")
         s.add_argument("--applier", help="store backend by registered name (default lmdb)")
-        s.add_argument("--metrics", help="HOST:PORT to serve Prometheus /metrics on")
+        s.add_argument("--metrics",
+                       help="HOST:PORT (or PORT, for 127.0.0.1) to serve Prometheus /metrics on")
         if role == "replica":
             s.add_argument("--primary", help="the primary's HOST:PORT (required, here or as "
                            "[replica] primary in --config)")

@@ -10,12 +10,13 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from kevo_repl.config import parse_address
+from kevo_repl.config import metrics_address, parse_address
 from kevo_repl.errors import KevoReplError
+from kevo_repl.node import metrics_http
 from kevo_repl.replica.state import State
 
 log = logging.getLogger(__name__)
@@ -196,16 +197,21 @@ class StatusCollector(Collector):
         yield state
 
 
-def serve_metrics(address: str, status: Callable[[], dict[str, Any]]) -> tuple[Any, str]:
-    """Serve /metrics on `address` (HOST:PORT, port 0 picks one) in a background thread.
-    Returns the server handle and the bound address."""
-    host, port = parse_address(address, "--metrics")
+def serve_metrics(
+    address: str, status: Callable[[], dict[str, Any]], token: str = "",
+    tls_cert: str = "", tls_key: str = "",
+) -> tuple[Any, str]:
+    """Serve /metrics on `address` (HOST:PORT, or PORT for 127.0.0.1; port 0 picks one) in a
+    background thread, behind `token` and over HTTPS when given. Returns the server handle
+    and the bound address."""
+    host, port = parse_address(metrics_address(address), "--metrics")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(status))
     try:
-        server, thread = start_http_server(port, addr=host, registry=registry)
+        server, thread = metrics_http.start(host, port, registry, token, tls_cert, tls_key)
     except OSError as exc:
         raise KevoReplError(f"cannot serve metrics on {address}: {exc.strerror}") from None
     bound = f"{host}:{server.server_port}"
-    log.info("metrics on http://%s/metrics", bound)
+    log.info("metrics on %s://%s/metrics%s", "https" if tls_cert else "http", bound,
+             " (token required)" if token else "")
     return (server, thread), bound

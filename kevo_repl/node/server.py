@@ -16,8 +16,11 @@ import grpc
 
 from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError
+from kevo_repl.node import decoding
+from kevo_repl.node.decoding import Undecodable, lenient
 from kevo_repl.node.memguard import MemoryGuard
 from kevo_repl.node.metrics import serve_metrics
+from kevo_repl.node.requests import request_problem
 from kevo_repl.plugin.manager import build_registry, get_plugin_manager
 from kevo_repl.primary import kevodb_peers
 from kevo_repl.primary.primary import Primary, PrimaryUnavailable, WriteRejected
@@ -52,23 +55,23 @@ def replication_handler(primary: Primary) -> grpc.GenericRpcHandler:
         REPLICATION_SERVICE,
         {
             "StreamWAL": grpc.unary_stream_rpc_method_handler(
-                primary.stream,
-                request_deserializer=rpb.WALStreamRequest.FromString,
+                decoding.server_stream(primary.stream),
+                request_deserializer=lenient(rpb.WALStreamRequest),
                 response_serializer=_identity,
             ),
             "Acknowledge": grpc.unary_unary_rpc_method_handler(
-                primary.acknowledge,
-                request_deserializer=rpb.Ack.FromString,
+                decoding.unary(primary.acknowledge),
+                request_deserializer=lenient(rpb.Ack),
                 response_serializer=rpb.AckResponse.SerializeToString,
             ),
             "NegativeAcknowledge": grpc.unary_unary_rpc_method_handler(
-                primary.negative_acknowledge,
-                request_deserializer=rpb.Nack.FromString,
+                decoding.unary(primary.negative_acknowledge),
+                request_deserializer=lenient(rpb.Nack),
                 response_serializer=rpb.NackResponse.SerializeToString,
             ),
             "Snapshot": grpc.unary_stream_rpc_method_handler(
-                primary.retention.snapshots.serve,
-                request_deserializer=rpb.SnapshotRequest.FromString,
+                decoding.server_stream(primary.retention.snapshots.serve),
+                request_deserializer=lenient(rpb.SnapshotRequest),
                 response_serializer=rpb.SnapshotChunk.SerializeToString,
             ),
         },
@@ -109,6 +112,9 @@ class NodeService:
         # a primary's position moves with its own writes; the gate polls it
         self.read_gate = (replica.read_gate if replica is not None
                           else ReadGate(lambda: self.store.position().sequence))
+        #: WriteStream results read but not yet sent, over all streams, and the peak of it
+        self.write_stream_pending = 0
+        self.write_stream_pending_peak = 0
 
     @property
     def store(self) -> Applier:
@@ -126,6 +132,9 @@ class NodeService:
                 f"this node is a read-only replica; send writes to the primary at "
                 f"{self.cfg.replica.primary}",
             )
+        problem = request_problem(request)
+        if problem is not None:
+            raise _WriteFailed(grpc.StatusCode.INVALID_ARGUMENT, problem)
         mutations = [(int(m.op), bytes(m.key), bytes(m.value)) for m in request.mutations]
         # before the write is queued, so that the response carrying it asks for receipt acks
         received = bool(request.wait_for) and request.level == npb.ACK_RECEIVED
@@ -181,11 +190,16 @@ class NodeService:
         self, batches: AsyncIterator[npb.WriteBatch], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[npb.WriteResults]:
         """Every write runs at once (they group-commit together); answers go out as they
-        complete, all that completed meanwhile in one message. Bounded: at most
-        MAX_STREAM_IN_FLIGHT writes of one stream in flight."""
-        done: asyncio.Queue[npb.WriteResponse | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(MAX_STREAM_IN_FLIGHT)
+        complete, all that completed meanwhile in one message. Flow control: a write holds
+        one of `[stream] max_write_stream_pending` places from when its request is read until
+        its result is handed to gRPC, so a client that never reads its results stops the
+        primary from reading its requests; memory stays bounded."""
+        limit = self.cfg.stream.max_write_stream_pending
+        done: asyncio.Queue[npb.WriteResponse | None] = asyncio.Queue(limit + 1)
+        slots = asyncio.Semaphore(limit)
         tasks: set[asyncio.Task[None]] = set()
+        held = 0  # this stream's places taken: read, not yet sent
+        refused = ""  # why the stream's requests were refused (undecodable)
 
         async def one(request: npb.WriteRequest) -> None:
             try:
@@ -193,9 +207,7 @@ class NodeService:
             except _WriteFailed as exc:
                 resp = npb.WriteResponse(request_id=request.request_id,
                                          error_code=exc.code.value[0], error=exc.message)
-            finally:
-                slots.release()
-            done.put_nowait(resp)
+            done.put_nowait(resp)  # never blocks: at most `limit` results exist
 
         async def many(requests: list[npb.WriteRequest]) -> None:
             # asynchronous writes of one message: enqueued together, one wait for all
@@ -208,9 +220,6 @@ class NodeService:
             except PrimaryUnavailable as exc:
                 # every write of the message fails the same way
                 results = [exc] * len(requests)  # type: ignore[list-item]  # reported below
-            finally:
-                for _ in requests:
-                    slots.release()
             for request, result in zip(requests, results, strict=True):
                 if isinstance(result, tuple):
                     resp = npb.WriteResponse(first_sequence=result[0], last_sequence=result[1],
@@ -228,11 +237,26 @@ class NodeService:
             task.add_done_callback(tasks.discard)
 
         async def read_all() -> None:
+            nonlocal held, refused
             async for batch in batches:
+                if isinstance(batch, Undecodable):
+                    refused = batch.message
+                    break
                 plain = []
                 for request in batch.writes:
+                    problem = request_problem(request)
                     await slots.acquire()
-                    if request.wait_for or self.primary is None:
+                    held += 1
+                    self.write_stream_pending += 1
+                    self.write_stream_pending_peak = max(
+                        self.write_stream_pending_peak, self.write_stream_pending
+                    )
+                    if problem is not None:
+                        done.put_nowait(npb.WriteResponse(
+                            request_id=request.request_id,
+                            error_code=grpc.StatusCode.INVALID_ARGUMENT.value[0], error=problem,
+                        ))
+                    elif request.wait_for or self.primary is None:
                         spawn(one(request))
                     else:
                         plain.append(request)
@@ -252,9 +276,17 @@ class NodeService:
                 out = [r for r in results if r is not None]
                 if out:
                     yield npb.WriteResults(results=out)
+                    # sent: their places go back to the reader
+                    for _ in out:
+                        slots.release()
+                    held -= len(out)
+                    self.write_stream_pending -= len(out)
             await reader
+            if refused:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refused)
         finally:
             reader.cancel()
+            self.write_stream_pending -= held  # the stream's places go with it
 
     async def Get(
         self, request: npb.GetRequest, context: grpc.aio.ServicerContext
@@ -341,7 +373,7 @@ class NodeService:
             )
         return {
             "role": "primary",
-            "state": "SERVING" if p.broken is None else "ERROR",
+            "state": "SERVING" if p.broken is None and p.store_failure is None else "ERROR",
             "last_applied": pos.sequence,
             "head_sequence": p.head,
             "first_sequence": p.wal.first_sequence,
@@ -349,7 +381,9 @@ class NodeService:
             "applier": self.cfg.applier.name,
             "applied_entries": pos.applied_entries,
             "replicas": slots,
-            "last_error": p.broken or "",
+            "last_error": p.broken or (
+                f"store cannot apply: {p.store_failure}" if p.store_failure else ""
+            ),
             "semisync_degraded": p.semisync_degraded,
             **retention,
         }
@@ -403,14 +437,13 @@ class _WriteFailed(Exception):
 #: how long a read with min_sequence waits when the call has no deadline
 _NO_DEADLINE_WAIT_S = 30.0
 
-#: writes of one WriteStream that may be in flight at once (bounds the primary's memory)
-MAX_STREAM_IN_FLIGHT = 1024
 
 
 def node_handler(service: NodeService) -> grpc.GenericRpcHandler:
     def unary(fn: Any, req: Any, resp: Any) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(
-            fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString
+            decoding.unary(fn), request_deserializer=lenient(req),
+            response_serializer=resp.SerializeToString,
         )
 
     return grpc.method_handlers_generic_handler(
@@ -419,7 +452,7 @@ def node_handler(service: NodeService) -> grpc.GenericRpcHandler:
             "Write": unary(service.Write, npb.WriteRequest, npb.WriteResponse),
             "WriteStream": grpc.stream_stream_rpc_method_handler(
                 service.WriteStream,
-                request_deserializer=npb.WriteBatch.FromString,
+                request_deserializer=lenient(npb.WriteBatch),
                 response_serializer=npb.WriteResults.SerializeToString,
             ),
             "Get": unary(service.Get, npb.GetRequest, npb.GetResponse),
@@ -505,7 +538,8 @@ class Node:
         if cfg.node.metrics:
             # bound now, served from status once the node exists
             self._metrics, self.metrics_address = serve_metrics(
-                cfg.node.metrics, lambda: self.service.status()
+                cfg.node.metrics, lambda: self.service.status(), cfg.node.metrics_token,
+                cfg.node.metrics_tls_cert, cfg.node.metrics_tls_key,
             )
         self._lock_fd = lock_data_dir(cfg.data_dir)
         if cfg.node.role == "primary":
@@ -550,6 +584,7 @@ class Node:
             await asyncio.wait([self._replica_task])  # a failure is reported by _tasks
         if self._metrics is not None:
             self._metrics[0].shutdown()
+            self._metrics[0].server_close()
             self._metrics = None
         if self.primary is not None:
             await self.primary.drain(DRAIN_TIMEOUT_S)

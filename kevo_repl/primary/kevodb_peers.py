@@ -39,7 +39,7 @@ def stream_opened(primary: Primary, request: rpb.WALStreamRequest) -> None:
     """A stream was accepted: make sure its replica has a slot, and for a nameless one record
     the position its request implies."""
     if request.replica_id:
-        primary.slots.get(request.replica_id)
+        primary.slots.get(request.replica_id, request.start_sequence)
         return
     key = request.listener_address
     if not key:
@@ -55,8 +55,7 @@ def stream_opened(primary: Primary, request: rpb.WALStreamRequest) -> None:
                 "held", key, nameless, MAX_NAMELESS_SLOTS, MAX_ADDRESS_BYTES,
             )
             return
-        slot = table.get(key)
-        slot.never_acks = True
+        slot = table.get(key, never_acks=True)  # capped above, not by max_slots
         log.info("replica at %s sends no replica_id: its slot is keyed by that address", key)
     slot.last_seen_at = time.time()
     implied = request.start_sequence - 1

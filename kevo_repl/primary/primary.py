@@ -17,9 +17,9 @@ from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError, StoreError
 from kevo_repl.identity import bound_replica_id, check_replica_id
 from kevo_repl.plugin.manager import Registry
-from kevo_repl.primary import kevodb_peers
+from kevo_repl.primary import kevodb_peers, store_failure
 from kevo_repl.primary.retention import Retention
-from kevo_repl.primary.slots import SlotTable
+from kevo_repl.primary.slots import SlotTable, TooManySlots
 from kevo_repl.protocol import chain as chain_mod
 from kevo_repl.protocol import wire
 from kevo_repl.protocol.codec import Entry, Op
@@ -38,7 +38,12 @@ class WriteRejected(KevoReplError):
 
 
 class PrimaryUnavailable(KevoReplError):
-    """The primary cannot take writes (its WAL failed); it must be restarted."""
+    """The primary cannot take writes now: its WAL failed (it must be restarted), or its
+    store cannot apply (writes resume by themselves once it can)."""
+
+
+#: how often a primary whose store could not apply tries again
+STORE_RETRY_S = 1.0
 
 
 @dataclass
@@ -76,7 +81,10 @@ class Primary:
         # the primary's background tasks; one that fails stops writes (ERROR, last_error)
         self.tasks = Supervisor("primary", self._task_failed)
         try:
-            self.slots = SlotTable(data_dir / "slots.json", spawn=self.tasks.spawn)
+            self.slots = SlotTable(
+                data_dir / "slots.json", spawn=self.tasks.spawn,
+                max_slots=cfg.retention.max_slots,
+            )
             # What the store applied and replicas acknowledged was acknowledged to a client:
             # WAL recovery must not cut a tail holding it, or its sequences would be reused.
             acknowledged = max(
@@ -99,6 +107,11 @@ class Primary:
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
         self._broken: str | None = None
+        #: the store could not apply what the WAL holds: new writes wait until it can
+        self.store_failure: str | None = None
+        self._store_retry: asyncio.Task[None] | None = None
+        #: a commit and the store's catch-up never run at once
+        self._commit_lock: asyncio.Lock | None = None
         self._advanced: asyncio.Condition | None = None
         self._acks_changed: asyncio.Condition | None = None
         self._ack_waiters = 0
@@ -106,6 +119,10 @@ class Primary:
         self.received_waiters = 0
         self.semisync_degraded = 0
         self._replay_store()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
         # WAL retention for the slots, within the caps, and snapshots for bootstrapping replicas
         self.retention = Retention(
             cfg.retention, cfg.snapshot, self.wal, self.store, self.slots, self.connected_replicas,
@@ -138,15 +155,24 @@ class Primary:
         return value
 
     def chain_at(self, sequence: int) -> int | None:
-        """The chain after `sequence` when a retained record ends exactly there."""
+        """The hash chain after `sequence`, at any retained sequence (also inside a record);
+        None when the WAL cannot tell (not retained, or inside the first retained record)."""
         if sequence == 0:
             return chain_mod.START
         if not self.wal.first_sequence <= sequence <= self.wal.last_sequence:
             return None
-        [record] = self.wal.read(sequence, 1)
-        if record.last_seq != sequence:
+        first = self.wal.record_start(sequence)
+        [record] = self.wal.read(first, 1)
+        if record.last_seq == sequence:
+            return chain_of(record)
+        # inside a record: the chain before it, extended over its entries up to `sequence`
+        known = first == 1 or first - 1 >= self.wal.first_sequence
+        before = self.chain_at(first - 1) if known else None
+        if before is None:
             return None
-        return chain_of(record)
+        msg = rpb.WALStreamResponse.FromString(record.body)
+        payloads = [e.payload for e in msg.entries if e.sequence_number <= sequence]
+        return chain_mod.over(before, payloads)
 
     def _replay_store(self) -> None:
         """Bring the local store up to the WAL: it is applied without sync, so after a crash it
@@ -220,6 +246,11 @@ class Primary:
         """Validate, assign sequences, encode, and queue one write for the group commit."""
         if self._broken is not None:
             raise PrimaryUnavailable(self._broken)
+        if self.store_failure is not None:
+            raise PrimaryUnavailable(
+                f"the primary's store cannot apply: {self.store_failure}; writes are refused "
+                "until it can (they resume by themselves), nothing of this write was applied"
+            )
         if not mutations:
             raise WriteRejected("a write needs at least one mutation")
         max_key = self.store.max_key_size
@@ -259,19 +290,23 @@ class Primary:
         return future
 
     async def _flush(self) -> None:
+        if self._commit_lock is None:
+            self._commit_lock = asyncio.Lock()
         while self._pending:
             group, self._pending = self._pending, []
             try:
                 # one WAL fsync for every write that queued up meanwhile (group commit)
-                await run_blocking(self._commit, group)
+                async with self._commit_lock:
+                    await run_blocking(self._append, group)
             except Exception as exc:
-                self._broken = f"the primary's WAL or store failed: {exc}; restart the primary"
+                self._broken = f"the primary's WAL failed: {exc}; restart the primary"
                 log.error("write failed, refusing further writes: %s", exc)
                 for p in (*group, *self._pending):
                     if p.future is not None and not p.future.done():
                         p.future.set_exception(PrimaryUnavailable(self._broken))
                 self._pending = []
                 return
+            # durable in the WAL: committed, whatever the store does next
             for p in group:
                 if p.future is not None and not p.future.done():
                     p.future.set_result((p.record.first_seq, p.record.last_seq))
@@ -286,11 +321,56 @@ class Primary:
             except Exception:
                 log.exception("a batch_applied hook failed")
 
-    def _commit(self, group: list[_Pending]) -> None:
+    def _append(self, group: list[_Pending]) -> None:
+        """In a worker thread: append a group to the WAL (raises if that fails), then apply
+        it to the store; a store failure is kept in store_failure, not raised."""
         self.retention.before_append(sum(len(p.record.body) for p in group), len(group))
         self.wal.append([p.record for p in group])
+        if self.store_failure is not None:
+            return  # the store catches up from the WAL once it can
         entries = [e for p in group for e in p.entries]
-        self.store.apply(entries, self.history_id, group[-1].chain)
+        try:
+            self.store.apply(entries, self.history_id, group[-1].chain)
+        except Exception as exc:
+            self._store_failed(exc)
+
+    def _store_failed(self, exc: BaseException) -> None:
+        """In a worker thread: the store could not apply; refuse writes, retry in the
+        background."""
+        self.store_failure = store_failure.describe(exc, self.cfg.data_dir)
+        log.error(
+            "the primary's store cannot apply (%s): refusing new writes until it can; what "
+            "the WAL holds stays committed", self.store_failure,
+        )
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._start_store_retry)
+
+    def _start_store_retry(self) -> None:
+        if self._store_retry is None or self._store_retry.done():
+            self._store_retry = self.tasks.spawn(self._retry_store(), "primary-store-retry")
+
+    async def _retry_store(self) -> None:
+        """Apply what the WAL holds beyond the store, every STORE_RETRY_S until it works;
+        then writes are taken again."""
+        assert self._commit_lock is not None
+        while self.store_failure is not None and self._broken is None:
+            await asyncio.sleep(STORE_RETRY_S)
+            async with self._commit_lock:
+                try:
+                    # waits for the thread even when cancelled: the store is closed after it
+                    await run_blocking(self._catch_up_store)
+                except Exception as exc:
+                    self.store_failure = store_failure.describe(exc, self.cfg.data_dir)
+                    log.warning("the primary's store still cannot apply: %s", self.store_failure)
+                    continue
+                log.info("the primary's store applies again (at %d); writes resume", self.head)
+                self.store_failure = None
+
+    def _catch_up_store(self) -> None:
+        """In a worker thread: apply every WAL record the store does not have yet."""
+        for record in self.wal.iter_records(self.store.position().sequence + 1):
+            self.store.apply(decode_body(record.body), self.history_id, chain_of(record) or 0)
 
     # -- streaming ---------------------------------------------------------------------------
 
@@ -318,6 +398,13 @@ class Primary:
             )
         if request.HasField("chain") and start > 1:
             mine = self.chain_at(start - 1)
+            if mine is None and start - 1 >= self.wal.first_sequence:
+                return (
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    f"sequence {start - 1} lies inside the first retained WAL record, so this "
+                    "primary cannot check the replica's history there; bootstrap from a "
+                    "snapshot",
+                )
             if mine is not None and mine != request.chain:
                 return (
                     grpc.StatusCode.FAILED_PRECONDITION,
@@ -368,6 +455,10 @@ class Primary:
             )
             log.warning("refused stream from %s: %s", context.peer(), message)
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, message)
+        no_room = self._admission(replica_id if named else None, request.start_sequence)
+        if no_room is not None:
+            log.warning("refused stream from %s: %s", context.peer(), no_room)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, no_room)
         session = Session(
             uuid.uuid4().hex,
             replica_id if named else kevodb_peers.session_name(request, context.peer()),
@@ -375,9 +466,7 @@ class Primary:
             sent=request.start_sequence - 1, context=context,
         )
         self.sessions[session.session_id] = session
-        if named:
-            self.slots.get(replica_id)
-        else:
+        if not named:
             kevodb_peers.stream_opened(self, request)  # a slot keyed by its address
         await context.send_initial_metadata(((SESSION_HEADER, session.session_id),))
         log.info(
@@ -425,6 +514,22 @@ class Primary:
             kevodb_peers.stream_ended(self, session)
             log.info("session %s of replica %r ended", session.session_id, session.replica_id)
 
+    def _admission(self, replica_id: str | None, start: int) -> str | None:
+        """Why a new stream is refused for lack of room (streams, slots), or None; creates
+        the slot of a named replica."""
+        cap = self.cfg.stream.max_streams
+        live = sum(
+            1 for s in self.sessions.values() if not (s.context is not None and s.context.done())
+        )
+        if live >= cap:
+            return f"{live} streams are being served ([stream] max_streams); try again later"
+        if replica_id is not None:
+            try:
+                self.slots.get(replica_id, start)
+            except TooManySlots as exc:
+                return str(exc)
+        return None
+
     def _has_work(self, session: Session, pos: int) -> bool:
         return self.head >= pos or session.rewind is not None or self.draining
 
@@ -458,7 +563,10 @@ class Primary:
                 "refused ack from replica %r (%s): %s", session.replica_id, session.peer, problem
             )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        self.slots.ack(session.replica_id, seq)
+        try:
+            self.slots.ack(session.replica_id, seq)
+        except TooManySlots as exc:  # a peer without a replica id, named after its address
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         session.received = max(session.received, received)
         if self._ack_waiters:
             cond = self._acks_condition()
@@ -539,6 +647,12 @@ class Primary:
     async def close(self) -> None:
         if self._flusher is not None:
             await self._flusher
+        if self._store_retry is not None and not self._store_retry.done():
+            self._store_retry.cancel()
+            try:
+                await self._store_retry
+            except asyncio.CancelledError:
+                pass
         await self.retention.close()
         await self.slots.close()
         self.wal.close()

@@ -21,8 +21,12 @@ before WAL is deleted for them.
 When it runs: the byte cap is enforced in the writer's thread just before a group commit is
 appended, so the WAL never exceeds it (for commits smaller than the cap minus a segment);
 pruning for slots runs after acks that move the slowest holder past the oldest segment, after
-a slot is dropped and after a snapshot is released; a timer runs only when an age cap or
-`drop_inactive_after_s` is configured.
+a slot is dropped and after a snapshot is released; a timer runs when an age cap,
+`drop_inactive_after_s` or `unacked_slot_expiry_s` is configured.
+
+Slots are bounded: at most `max_slots`; a new slot holds WAL from where its stream started
+(not from sequence 1) until it acks; one that never acked is dropped once its replica has been
+gone for `unacked_slot_expiry_s`.
 """
 
 from __future__ import annotations
@@ -115,7 +119,8 @@ class Retention:
         except RuntimeError:
             self._loop = None
         if self._loop is not None:
-            if self.cfg.max_retained_age_s > 0 or self.cfg.drop_inactive_after_s > 0:
+            if (self.cfg.max_retained_age_s > 0 or self.cfg.drop_inactive_after_s > 0
+                    or self.cfg.unacked_slot_expiry_s > 0):
                 self._timer = self._loop.create_task(self._tick_loop(), name="retention-timer")
             self.request_check()  # the caps may be lower than at the last run
 
@@ -304,14 +309,24 @@ class Retention:
                 log.exception("retention timer failed")
 
     def tick(self, now: float | None = None) -> None:
-        """The timer: note which replicas stream, drop long-inactive slots, apply the age
-        cap."""
+        """The timer: note which replicas stream, drop long-inactive slots and slots that
+        never acked, apply the age cap."""
         wall = time.time() if now is None else now
         connected = self.connected()
         after = self.cfg.drop_inactive_after_s
+        unacked_after = self.cfg.unacked_slot_expiry_s
         for slot in self._slots():
             if slot.replica_id in connected:
                 slot.last_seen_at = wall
+            elif (unacked_after > 0 and slot.last_ack_at == 0
+                  and wall - max(slot.last_seen_at, self.started_at) > unacked_after):
+                self.slots.drop(slot.replica_id)
+                log.warning(
+                    "dropped slot %r: it never acknowledged anything and its replica has been "
+                    "gone for %.0fs (unacked_slot_expiry_s=%g)",
+                    slot.replica_id, wall - max(slot.last_seen_at, self.started_at),
+                    unacked_after,
+                )
             elif after > 0 and wall - self.idle_since(slot) > after:
                 self.slots.drop(slot.replica_id)
                 log.warning(

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from kevo_repl.errors import KevoReplError
+from kevo_repl.primary.slot_file import read_slot_file
 from kevo_repl.storage.store import write_file_atomically
 
 log = logging.getLogger(__name__)
@@ -42,10 +44,20 @@ class Slot:
     implied: int = 0
     #: for such a replica: the last sequence sent to it (its lag is taken from this)
     sent: int = 0
+    #: where the slot's latest stream started; until the first ack the slot holds WAL from
+    #: here, not from sequence 1
+    start: int = 0
 
     def holds_from(self) -> int:
         """The first sequence this slot needs retained."""
-        return max(self.acked, self.implied) + 1
+        held = max(self.acked, self.implied) + 1
+        if self.last_ack_at == 0 and not self.never_acks and self.start > held:
+            return self.start  # never acked: from where its stream started
+        return held
+
+
+class TooManySlots(KevoReplError):
+    """A new slot would exceed [retention] max_slots."""
 
 
 class SlotTable:
@@ -54,8 +66,10 @@ class SlotTable:
         path: Path,
         flush_interval_s: float = 0.2,
         spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]] | None = None,
+        max_slots: int = 64,
     ) -> None:
         self.path = path
+        self.max_slots = max_slots
         #: starts the background flush; the owner's supervisor, so a failed write is seen
         self._spawn = spawn
         self.slots: dict[str, Slot] = {}
@@ -67,15 +81,30 @@ class SlotTable:
         #: called on the event loop after every ack, with the slot and the acked sequence
         self.on_ack: Callable[[Slot, int], None] | None = None
         if path.exists():
-            for item in json.loads(path.read_text()):
+            for item in read_slot_file(path):
                 slot = Slot(**item)
                 self.slots[slot.replica_id] = slot
 
-    def get(self, replica_id: str) -> Slot:
+    def get(self, replica_id: str, start: int = 0, *, never_acks: bool = False) -> Slot:
+        """The slot of `replica_id`, created when new (TooManySlots past max_slots). `start`
+        is where its stream starts: a slot that never acked holds WAL from there. Slots of
+        replicas that never ack (KevoDB's, capped by kevodb_peers) do not count against
+        max_slots, so they cannot keep named replicas out."""
         slot = self.slots.get(replica_id)
         if slot is None:
-            slot = self.slots[replica_id] = Slot(replica_id, last_seen_at=time.time())
-            log.info("new slot for replica %r", replica_id)
+            named = sum(1 for s in self.slots.values() if not s.never_acks)
+            if not never_acks and named >= self.max_slots:
+                raise TooManySlots(
+                    f"{named} replica slots exist ([retention] max_slots); drop an "
+                    "unused one (kevo-repl slots drop) before a new replica can stream"
+                )
+            slot = self.slots[replica_id] = Slot(
+                replica_id, last_seen_at=time.time(), start=start, never_acks=never_acks
+            )
+            log.info("new slot for replica %r from %d", replica_id, start)
+            self._mark_dirty()
+        elif start and slot.last_ack_at == 0 and slot.start != start:
+            slot.start = start
             self._mark_dirty()
         return slot
 

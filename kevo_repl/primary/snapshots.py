@@ -10,8 +10,10 @@ taken at one position, held open by the primary under a snapshot id, and streame
 A replica that loses the stream asks again with the snapshot id, the index of the next chunk
 and the last key it received; the primary iterates on from that key. A held snapshot nobody
 streams is released after `[snapshot] hold_s`, and once its replica acknowledges a position
-at or past it. While held, a snapshot pins WAL retention at its sequence + 1 (below the
-caps), so that the replica can stream on from there once it has installed it.
+at or past it. A stream that hands on no chunk for `hold_s` (its reader stopped reading) is
+cancelled and its snapshot released, so a stalled reader cannot keep a read transaction open.
+While held, a snapshot pins WAL retention at its sequence + 1 (below the caps), so that the
+replica can stream on from there once it has installed it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -59,6 +62,9 @@ class HeldSnapshot:
     created_at: float = field(default_factory=time.monotonic)
     #: iterators of running streams, closed before the view is
     iterators: list[Iterator[tuple[bytes, bytes]]] = field(default_factory=list)
+    #: the task of the stream now sending it, and when that stream last handed a chunk on
+    stream_task: asyncio.Task[Any] | None = None
+    progress_at: float = field(default_factory=time.monotonic)
 
     def open_items(self, after: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         with self.lock:
@@ -127,6 +133,8 @@ class SnapshotService:
         self._on_release = on_release
         self._releasing: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._watchdog: asyncio.Task[None] | None = None
+        self.stalled = 0  # streams cancelled for making no progress
 
     # -- what retention and status look at ------------------------------------------------
 
@@ -171,6 +179,9 @@ class SnapshotService:
         held.generation += 1
         generation = held.generation
         held.streams += 1
+        held.stream_task = asyncio.current_task()
+        held.progress_at = time.monotonic()
+        self._watch()
         if held.expiry is not None:
             held.expiry.cancel()
             held.expiry = None
@@ -206,6 +217,7 @@ class SnapshotService:
                     total_keys=held.total_keys,
                     total_bytes=held.total_bytes,
                 )
+                held.progress_at = time.monotonic()
                 index += 1
             self.served += 1
             log.info(
@@ -265,6 +277,39 @@ class SnapshotService:
         )
         return held
 
+    # -- stalled streams ----------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(
+                self._watch_loop(), name="snapshot-watchdog"
+            )
+
+    async def _watch_loop(self) -> None:
+        while self.held and not self._closed:
+            await asyncio.sleep(min(1.0, self.cfg.hold_s / 4))
+            self.cancel_stalled()
+
+    def cancel_stalled(self, now: float | None = None) -> int:
+        """Cancel every stream that handed on no chunk for hold_s and release its snapshot;
+        return how many."""
+        now = time.monotonic() if now is None else now
+        cancelled = 0
+        for held in list(self.held.values()):
+            if held.streams == 0 or now - held.progress_at <= self.cfg.hold_s:
+                continue
+            log.warning(
+                "snapshot %s of replica %r: its stream made no progress for %.0fs "
+                "([snapshot] hold_s=%g); cancelled",
+                held.snapshot_id, held.replica_id, now - held.progress_at, self.cfg.hold_s,
+            )
+            if held.stream_task is not None and not held.stream_task.done():
+                held.stream_task.cancel()
+            self._release(held, "its stream stalled")
+            self.stalled += 1
+            cancelled += 1
+        return cancelled
+
     # -- releasing ----------------------------------------------------------------------------
 
     def release_for(self, replica_id: str, acked: int) -> None:
@@ -292,6 +337,8 @@ class SnapshotService:
 
     async def close(self) -> None:
         self._closed = True
+        if self._watchdog is not None and not self._watchdog.done():
+            self._watchdog.cancel()
         for held in list(self.held.values()):
             self._release(held, "the primary is shutting down")
         if self._releasing:

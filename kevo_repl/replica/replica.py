@@ -122,6 +122,8 @@ class Replica:
         self._ack_forced = False  # the next ack goes out even if it repeats the last one
         self.position: Position = self.store.position()
         self.stats = ReplicaStats()
+        #: the last apply failure, kept until an apply succeeds: the root cause of restarts
+        self._apply_failure = ""
         self.sm = StateMachine(on_change=self._state_changed)
         self.fatal: str | None = None
         # last sequence handed to the apply queue (>= position.sequence)
@@ -241,7 +243,8 @@ class Replica:
                         raise  # run() itself is being cancelled: never swallow that
                     if self._stopping or self.fatal:
                         break  # stop() ended the session, or the apply loop failed fatally
-                    self._error("session restarted")
+                    # an apply failure restarted it: that is the cause to report
+                    self._error(self._apply_failure or "session restarted")
                 finally:
                     self._connected = False
                     self._pacer.cancel()
@@ -447,7 +450,8 @@ class Replica:
             self.replica_id, self.cfg.replica.primary, start, self._session_id,
         )
         self._connected = True
-        self.stats.last_error = ""  # connected again: an earlier failure is history
+        # connected again: an earlier failure is history, unless applying still fails
+        self.stats.last_error = self._apply_failure
         self._last_message_at = self._last_progress_at = time.monotonic()
         self._move(State.STREAMING_ENTRIES, f"connected, streaming from {start}")
         # a new session (say, after the primary restarted, or after a snapshot install) learns
@@ -704,7 +708,7 @@ class Replica:
                 log.error("replica %s: apply failed: %s", self.replica_id, exc)
                 self._drain_queue()
                 self._resync = True
-                self.stats.last_error = f"apply failed: {exc}"
+                self._apply_failure = self.stats.last_error = f"apply failed: {exc}"
                 if self._session_task is not None:
                     self._session_task.cancel()
                 continue
@@ -719,6 +723,10 @@ class Replica:
                 )
                 return
             self.position = new_pos
+            if self._apply_failure:  # applying works again: the failure is history
+                if self.stats.last_error == self._apply_failure:
+                    self.stats.last_error = ""
+                self._apply_failure = ""
             self._last_progress_at = time.monotonic()
             self._progress_log.append((self._last_progress_at, new_pos.sequence))
             self._progress(State.ACKNOWLEDGING, f"durable through {new_pos.sequence}")

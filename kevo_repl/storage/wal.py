@@ -685,6 +685,23 @@ class WAL:
             with self._lock:
                 self._unpin(seg)
 
+    def record_start(self, seq: int) -> int:
+        """The first sequence of the record holding `seq` (SequenceNotRetained if pruned)."""
+        with self._lock:
+            self._check_open()
+            if not 1 <= seq <= self._last_seq:
+                raise WALError(f"sequence {seq} is not in the WAL (last: {self._last_seq})")
+            seg = self._pin(seq)
+            if seg is None:
+                raise SequenceNotRetained(
+                    f"sequence {seq} is below the first retained sequence "
+                    f"{self._segments[0].first_seq}"
+                )
+            try:
+                return seg.firsts[bisect.bisect_right(seg.firsts, seq) - 1]
+            finally:
+                self._unpin(seg)
+
     def iter_records(self, from_seq: int) -> Iterator[Record]:
         """Every record from the one holding `from_seq` (trimmed to start there) up to the
         last sequence as of this call."""

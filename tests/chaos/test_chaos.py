@@ -150,3 +150,21 @@ def test_checker_catches_an_applier_that_commits_the_position_before_the_data(
     # the correct replica next to it is fine
     assert rep.convergence_s["r2"] is not None
     assert not any("r2" in v.message for v in rep.violations), text
+
+
+def test_attacks_on_the_primary_stay_bounded(tmp_path: Path) -> None:
+    """`slot_flood`, `stalled_snapshot`, `unread_writestream`, `rogue_replica` (not default
+    kinds): the flood is refused past max_slots, a stalled snapshot does not block a new one,
+    an unread WriteStream is read only so far, takeovers and lying acks are refused; no
+    violation, RSS under the bound."""
+    kinds = ("slot_flood", "stalled_snapshot", "unread_writestream", "rogue_replica")
+    rep = run_chaos(ChaosOptions(seed=1, duration=30.0, dir=tmp_path, kinds=kinds,
+                                 targets=("primary",)))
+    text = format_report(rep, timeline=True)
+    assert rep.ok, text
+    assert all(rep.faults_per_kind[k] >= 1 for k in kinds), text
+    healed = [e.text for e in rep.timeline if e.action == "end"]
+    assert any("RESOURCE_EXHAUSTED" in t for t in healed if "slot_flood" in t), text
+    assert any("a new one was served" in t for t in healed if "stalled_snapshot" in t), text
+    assert any("lying acks refused" in t for t in healed if "rogue_replica" in t), text
+    assert all(s is not None for s in rep.convergence_s.values()), text

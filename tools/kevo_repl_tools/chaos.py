@@ -29,12 +29,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from kevo_repl.client.client import Client, SemiSync
 from kevo_repl.errors import KevoReplError
 from kevo_repl.plugin.manager import ENV_EXTRA_PLUGINS, Registry, get_plugin_manager
 from kevo_repl.protocol.codec import Op
 from kevo_repl.storage.applier import open_registered
-from kevo_repl_tools import chaos_plugins
+from kevo_repl_tools import chaos_attacks, chaos_plugins
 from kevo_repl_tools.chaos_checker import (
     VALUE_MARKER,
     Checker,
@@ -71,6 +73,8 @@ _PRIMARY_TOML = """\
 [stream]
 heartbeat_s = 0.5
 stall_after_s = 2.0
+[snapshot]
+hold_s = 3.0
 [server]
 keepalive_s = 2.0
 keepalive_timeout_s = 2.0
@@ -79,6 +83,12 @@ _WAL_TOML = """\
 [wal]
 segment_bytes = 4194304
 """
+#: the primary's [snapshot] hold_s in a chaos run (stalled_snapshot waits it out)
+_SNAPSHOT_HOLD_S = 3.0
+#: writes of an unread WriteStream the primary may read before it must have stopped
+_UNREAD_WRITES_BOUND = 1_000_000
+#: the kinds that are client-side attacks on the primary (kevo_repl_tools.chaos_attacks)
+_ATTACKS = ("slot_flood", "stalled_snapshot", "unread_writestream", "rogue_replica")
 #: with the retention fault: small segments and a small cap, so a replica that is down for a
 #: few seconds while writes go on loses its place in the WAL and must bootstrap
 _RETENTION_TOML = """\
@@ -240,6 +250,10 @@ class ChaosRun:
         self._threads: list[threading.Thread] = []
         self._primary_address = ""
         self._corrupt_base: dict[int, int] = {}
+        #: attacks in progress (slot_flood, stalled_snapshot, unread_writestream): the
+        #: thread, the event that ends it, and where it puts its result
+        self._attacks: dict[int, tuple[threading.Thread, threading.Event,
+                                       list[chaos_attacks.AttackResult]]] = {}
         #: wal_bitflip faults in progress: (segment, offset, mask) to undo at their end
         self._bitflips: dict[int, tuple[Path, int, int]] = {}
         #: semi-sync writes a replica acknowledged as durable: (last sequence, when) per
@@ -478,6 +492,8 @@ class ChaosRun:
                 node.state = "down"
             node.proc.kill()
             self._flip_wal_bit(node, f)
+        elif f.kind in _ATTACKS:
+            self._start_attack(f)
         elif f.kind == "disk_error":
             control = node.proc.data_dir / chaos_plugins.DISK_ERROR_FILE
             tmp = control.with_name(control.name + ".tmp")
@@ -512,6 +528,8 @@ class ChaosRun:
             proxy.resume()
         elif f.kind in ("cut", "stall", "delay"):
             self.proxies[f.target].resume()
+        elif f.kind in _ATTACKS:
+            note = self._end_attack(f)
         elif f.kind == "disk_error":
             control = node.proc.data_dir / chaos_plugins.DISK_ERROR_FILE
             consumed = not control.exists()
@@ -525,6 +543,43 @@ class ChaosRun:
                 node.proc.kill()
                 self._restart(node, f)
         self.event(f.id, "end", f"{f.kind} {f.target} healed{note}")
+
+    def _start_attack(self, f: Fault) -> None:
+        address = self._primary_address
+        stop = threading.Event()
+        result: list[chaos_attacks.AttackResult] = []
+
+        def run() -> None:
+            try:
+                if f.kind == "slot_flood":
+                    res = chaos_attacks.slot_flood(address, f.id, int(f.param), stop)
+                elif f.kind == "rogue_replica":
+                    res = chaos_attacks.rogue_replica(address, f.id, REPLICAS, stop)
+                elif f.kind == "stalled_snapshot":
+                    res = chaos_attacks.stalled_snapshot(address, f.id, int(f.param),
+                                                         _SNAPSHOT_HOLD_S, stop)
+                else:
+                    res = chaos_attacks.unread_writestream(address, stop,
+                                                           _UNREAD_WRITES_BOUND)
+            except grpc.RpcError as exc:  # the primary was down or went away meanwhile
+                res = chaos_attacks.AttackResult(notes=[f"cut short: {exc.code()}"])
+            result.append(res)
+
+        thread = threading.Thread(target=run, name=f"chaos-{f.kind}", daemon=True)
+        thread.start()
+        self._attacks[f.id] = (thread, stop, result)
+
+    def _end_attack(self, f: Fault) -> str:
+        thread, stop, result = self._attacks.pop(f.id)
+        stop.set()
+        thread.join(60)
+        if thread.is_alive() or not result:
+            self.checker.violate("crash", f"fault #{f.id} ({f.describe()}): the attack did "
+                                 "not end within 60s")
+            return ""
+        for problem in result[0].violations:
+            self.checker.violate("bounds", f"fault #{f.id}: {problem}")
+        return ": " + "; ".join(result[0].notes)
 
     def _flip_wal_bit(self, node: _Node, f: Fault) -> None:
         """Flip one bit of a record in the stopped primary's active segment and start it:

@@ -60,8 +60,9 @@ KINDS: dict[str, KindSpec] = {
                             "payloads) in each of the next chunks the primary sends"),
     "disk_error": KindSpec(NODES, (1.0, 4.0), (1, 4), "applies", 2.0,
                            "the node's applier fails the next applies with ENOSPC; a primary "
-                           "refuses writes until it is killed and restarted at the end of "
-                           "the fault"),
+                           "answers what its WAL holds as committed, refuses new writes "
+                           "until its store applies again, and is killed and restarted at "
+                           "the end of the fault"),
     "retention": KindSpec(REPLICAS, (4.0, 8.0), (0, 0), "", 1.0,
                           "SIGKILL the replica and keep it down while writes go on until the "
                           "primary (max_retained_bytes 1 MiB) no longer retains its position, "
@@ -71,6 +72,22 @@ KINDS: dict[str, KindSpec] = {
                             "and start it: it must refuse, naming file, offset and last good "
                             "sequence, with the segment unchanged; then undo the flip and "
                             "start it again"),
+    "slot_flood": KindSpec(("primary",), (1.0, 3.0), (70, 120), "replica ids", 1.0,
+                           "open and drop streams under that many new replica ids: past "
+                           "[retention] max_slots they must be refused (RESOURCE_EXHAUSTED); "
+                           "the flood's slots are dropped at the end"),
+    "stalled_snapshot": KindSpec(("primary",), (15.0, 20.0), (4, 4), "snapshots", 1.0,
+                                 "take every held snapshot, read one chunk of each and stop "
+                                 "reading: before the fault ends (well past [snapshot] "
+                                 "hold_s) a new snapshot must be served"),
+    "rogue_replica": KindSpec(("primary",), (1.0, 3.0), (0, 0), "", 1.0,
+                              "try to stream as r1 and r2 (ALREADY_EXISTS while they are "
+                              "live) and send impossible acks on a session of its own "
+                              "(INVALID_ARGUMENT; the slot must not move)"),
+    "unread_writestream": KindSpec(("primary",), (3.0, 6.0), (0, 0), "", 1.0,
+                                   "send refused writes on a WriteStream and never read the "
+                                   "answers: the primary must stop reading (bounded) and its "
+                                   "RSS stay under the bound"),
 }
 
 #: Kinds in a run unless asked otherwise: all of them (`restart` is back since our channels
