@@ -52,6 +52,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raw_batch=args.raw_batch,
         lag_batch=args.lag_batch,
         vs_redis=args.vs_redis,
+        redis_requests=args.redis_requests,
         timeout=args.timeout,
     )
     result = bench.run(args.scenario, opts, runs=args.runs)
@@ -155,7 +156,10 @@ def add_bench(sub: Any) -> None:
     s.add_argument("--lag-batch", type=int, default=100, help="lag: entries per write")
     s.add_argument("--runs", type=int, default=1, help="repeat; report medians")
     s.add_argument("--vs-redis", action="store_true",
-                   help="catchup: also through a Redis primary/replica (needs redis-server)")
+                   help="catchup and write: Redis anchors in the same run, no persistence and AOF "
+                   "always (needs redis-server; write also redis-benchmark; skipped if absent)")
+    s.add_argument("--redis-requests", type=int, default=200_000,
+                   help="write --vs-redis: SETs redis-benchmark sends per persistence setting")
     s.add_argument("--timeout", type=float, default=600.0, help="bound on any single wait")
     s.set_defaults(func=cmd_bench)
 
