@@ -15,7 +15,6 @@ import grpc
 
 from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError
-from kevo_repl.node.metrics import serve_metrics
 from kevo_repl.plugin.manager import build_registry, get_plugin_manager
 from kevo_repl.primary import kevodb_peers
 from kevo_repl.primary.primary import Primary, PrimaryUnavailable, WriteRejected
@@ -425,6 +424,9 @@ class Node:
             ", replication token required" if cfg.server.replication_token else "",
         )
         if cfg.node.metrics:
+            # imported only when asked for: prometheus_client is a large part of start-up
+            from kevo_repl.node.metrics import serve_metrics
+
             self._metrics, self.metrics_address = serve_metrics(
                 cfg.node.metrics, self.service.status
             )
