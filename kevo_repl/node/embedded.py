@@ -45,6 +45,7 @@ class EmbeddedPrimary:
         if max_queued < 1:
             raise KevoReplError("max_queued must be at least 1")
         self.cfg = cfg
+        self.max_queued = max_queued
         self._slots = threading.BoundedSemaphore(max_queued)
         self._lock = threading.Lock()
         self._queue: list[_Queued] = []
@@ -122,6 +123,12 @@ class EmbeddedPrimary:
     def address(self) -> str:
         """host:port where replicas and clients reach this primary."""
         return self._node.address
+
+    @property
+    def queued(self) -> int:
+        """Writes handed over but not yet taken by the node's loop (at most max_queued)."""
+        with self._lock:
+            return len(self._queue)
 
     @property
     def primary(self) -> Primary:
