@@ -35,6 +35,7 @@ from kevo_repl.protocol.methods import NODE_WRITE
 from kevo_repl.protocol.proto import node_pb2 as npb
 from kevo_repl.protocol.transport import channel_options
 from kevo_repl_tools import bench_redis
+from kevo_repl_tools.bench_embedded import embedded_cells
 from kevo_repl_tools.bench_probe import ENV_PROBE_FILE
 from kevo_repl_tools.bench_raw import (
     applier_rate,
@@ -73,6 +74,8 @@ class BenchOptions:
     #: lag: entries per write (a write every batch/rate seconds)
     lag_batch: int = 100
     vs_redis: bool = False
+    #: write scenario: also the embedded API (open_primary in the bench's own process)
+    embedded: bool = True
     #: write --vs-redis: requests redis-benchmark sends per persistence setting
     redis_requests: int = 200_000
     #: upper bound on any single wait (node start, catch-up, drain)
@@ -531,6 +534,8 @@ def run_write(opts: BenchOptions) -> dict[str, Any]:
                     os.kill(replica.pid, signal.SIGCONT)
                     replica_rss = peak_rss_mb(replica.pid)
         primary_rss = peak_rss_mb(primary.pid)
+        if opts.embedded:
+            cells += embedded_cells(root, opts.applier, opts.writers, opts.batches, opts.seconds)
     result: dict[str, Any] = {
         "scenario": "write",
         "applier": opts.applier,
@@ -544,7 +549,7 @@ def run_write(opts: BenchOptions) -> dict[str, Any]:
         if cell["writers"] == max(opts.writers) and cell["batch"] == 1 and not cell[
             "stalled_replica"
         ]:
-            suffix = "" if cell["api"] == "unary" else "_stream"
+            suffix = "" if cell["api"] == "unary" else f"_{cell['api']}"
             key = f"writes_per_s_{cell['writers']}_writers_single{suffix}"
             result[key] = cell["writes_per_s"]
     return result
@@ -635,12 +640,12 @@ def format_table(result: dict[str, Any]) -> str:
     if cells:
         lines.append("")
         lines.append(
-            f"{'api':>6} {'writers':>7} {'batch':>6} {'stalled':>8} {'writes/s':>12} "
+            f"{'api':>8} {'writers':>7} {'batch':>6} {'stalled':>8} {'writes/s':>12} "
             f"{'entries/s':>12}"
         )
         for c in cells:
             lines.append(
-                f"{c.get('api', 'unary'):>6} {c['writers']:>7} {c['batch']:>6} "
+                f"{c.get('api', 'unary'):>8} {c['writers']:>7} {c['batch']:>6} "
                 f"{'yes' if c['stalled_replica'] else 'no':>8} "
                 f"{c['writes_per_s']:>12,.0f} {c['entries_per_s']:>12,.0f}"
             )
