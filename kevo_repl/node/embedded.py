@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -120,9 +121,17 @@ class EmbeddedPrimary:
         await asyncio.to_thread(self.close)
 
     @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
     def address(self) -> str:
         """host:port where replicas and clients reach this primary."""
         return self._node.address
+
+    @property
+    def metrics_address(self) -> str:
+        return self._node.metrics_address
 
     @property
     def queued(self) -> int:
@@ -206,6 +215,22 @@ class EmbeddedPrimary:
 
     def head_sequence(self) -> int:
         return self.primary.store.position().sequence
+
+
+def serve_primary_until_signal(cfg: Config, on_ready: Callable[[EmbeddedPrimary], None]) -> None:
+    """What `kevo-repl primary` runs: an embedded primary, until SIGTERM or SIGINT."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda _s, _f: stop.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with EmbeddedPrimary(cfg).start() as p:
+            on_ready(p)
+            while not stop.wait(1.0) and p.running:
+                pass
+            log.info("signal received, shutting down" if stop.is_set() else "the node stopped")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def open_primary(
