@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kevo_repl.plugin.manager import get_plugin_manager, hookimpl
+from kevo_repl.protocol.codec import Op
 
 if TYPE_CHECKING:
     from kevo_repl.node.embedded import EmbeddedPrimary, open_primary
 
-__all__ = ["EmbeddedPrimary", "get_plugin_manager", "hookimpl", "open_primary"]
+__all__ = ["EmbeddedPrimary", "Op", "get_plugin_manager", "hookimpl", "open_primary"]
 
 
 def __getattr__(name: str) -> Any:

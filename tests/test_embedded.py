@@ -210,3 +210,14 @@ def test_serves_clients_in_process(tmp_path: Path) -> None:
             assert c.put(b"k2", b"remote") == 2
             assert c.status()["head_sequence"] == 2
         assert p.get(b"k2") == b"remote"
+
+
+def test_readme_example_runs(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Embedding the primary", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "replicas connect to 127.0.0.1:" in res.stdout
+    assert (tmp_path / "app-data" / "wal").is_dir()
