@@ -19,6 +19,7 @@ from kevo_repl_tools.bench import (
     batch_lags_ms,
     format_table,
 )
+from kevo_repl_tools.bench_plot import plot
 from kevo_repl_tools.bench_redis import parse_benchmark_csv
 
 from kevo_repl.errors import KevoReplError
@@ -155,3 +156,18 @@ def test_redis_columns_skipped_with_a_note_without_redis(monkeypatch: pytest.Mon
         r = _with_redis(scenario, opts, {"entries_per_s": 1.0, "writes_per_s_64_writers_single": 1})
         assert r["redis"] == f"skipped: {absent} not on PATH (install Redis to compare)"
         assert not any(k.startswith(("redis_", "vs_redis")) for k in r)
+
+
+def test_plot_draws_every_scenario(tmp_path: Path) -> None:
+    catchup = {"scenario": "catchup", "count": 10, "applier": "lmdb", "entries_per_s": 5.0,
+               "applier_entries_per_s": 6.0, "raw_entries_per_s": 7.0,
+               "redis_aof_always_entries_per_s": 4.0}
+    lag = {"scenario": "lag", "rate": 20_000, "write_batch": 100, "lag_p50_ms": 1.0,
+           "lag_p99_ms": 3.0, "lag_max_ms": 4.0}
+    write = {"scenario": "write", "applier": "lmdb", "redis_none_writes_per_s": 9.0,
+             "cells": [{"api": a, "writers": 64, "batch": 1, "stalled_replica": False,
+                        "writes_per_s": 3.0} for a in ("unary", "stream", "embedded")]}
+    out = tmp_path / "bench.png"
+    plot([catchup, lag, write], out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.stat().st_size > 10_000  # three drawn panels, not an empty canvas

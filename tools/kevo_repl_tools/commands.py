@@ -57,6 +57,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         timeout=args.timeout,
     )
     result = bench.run(args.scenario, opts, runs=args.runs)
+    if args.plot:
+        from kevo_repl_tools.bench_plot import plot
+
+        plot([result], args.plot)
     print(json.dumps(result) if args.json else bench.format_table(result))
     return 0
 
@@ -161,6 +165,8 @@ def add_bench(sub: Any) -> None:
     s.add_argument("--vs-redis", action="store_true",
                    help="catchup and write: Redis anchors in the same run, no persistence and AOF "
                    "always (needs redis-server; write also redis-benchmark; skipped if absent)")
+    s.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="also draw the result against its anchors into FILE.png (matplotlib)")
     s.add_argument("--redis-requests", type=int, default=200_000,
                    help="write --vs-redis: SETs redis-benchmark sends per persistence setting")
     s.add_argument("--timeout", type=float, default=600.0, help="bound on any single wait")
