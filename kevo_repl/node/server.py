@@ -9,16 +9,13 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError
 from kevo_repl.plugin.manager import build_registry, get_plugin_manager
-from kevo_repl.primary import kevodb_peers
-from kevo_repl.primary.primary import Primary, PrimaryUnavailable, WriteRejected
-from kevo_repl.primary.retention import SlotBusy
 from kevo_repl.protocol.methods import NODE_SERVICE, REPLICATION_SERVICE
 from kevo_repl.protocol.proto import node_pb2 as npb
 from kevo_repl.protocol.proto import replication_pb2 as rpb
@@ -28,6 +25,10 @@ from kevo_repl.storage import store as store_mod
 from kevo_repl.storage.applier import Applier
 from kevo_repl.storage.store import lock_data_dir, write_file_atomically
 from kevo_repl.tasks import Supervisor
+
+if TYPE_CHECKING:
+    # the primary's modules load only in a primary (a replica starts faster): local imports
+    from kevo_repl.primary.primary import Primary
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ class NodeService:
                 f"this node is a read-only replica; send writes to the primary at "
                 f"{self.cfg.replica.primary}",
             )
+        from kevo_repl.primary.primary import PrimaryUnavailable, WriteRejected
+
         mutations = [(int(m.op), bytes(m.key), bytes(m.value)) for m in request.mutations]
         # before the write is queued, so that the response carrying it asks for receipt acks
         received = bool(request.wait_for) and request.level == npb.ACK_RECEIVED
@@ -166,6 +169,8 @@ class NodeService:
 
         async def many(requests: list[npb.WriteRequest]) -> None:
             # asynchronous writes of one message: enqueued together, one wait for all
+            from kevo_repl.primary.primary import PrimaryUnavailable
+
             assert self.primary is not None
             try:
                 results = await self.primary.write_many(
@@ -244,6 +249,8 @@ class NodeService:
             st["applier"] = self.cfg.applier.name
             st.update(self.replica.bootstrap.status())
             return st
+        from kevo_repl.primary import kevodb_peers
+
         assert self.primary is not None
         p = self.primary
         pos = p.store.position()
@@ -300,6 +307,8 @@ class NodeService:
                 f"slots live on the primary ({self.cfg.replica.primary}), not on a replica",
             )
             raise AssertionError("unreachable")
+        from kevo_repl.primary.retention import SlotBusy
+
         try:
             slot = self.primary.retention.drop(request.replica_id)
         except SlotBusy as exc:
@@ -387,6 +396,8 @@ class Node:
         cfg = self.cfg
         self._lock_fd = lock_data_dir(cfg.data_dir)
         if cfg.node.role == "primary":
+            from kevo_repl.primary.primary import Primary
+
             self.primary = Primary(cfg, self.registry, self.pm)
         else:
             self.replica = Replica(cfg, self.registry, self.pm)
