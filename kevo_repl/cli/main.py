@@ -84,7 +84,13 @@ def cmd_node(args: argparse.Namespace) -> int:
         print(json.dumps(line), flush=True)
 
     tune_gc()
-    asyncio.run(serve(cfg, on_ready=ready))
+    if cfg.node.role == "primary":
+        # the CLI primary is the embedded primary of this process, serving until a signal
+        from kevo_repl.node.embedded import serve_primary_until_signal
+
+        serve_primary_until_signal(cfg, on_ready=ready)
+    else:
+        asyncio.run(serve(cfg, on_ready=ready))
     return 0
 
 

@@ -10,7 +10,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -19,12 +19,8 @@ from kevo_repl.errors import KevoReplError
 from kevo_repl.node import decoding
 from kevo_repl.node.decoding import Undecodable, lenient
 from kevo_repl.node.memguard import MemoryGuard
-from kevo_repl.node.metrics import serve_metrics
 from kevo_repl.node.requests import request_problem
 from kevo_repl.plugin.manager import build_registry, get_plugin_manager
-from kevo_repl.primary import kevodb_peers
-from kevo_repl.primary.primary import Primary, PrimaryUnavailable, WriteRejected
-from kevo_repl.primary.retention import SlotBusy
 from kevo_repl.protocol.methods import NODE_SERVICE, REPLICATION_SERVICE
 from kevo_repl.protocol.proto import node_pb2 as npb
 from kevo_repl.protocol.proto import replication_pb2 as rpb
@@ -35,6 +31,10 @@ from kevo_repl.storage import store as store_mod
 from kevo_repl.storage.applier import Applier
 from kevo_repl.storage.store import lock_data_dir, write_file_atomically
 from kevo_repl.tasks import Supervisor
+
+if TYPE_CHECKING:
+    # the primary's modules load only in a primary (a replica starts faster): local imports
+    from kevo_repl.primary.primary import Primary
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,8 @@ class NodeService:
                 f"this node is a read-only replica; send writes to the primary at "
                 f"{self.cfg.replica.primary}",
             )
+        from kevo_repl.primary.primary import PrimaryUnavailable, WriteRejected
+
         problem = request_problem(request)
         if problem is not None:
             raise _WriteFailed(grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -211,6 +213,8 @@ class NodeService:
 
         async def many(requests: list[npb.WriteRequest]) -> None:
             # asynchronous writes of one message: enqueued together, one wait for all
+            from kevo_repl.primary.primary import PrimaryUnavailable
+
             assert self.primary is not None
             try:
                 results = await self.primary.write_many(
@@ -339,6 +343,8 @@ class NodeService:
             st["applier"] = self.cfg.applier.name
             st.update(self.replica.bootstrap.status())
             return st
+        from kevo_repl.primary import kevodb_peers
+
         assert self.primary is not None
         p = self.primary
         pos = p.store.position()
@@ -397,6 +403,8 @@ class NodeService:
                 f"slots live on the primary ({self.cfg.replica.primary}), not on a replica",
             )
             raise AssertionError("unreachable")
+        from kevo_repl.primary.retention import SlotBusy
+
         try:
             slot = self.primary.retention.drop(request.replica_id)
         except SlotBusy as exc:
@@ -536,6 +544,9 @@ class Node:
     async def _open(self, server: grpc.aio.Server) -> None:
         cfg = self.cfg
         if cfg.node.metrics:
+            # imported only when asked for: prometheus_client is a large part of start-up
+            from kevo_repl.node.metrics import serve_metrics
+
             # bound now, served from status once the node exists
             self._metrics, self.metrics_address = serve_metrics(
                 cfg.node.metrics, lambda: self.service.status(), cfg.node.metrics_token,
@@ -543,6 +554,8 @@ class Node:
             )
         self._lock_fd = lock_data_dir(cfg.data_dir)
         if cfg.node.role == "primary":
+            from kevo_repl.primary.primary import Primary  # a replica never imports it
+
             self.primary = Primary(cfg, self.registry, self.pm)
         else:
             self.replica = Replica(cfg, self.registry, self.pm)

@@ -15,9 +15,7 @@ import math
 import os
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -32,13 +30,20 @@ import grpc
 from kevo_repl.client.client import AsyncStreamWriter, Client
 from kevo_repl.errors import KevoReplError
 from kevo_repl.plugin.manager import build_registry
-from kevo_repl.protocol.codec import Entry, Op
+from kevo_repl.protocol.codec import Op
 from kevo_repl.protocol.methods import NODE_WRITE
 from kevo_repl.protocol.proto import node_pb2 as npb
 from kevo_repl.protocol.transport import channel_options
-from kevo_repl.storage.applier import open_registered
+from kevo_repl_tools import bench_redis
+from kevo_repl_tools.bench_embedded import embedded_cells
 from kevo_repl_tools.bench_probe import ENV_PROBE_FILE
-from kevo_repl_tools.bench_raw import RAW_BASELINES
+from kevo_repl_tools.bench_raw import (
+    applier_rate,
+    bare_store_rate,
+    has_bare_store,
+    key_of,
+    value_of,
+)
 from kevo_repl_tools.launcher import NodeProcess
 
 log = logging.getLogger(__name__)
@@ -47,7 +52,6 @@ SCENARIOS = ("catchup", "lag", "write")
 KEY_SIZE = 16
 VALUE_SIZE = 100
 _STATUS_POLL_S = 0.005
-_FILLER = b"x" * VALUE_SIZE
 
 
 @dataclass
@@ -70,6 +74,10 @@ class BenchOptions:
     #: lag: entries per write (a write every batch/rate seconds)
     lag_batch: int = 100
     vs_redis: bool = False
+    #: write scenario: also the embedded API (open_primary in the bench's own process)
+    embedded: bool = True
+    #: write --vs-redis: requests redis-benchmark sends per persistence setting
+    redis_requests: int = 200_000
     #: upper bound on any single wait (node start, catch-up, drain)
     timeout: float = 600.0
     log_level: str = "WARNING"
@@ -77,14 +85,6 @@ class BenchOptions:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def key_of(i: int) -> bytes:
-    return b"%016d" % i
-
-
-def value_of(i: int) -> bytes:
-    return (b"%016d" % i + _FILLER)[:VALUE_SIZE]
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -270,37 +270,6 @@ def _identity(data: bytes) -> bytes:
 # -- catch-up -----------------------------------------------------------------------------------
 
 
-def raw_baseline(applier: str, count: int, batch: int, path: Path) -> dict[str, float]:
-    """`count` entries straight into a fresh durable store of the same type, `batch` per
-    transaction; only the apply calls are timed (building entries is not). An engine with a
-    bare-library baseline (bench_raw.RAW_BASELINES) is measured with its library alone."""
-    bare = RAW_BASELINES.get(applier)
-    if bare is not None:
-        batches = (
-            [(key_of(i), value_of(i)) for i in range(first, min(first + batch, count))]
-            for first in range(0, count, batch)
-        )
-        spent = bare(path, batches)
-        return {"raw_seconds": spent, "raw_entries_per_s": count / spent if spent else 0.0}
-    store = open_registered(build_registry(), applier, path, {}, True)
-    spent = 0.0
-    try:
-        for first in range(1, count + 1, batch):
-            n = min(batch, count + 1 - first)
-            entries = [
-                Entry(s, Op.PUT, key_of(s - 1), value_of(s - 1)) for s in range(first, first + n)
-            ]
-            started = time.perf_counter()
-            store.apply(entries, "bench")
-            store.sync()
-            spent += time.perf_counter() - started
-        if store.position().sequence != count:
-            raise KevoReplError(f"raw baseline store ends at {store.position().sequence}")
-    finally:
-        store.close()
-    return {"raw_seconds": spent, "raw_entries_per_s": count / spent if spent else 0.0}
-
-
 def run_catchup(opts: BenchOptions) -> dict[str, Any]:
     _check_backends(opts)
     if opts.count < 1:
@@ -313,7 +282,10 @@ def run_catchup(opts: BenchOptions) -> dict[str, Any]:
         head = primary.status()["head_sequence"]
         if head != opts.count:
             raise KevoReplError(f"the primary holds {head} entries, not {opts.count}")
-        replica = cluster.replica(primary)
+        # the probe logs every durable batch: its first line is the first apply
+        probe = root / "replica.probe"
+        replica = cluster.replica(primary, probe=probe)
+        spawned_ns = time.time_ns()
         started = time.perf_counter()
         replica.start(timeout=min(60.0, opts.timeout))
         listening = time.perf_counter()
@@ -325,24 +297,42 @@ def run_catchup(opts: BenchOptions) -> dict[str, Any]:
         primary_rss = peak_rss_mb(primary.pid)
         st = replica.status()
         cluster.close()
-        raw = raw_baseline(opts.applier, opts.count, opts.raw_batch, root / "raw")
+        applied = _read_probe(probe)
+        first_apply_s = (applied[0][1] - spawned_ns) / 1e9 if applied else 0.0
+        own = applier_rate(opts.applier, opts.count, opts.raw_batch, root / "applier")
+        raw = (
+            bare_store_rate(opts.applier, opts.count, opts.raw_batch, root / "raw")
+            if has_bare_store(opts.applier)
+            else None
+        )
     eps = opts.count / seconds
-    return {
+    own_eps = own["applier_entries_per_s"]
+    result: dict[str, Any] = {
         "scenario": "catchup",
         "applier": opts.applier,
         "codec": opts.codec,
         "count": opts.count,
         "seconds": round(seconds, 4),
         "start_to_listening_s": round(listening - started, 4),
+        "start_to_first_apply_s": round(first_apply_s, 4),
         "entries_per_s": round(eps, 1),
-        "raw_seconds": round(raw["raw_seconds"], 4),
-        "raw_entries_per_s": round(raw["raw_entries_per_s"], 1),
-        "ratio": round(eps / raw["raw_entries_per_s"], 4) if raw["raw_entries_per_s"] else 0.0,
+    }
+    if raw is not None:
+        # the bare store's own API in synced batches: the physical limit
+        result["raw_seconds"] = round(raw["raw_seconds"], 4)
+        result["raw_entries_per_s"] = round(raw["raw_entries_per_s"], 1)
+        result["ratio"] = round(eps / raw["raw_entries_per_s"], 4)
+        result["applier_vs_raw"] = round(own_eps / raw["raw_entries_per_s"], 4)
+    result.update({
+        "applier_seconds": round(own["applier_seconds"], 4),
+        "applier_entries_per_s": round(own_eps, 1),
+        "applier_ratio": round(eps / own_eps, 4) if own_eps else 0.0,
         "applied_entries": st["applied_entries"],
         "preload_s": round(preload_s, 3),
         "replica_rss_mb": replica_rss,
         "primary_rss_mb": primary_rss,
-    }
+    })
+    return result
 
 
 # -- lag ----------------------------------------------------------------------------------------
@@ -544,6 +534,8 @@ def run_write(opts: BenchOptions) -> dict[str, Any]:
                     os.kill(replica.pid, signal.SIGCONT)
                     replica_rss = peak_rss_mb(replica.pid)
         primary_rss = peak_rss_mb(primary.pid)
+        if opts.embedded:
+            cells += embedded_cells(root, opts.applier, opts.writers, opts.batches, opts.seconds)
     result: dict[str, Any] = {
         "scenario": "write",
         "applier": opts.applier,
@@ -557,153 +549,10 @@ def run_write(opts: BenchOptions) -> dict[str, Any]:
         if cell["writers"] == max(opts.writers) and cell["batch"] == 1 and not cell[
             "stalled_replica"
         ]:
-            suffix = "" if cell["api"] == "unary" else "_stream"
+            suffix = "" if cell["api"] == "unary" else f"_{cell['api']}"
             key = f"writes_per_s_{cell['writers']}_writers_single{suffix}"
             result[key] = cell["writes_per_s"]
     return result
-
-
-# -- Redis comparison ---------------------------------------------------------------------------
-
-
-class _Resp:
-    """Just enough of the Redis protocol (RESP2) to load a primary and read INFO."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60.0)
-        self.reader = self.sock.makefile("rb")
-
-    @staticmethod
-    def encode(*parts: bytes) -> bytes:
-        out = [b"*%d\r\n" % len(parts)]
-        for p in parts:
-            out.append(b"$%d\r\n%s\r\n" % (len(p), p))
-        return b"".join(out)
-
-    def read(self) -> Any:
-        line = self.reader.readline()
-        if not line:
-            raise KevoReplError("redis closed the connection")
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"+":
-            return rest
-        if kind == b"-":
-            raise KevoReplError(f"redis: {rest.decode(errors='replace')}")
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            return None if n < 0 else self.reader.read(n + 2)[:-2]
-        if kind == b"*":
-            return [self.read() for _ in range(int(rest))]
-        raise KevoReplError(f"redis: unexpected reply {line!r}")
-
-    def call(self, *parts: bytes) -> Any:
-        self.sock.sendall(self.encode(*parts))
-        return self.read()
-
-    def close(self) -> None:
-        self.reader.close()
-        self.sock.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _start_redis(
-    root: Path, name: str, extra: Sequence[str], timeout: float
-) -> tuple[subprocess.Popen[bytes], int]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise KevoReplError("redis-server is not on PATH")
-    port = _free_port()
-    d = root / name
-    d.mkdir(parents=True, exist_ok=True)
-    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d), "--save", "",
-           "--logfile", str(d / "redis.log"), *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            conn = _Resp(port)
-            try:
-                if conn.call(b"PING") == b"PONG":
-                    return proc, port
-            finally:
-                conn.close()
-        except (OSError, KevoReplError):
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            proc.wait(10)
-            raise KevoReplError(f"redis-server ({name}) did not start within {timeout}s")
-        time.sleep(0.01)
-
-
-def run_redis_catchup(opts: BenchOptions) -> dict[str, Any]:
-    """The same catch-up through a Redis primary and replica on loopback: the replica has
-    appendonly with appendfsync always, and is caught up once its link is up and it holds
-    every key."""
-    procs: list[subprocess.Popen[bytes]] = []
-    with _workdir(opts, "redis") as root:
-        try:
-            primary, pport = _start_redis(root, "primary", [], 30.0)
-            procs.append(primary)
-            conn = _Resp(pport)
-            try:
-                for first in range(0, opts.count, 1000):
-                    parts = [b"MSET"]
-                    for i in range(first, min(first + 1000, opts.count)):
-                        parts += [key_of(i), value_of(i)]
-                    conn.call(*parts)
-            finally:
-                conn.close()
-            started = time.perf_counter()
-            replica, rport = _start_redis(
-                root, "replica",
-                ["--replicaof", "127.0.0.1", str(pport), "--appendonly", "yes",
-                 "--appendfsync", "always"],
-                30.0,
-            )
-            procs.append(replica)
-            deadline = time.monotonic() + opts.timeout
-            conn = _Resp(rport)
-            try:
-                while True:
-                    info = conn.call(b"INFO", b"replication") or b""
-                    if (
-                        b"master_link_status:up" in info
-                        and b"master_sync_in_progress:0" in info
-                        and conn.call(b"DBSIZE") >= opts.count
-                    ):
-                        break
-                    if time.monotonic() > deadline:
-                        raise KevoReplError("timed out waiting for the Redis replica")
-                    time.sleep(_STATUS_POLL_S)
-            finally:
-                conn.close()
-            seconds = time.perf_counter() - started
-            replica_rss = peak_rss_mb(replica.pid)
-            primary_rss = peak_rss_mb(primary.pid)
-        finally:
-            for proc in procs:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-    return {
-        "count": opts.count,
-        "seconds": round(seconds, 4),
-        "entries_per_s": round(opts.count / seconds, 1),
-        "replica_rss_mb": replica_rss,
-        "primary_rss_mb": primary_rss,
-    }
 
 
 # -- driver -------------------------------------------------------------------------------------
@@ -720,14 +569,39 @@ def run(scenario: str, opts: BenchOptions, runs: int = 1) -> dict[str, Any]:
     single runs are under "runs"."""
     if scenario not in _RUNNERS:
         raise KevoReplError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
-    results = [_RUNNERS[scenario](opts) for _ in range(max(1, runs))]
-    result = results[0] if len(results) == 1 else _median_of(results)
-    if opts.vs_redis and scenario == "catchup":
-        if shutil.which("redis-server") is None:
-            result["redis"] = {"skipped": "redis-server is not on PATH"}
-        else:
-            redis = [run_redis_catchup(opts) for _ in range(max(1, runs))]
-            result["redis"] = redis[0] if len(redis) == 1 else _median_of(redis)
+    # each run measures its Redis anchors right after our own numbers, so that every ratio
+    # is taken within one run on the same (possibly noisy) machine
+    results = [_with_redis(scenario, opts, _RUNNERS[scenario](opts)) for _ in range(max(1, runs))]
+    return results[0] if len(results) == 1 else _median_of(results)
+
+
+def _with_redis(scenario: str, opts: BenchOptions, result: dict[str, Any]) -> dict[str, Any]:
+    if not opts.vs_redis:
+        return result
+    if scenario == "lag":
+        result["redis"] = "skipped: the lag scenario has no Redis anchor"
+        return result
+    tools = ("redis-server",) if scenario == "catchup" else ("redis-server", "redis-benchmark")
+    why = bench_redis.missing(tools)
+    if why is not None:
+        result["redis"] = why
+        return result
+    with _workdir(opts, "redis") as root:
+        for persistence in bench_redis.PERSISTENCE:
+            prefix = f"redis_{persistence}"
+            if scenario == "catchup":
+                r = bench_redis.catchup(root, opts.count, persistence, opts.timeout)
+                result[f"{prefix}_entries_per_s"] = r["entries_per_s"]
+                result[f"{prefix}_replica_rss_mb"] = r["replica_rss_mb"]
+                result[f"vs_{prefix}"] = round(result["entries_per_s"] / r["entries_per_s"], 4)
+            else:
+                r = bench_redis.write(root, persistence, max(opts.writers), VALUE_SIZE,
+                                      opts.redis_requests, opts.timeout)
+                result[f"{prefix}_clients"] = r["clients"]
+                result[f"{prefix}_writes_per_s"] = r["writes_per_s"]
+                for key in [k for k in result if k.startswith("writes_per_s_")]:
+                    ratio = result[key] / r["writes_per_s"]
+                    result[f"vs_{prefix}_{key.removeprefix('writes_per_s_')}"] = round(ratio, 4)
     return result
 
 
@@ -743,7 +617,7 @@ def _median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
             else:
                 out[key] = value
             continue
-        if key in ("count", "rate", "writers", "batch"):
+        if key in ("count", "rate", "writers", "batch") or key.endswith("_clients"):
             out[key] = value
             continue
         out[key] = round(statistics.median(r[key] for r in results), 4)
@@ -759,26 +633,21 @@ def _median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def format_table(result: dict[str, Any]) -> str:
     lines: list[str] = []
-    scalars = [(k, v) for k, v in result.items() if k not in ("cells", "runs", "redis")]
+    scalars = [(k, v) for k, v in result.items() if k not in ("cells", "runs")]
     width = max(len(k) for k, _ in scalars)
     lines += [f"{k:<{width}}  {v}" for k, v in scalars]
     cells = result.get("cells")
     if cells:
         lines.append("")
         lines.append(
-            f"{'api':>6} {'writers':>7} {'batch':>6} {'stalled':>8} {'writes/s':>12} "
+            f"{'api':>8} {'writers':>7} {'batch':>6} {'stalled':>8} {'writes/s':>12} "
             f"{'entries/s':>12}"
         )
         for c in cells:
             lines.append(
-                f"{c.get('api', 'unary'):>6} {c['writers']:>7} {c['batch']:>6} "
+                f"{c.get('api', 'unary'):>8} {c['writers']:>7} {c['batch']:>6} "
                 f"{'yes' if c['stalled_replica'] else 'no':>8} "
                 f"{c['writes_per_s']:>12,.0f} {c['entries_per_s']:>12,.0f}"
             )
-    redis = result.get("redis")
-    if redis:
-        lines.append("")
-        lines.append("redis:")
-        lines += [f"  {k:<{width}}  {v}" for k, v in redis.items() if k != "runs"]
     return "\n".join(lines)
 

@@ -49,12 +49,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         writers=args.writers,
         batches=args.batches,
         stalled=not args.no_stalled,
+        embedded=not args.no_embedded,
         raw_batch=args.raw_batch,
         lag_batch=args.lag_batch,
         vs_redis=args.vs_redis,
+        redis_requests=args.redis_requests,
         timeout=args.timeout,
     )
     result = bench.run(args.scenario, opts, runs=args.runs)
+    if args.plot:
+        from kevo_repl_tools.bench_plot import plot
+
+        plot([result], args.plot)
     print(json.dumps(result) if args.json else bench.format_table(result))
     return 0
 
@@ -150,12 +156,19 @@ def add_bench(sub: Any) -> None:
                    help="write: entries per write, comma-separated")
     s.add_argument("--no-stalled", action="store_true",
                    help="write: skip the cells with a stalled replica")
+    s.add_argument("--no-embedded", action="store_true",
+                   help="write: skip the embedded API cells (open_primary in this process)")
     s.add_argument("--raw-batch", type=int, default=1000,
                    help="catchup: entries per synced batch of the raw baseline")
     s.add_argument("--lag-batch", type=int, default=100, help="lag: entries per write")
     s.add_argument("--runs", type=int, default=1, help="repeat; report medians")
     s.add_argument("--vs-redis", action="store_true",
-                   help="catchup: also through a Redis primary/replica (needs redis-server)")
+                   help="catchup and write: Redis anchors in the same run, no persistence and AOF "
+                   "always (needs redis-server; write also redis-benchmark; skipped if absent)")
+    s.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="also draw the result against its anchors into FILE.png (matplotlib)")
+    s.add_argument("--redis-requests", type=int, default=200_000,
+                   help="write --vs-redis: SETs redis-benchmark sends per persistence setting")
     s.add_argument("--timeout", type=float, default=600.0, help="bound on any single wait")
     s.set_defaults(func=cmd_bench)
 
