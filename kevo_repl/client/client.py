@@ -221,6 +221,7 @@ class Client:
         cfg = connector or ConnectorConfig()
         self._channel = open_channel(target, cfg)
         metadata = call_metadata(cfg)
+        self._metadata = metadata
 
         def unary(name: str, req: Any, resp: Any) -> Any:
             call = self._channel.unary_unary(
@@ -270,6 +271,18 @@ class Client:
 
     def status(self) -> dict[str, Any]:
         return message_to_dict(self._status(npb.StatusRequest(), timeout=self.timeout))
+
+    def status_headers(self) -> dict[str, str]:
+        """The headers of a Status answer (a primary names its epoch history there)."""
+        call = self._channel.unary_unary(
+            "/kevo.repl.Node/Status",
+            request_serializer=npb.StatusRequest.SerializeToString,
+            response_deserializer=npb.StatusResponse.FromString,
+        )
+        _, info = call.with_call(
+            npb.StatusRequest(), timeout=self.timeout, metadata=self._metadata or None
+        )
+        return {str(k): str(v) for k, v in info.initial_metadata() or ()}
 
     def digest(self) -> dict[str, Any]:
         resp = self._digest(npb.DigestRequest(), timeout=self.timeout)

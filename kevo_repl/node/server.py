@@ -18,7 +18,8 @@ from kevo_repl.errors import KevoReplError
 from kevo_repl.node.metrics import serve_metrics
 from kevo_repl.plugin.engine import Applier
 from kevo_repl.plugin.manager import build_registry, get_plugin_manager
-from kevo_repl.primary.primary import Primary, PrimaryUnavailable, WriteRejected
+from kevo_repl.primary import epochs as primary_epochs
+from kevo_repl.primary.primary import Primary, PrimaryFenced, PrimaryUnavailable, WriteRejected
 from kevo_repl.primary.retention import SlotBusy
 from kevo_repl.protocol.proto import node_pb2 as npb
 from kevo_repl.protocol.proto import replication_pb2 as rpb
@@ -100,6 +101,8 @@ class NodeService:
                 first, last = await self.primary.write(mutations)
             except WriteRejected as exc:
                 raise _WriteFailed(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+            except PrimaryFenced as exc:
+                raise _WriteFailed(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
             except PrimaryUnavailable as exc:
                 raise _WriteFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
             resp = npb.WriteResponse(first_sequence=first, last_sequence=last,
@@ -181,7 +184,10 @@ class NodeService:
                     resp = npb.WriteResponse(first_sequence=result[0], last_sequence=result[1],
                                              request_id=request.request_id)
                 else:
-                    code = (grpc.StatusCode.UNAVAILABLE if isinstance(result, PrimaryUnavailable)
+                    code = (grpc.StatusCode.FAILED_PRECONDITION
+                            if isinstance(result, PrimaryFenced)
+                            else grpc.StatusCode.UNAVAILABLE
+                            if isinstance(result, PrimaryUnavailable)
                             else grpc.StatusCode.INVALID_ARGUMENT)
                     resp = npb.WriteResponse(request_id=request.request_id,
                                              error_code=code.value[0], error=str(result))
@@ -233,6 +239,8 @@ class NodeService:
     async def Status(
         self, request: npb.StatusRequest, context: grpc.aio.ServicerContext
     ) -> npb.StatusResponse:
+        if self.primary is not None:  # its epoch history, for kevo-repl rejoin
+            await context.send_initial_metadata((primary_epochs.header(self.primary.epochs),))
         return npb.StatusResponse(**self.status())
 
     def status(self) -> dict[str, Any]:
@@ -272,7 +280,7 @@ class NodeService:
             )
         return {
             "role": "primary",
-            "state": "SERVING" if p._broken is None else "ERROR",
+            "state": "SERVING" if p._broken is None and p.fenced is None else "ERROR",
             "last_applied": pos.sequence,
             "head_sequence": p.head,
             "first_sequence": p.wal.first_sequence,
@@ -280,7 +288,7 @@ class NodeService:
             "applier": self.cfg.applier.name,
             "applied_entries": pos.applied_entries,
             "replicas": slots,
-            "last_error": p._broken or "",
+            "last_error": p._broken or p.fenced or "",
             "semisync_degraded": p.semisync_degraded,
             **retention,
         }

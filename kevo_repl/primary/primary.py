@@ -18,6 +18,7 @@ from kevo_repl.errors import KevoReplError, StoreError
 from kevo_repl.identity import bound_replica_id, check_replica_id
 from kevo_repl.plugin.engine import Applier
 from kevo_repl.plugin.manager import Registry
+from kevo_repl.primary import epochs as epochs_mod
 from kevo_repl.primary.retention import Retention
 from kevo_repl.primary.slots import SlotTable
 from kevo_repl.protocol import chain as chain_mod
@@ -26,6 +27,7 @@ from kevo_repl.protocol.codec import Entry, Op
 from kevo_repl.protocol.constants import SESSION_HEADER
 from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.records import Record, chain_of, decode_body, encode_body
+from kevo_repl.storage import epochs as epoch_history
 from kevo_repl.storage.store import open_store
 from kevo_repl.storage.wal import WAL, SequenceNotRetained
 
@@ -37,6 +39,10 @@ class WriteRejected(KevoReplError):
 
 class PrimaryUnavailable(KevoReplError):
     """The primary cannot take writes (its WAL failed); it must be restarted."""
+
+
+class PrimaryFenced(PrimaryUnavailable):
+    """A newer epoch exists: this primary accepts no more writes."""
 
 
 @dataclass
@@ -87,6 +93,10 @@ class Primary:
             self.store.close()
             raise
         self.history_id = self.wal.history_id
+        #: the terms of this history (storage/epochs.py); the last one is this primary's
+        self.epochs = epoch_history.load(data_dir / "wal")
+        #: set once a replica shows a newer epoch: this primary then refuses writes
+        self.fenced: str | None = None
         self.sessions: dict[str, Session] = {}
         self._next_seq = self.wal.last_sequence + 1
         self._chain = self._chain_at_head()
@@ -108,6 +118,12 @@ class Primary:
     def _chain_at_head(self) -> int:
         if self.wal.last_sequence == 0:
             return chain_mod.START
+        if self.wal.first_sequence > self.wal.last_sequence:
+            # a promoted replica's WAL, still empty: the epoch records the chain it starts on
+            value = self.chain_at(self.wal.last_sequence)
+            if value is None:
+                raise StoreError("an empty WAL whose epoch history does not give its chain")
+            return value
         [last] = self.wal.read(self.wal.last_sequence, 1)
         value = chain_of(last)
         if value is None:
@@ -118,6 +134,9 @@ class Primary:
         """The chain after `sequence` when a retained record ends exactly there."""
         if sequence == 0:
             return chain_mod.START
+        for epoch in self.epochs:
+            if epoch.start == sequence + 1 and sequence + 1 == self.wal.first_sequence:
+                return epoch.chain
         if not self.wal.first_sequence <= sequence <= self.wal.last_sequence:
             return None
         [record] = self.wal.read(sequence, 1)
@@ -197,6 +216,8 @@ class Primary:
         """Validate, assign sequences, encode, and queue one write for the group commit."""
         if self._broken is not None:
             raise PrimaryUnavailable(self._broken)
+        if self.fenced is not None:
+            raise PrimaryFenced(self.fenced)
         if not mutations:
             raise WriteRejected("a write needs at least one mutation")
         max_key = self.store.max_key_size
@@ -305,6 +326,22 @@ class Primary:
                 )
         return None
 
+    def _check_epochs(
+        self, request: rpb.WALStreamRequest, context: grpc.aio.ServicerContext
+    ) -> tuple[grpc.StatusCode, str] | None:
+        try:
+            theirs = epochs_mod.replica_epochs(context.invocation_metadata())
+        except KevoReplError as exc:
+            return grpc.StatusCode.INVALID_ARGUMENT, f"bad epoch header: {exc}"
+        refusal = epochs_mod.check_replica(self.epochs, theirs, request.start_sequence)
+        if refusal is None:
+            return None
+        code, message, fenced = refusal
+        if fenced and self.fenced is None:
+            self.fenced = message
+            log.error("fenced: %s", message)
+        return code, message
+
     def trailer(self, *, first: bool = False) -> bytes:
         """Fields appended to a response: protobuf merges concatenated messages."""
         msg = rpb.WALStreamResponse(head_sequence=self.head, primary_time_ns=time.time_ns())
@@ -317,7 +354,8 @@ class Primary:
     async def stream(
         self, request: rpb.WALStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        problem = self.check_start(request)
+        # epochs first: a replica of a newer epoch must not bootstrap from a fenced primary
+        problem = self._check_epochs(request, context) or self.check_start(request)
         if problem is not None:
             log.warning(
                 "refused stream for replica %r from %s: %s",
@@ -351,7 +389,9 @@ class Primary:
         self.sessions[session.session_id] = session
         if named:
             self.slots.get(replica_id)
-        await context.send_initial_metadata(((SESSION_HEADER, session.session_id),))
+        await context.send_initial_metadata(
+            ((SESSION_HEADER, session.session_id), epochs_mod.header(self.epochs))
+        )
         log.info(
             "replica %r (%s) streaming from %d, session %s, protocol %d, %s",
             session.replica_id, session.peer, session.start, session.session_id,

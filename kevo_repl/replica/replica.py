@@ -38,6 +38,7 @@ from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.transport import MAX_MESSAGE_BYTES, call_metadata
 from kevo_repl.protocol.wire import Unpacker, UnpackError
 from kevo_repl.replica.bootstrap import Bootstrap, recover_install
+from kevo_repl.replica.epochs import EpochTracker
 from kevo_repl.replica.replica_id import stored_replica_id
 from kevo_repl.replica.state import TRANSITIONS, State, StateMachine
 from kevo_repl.storage.store import open_store
@@ -96,6 +97,7 @@ class Replica:
         self._session_task: asyncio.Task[None] | None = None
         self._corrupt_at: tuple[int, int] = (0, 0)  # (sequence, times seen corrupt)
         self._primary_history = self.position.history_id
+        self.epochs = EpochTracker(cfg.data_dir)
         self._resync = False  # an apply failed: re-stream from the durable position
         self._stopping = False
         # replication is a role: its own token when the primary requires one
@@ -300,7 +302,7 @@ class Replica:
         if self._recv_chain:
             request.chain = self._recv_chain
         self._unpacker.reset()
-        call = stream(request, metadata=self._auth)
+        call = stream(request, metadata=(*self._auth, self.epochs.header()))
         try:
             # a deadline on the stream's start: a connection that never completes its set-up
             # (seen with a GOAWAY arriving mid-handshake) is abandoned and the channel closed
@@ -311,6 +313,7 @@ class Replica:
                 f"the stream from {self.cfg.replica.primary} did not start within "
                 f"{_CONNECT_TIMEOUT_S:g}s"
             ) from None
+        self.epochs.observe(metadata, self.cfg.replica.primary)
         self._session_id = ""
         for key, value in metadata or ():
             if key == SESSION_HEADER:
