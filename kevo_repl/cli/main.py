@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from kevo_repl import config as config_mod
+from kevo_repl.cli.ha_commands import add_ha_commands
 from kevo_repl.client.loadgen import load_keys
 from kevo_repl.errors import KevoReplError
 from kevo_repl.protocol.codec import Op
@@ -431,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_plugins)
 
+    add_ha_commands(sub)
     _add_extension_commands(sub)
     return p
 

@@ -1,0 +1,107 @@
+"""`kevo-repl promote`: make a stopped replica the primary of a new epoch.
+
+The replica's store holds every entry up to its durable position P, committed with P, its
+history id and the hash chain after P. The promoted node keeps that history and continues it
+at P + 1 in epoch E + 1 (E: the newest epoch the replica followed): its WAL starts empty at
+P + 1 (`storage.wal.start_wal_at`) and its epoch history records `(E + 1, P + 1, chain)`.
+Nothing the replica applied is dropped; what the old primary wrote past P is not in the new
+history (the old primary reports it as discarded when it rejoins).
+
+Crash safety: the WAL is built in `wal.promote` and renamed to `wal` before `node.json` names
+the primary role; a promotion interrupted after the rename is finished by running it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from kevo_repl.config import Config
+from kevo_repl.errors import KevoReplError
+from kevo_repl.ha.node_dir import read_role, write_role
+from kevo_repl.plugin.manager import Registry
+from kevo_repl.storage import epochs as epochs_mod
+from kevo_repl.storage.epochs import Epoch
+from kevo_repl.storage.store import lock_data_dir, open_store
+from kevo_repl.storage.wal import WAL, start_wal_at
+
+log = logging.getLogger(__name__)
+
+WAL_DIR = "wal"
+_STAGING = "wal.promote"
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    #: the new epoch; its first sequence is position + 1
+    epoch: int
+    position: int
+    history_id: str
+    chain: str
+
+
+def promote(cfg: Config, registry: Registry) -> PromoteResult:
+    """Promote the stopped replica at `cfg.data_dir` (its `[applier]` opens the store)."""
+    data_dir = cfg.data_dir
+    lock = lock_data_dir(data_dir)  # refuses a replica that is still running
+    try:
+        marker = read_role(data_dir)
+        cfg.applier.name = marker["applier"] or cfg.applier.name
+        if marker["role"] != "replica":
+            raise KevoReplError(f"{data_dir} is a {marker['role']}, not a replica")
+        cfg.node.role = "replica"
+        store = open_store(cfg, registry, durable=True)
+        try:
+            pos = store.position()
+        finally:
+            store.close()
+        if pos.sequence == 0 or not pos.history_id:
+            raise KevoReplError(f"the replica at {data_dir} holds nothing to continue")
+        if pos.chain == 0:
+            raise KevoReplError(
+                f"the replica at {data_dir} does not know the hash chain at {pos.sequence} "
+                "(a KevoDB primary's history); it cannot be promoted"
+            )
+        known = epochs_mod.load(data_dir)
+        # epochs the replica heard of but holds nothing of are not part of its history
+        kept = [e for e in known if e.start <= pos.sequence]
+        new = Epoch(known[-1].number + 1, pos.sequence + 1, pos.chain)
+        history = epochs_mod.check([*kept, new])
+        wal_dir = data_dir / WAL_DIR
+        if wal_dir.exists():
+            _check_finished(wal_dir, history)  # an interrupted promotion: finish it
+        else:
+            staging = data_dir / _STAGING
+            if staging.exists():
+                shutil.rmtree(staging)  # our own half-built staging: holds no entry
+            start_wal_at(staging, pos.history_id, pos.sequence + 1)
+            epochs_mod.save(staging, history)
+            os.replace(staging, wal_dir)
+            _fsync_dir(data_dir)
+        write_role(data_dir, "primary", cfg.applier.name)
+    finally:
+        os.close(lock)
+    log.info("promoted %s: epoch %d from sequence %d", data_dir, new.number, new.start)
+    return PromoteResult(new.number, pos.sequence, pos.history_id, f"{pos.chain:016x}")
+
+
+def _check_finished(wal_dir: Path, history: tuple[Epoch, ...]) -> None:
+    found = epochs_mod.load(wal_dir)
+    with WAL(wal_dir) as wal:
+        empty = wal.last_sequence == history[-1].start - 1
+    if found[-1].start != history[-1].start or not empty:
+        raise KevoReplError(
+            f"{wal_dir} exists and is not an unfinished promotion at sequence "
+            f"{history[-1].start}; nothing was changed"
+        )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
