@@ -190,6 +190,21 @@ class SnapshotConfig:
     max_held: int = 4
 
 
+@dataclass
+class HAConfig:
+    """Automatic failover through etcd (`kevo-repl ha`; see README, "High availability")."""
+
+    #: etcd's HOST:PORT; empty = no automatic failover
+    etcd: str = ""
+    #: the cluster's name: its keys in etcd live under /kevo-repl/NAME/
+    cluster: str = "kevo"
+    #: this node's name in the cluster (1 to 128 of A-Z a-z 0-9 . _ -; its replica id too)
+    name: str = ""
+    #: the primary's lease in etcd, in whole seconds: a primary that cannot renew it stops
+    #: taking writes well within it, and replicas elect a new primary once it expired
+    ttl_s: int = 5
+
+
 #: bounds of a snapshot chunk's size, on either side
 MIN_CHUNK_BYTES = 1024
 MAX_CHUNK_BYTES = 64 * 1024 * 1024
@@ -208,6 +223,7 @@ class Config:
     stream: StreamConfig = field(default_factory=StreamConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
+    ha: HAConfig = field(default_factory=HAConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -272,6 +288,14 @@ class Config:
         if self.connector.tls_cert and not self.connector.tls_ca:
             raise ConfigError("[connector] a client certificate needs tls_ca (TLS) as well")
         self._validate_retention()
+        if self.ha.etcd:
+            parse_address(self.ha.etcd, "[ha] etcd")
+            if self.ha.ttl_s < 2:
+                raise ConfigError(f"[ha] ttl_s must be at least 2, not {self.ha.ttl_s}")
+            for what, text in (("name", self.ha.name), ("cluster", self.ha.cluster)):
+                problem = replica_id_problem(text)
+                if problem is not None:
+                    raise ConfigError(f"[ha] {what}: {problem}")
 
     def _validate_retention(self) -> None:
         ret, snap = self.retention, self.snapshot

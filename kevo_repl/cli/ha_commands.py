@@ -36,7 +36,49 @@ def cmd_rejoin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ha(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from kevo_repl.ha.agent import Agent
+    from kevo_repl.plugin.manager import build_registry
+
+    cfg = config_mod.load(args.config)
+    for flag, section, key in (
+        ("data_dir", cfg.node, "data_dir"), ("listen", cfg.node, "listen"),
+        ("applier", cfg.applier, "name"), ("etcd", cfg.ha, "etcd"),
+        ("cluster", cfg.ha, "cluster"), ("name", cfg.ha, "name"), ("ttl_s", cfg.ha, "ttl_s"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(section, key, value)
+    agent = Agent(cfg, build_registry(), config_path=args.config, log_level=args.log_level)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, agent.stop)
+        print(json.dumps({"ha": agent.name, "address": agent.address}), flush=True)
+        await agent.run()
+
+    asyncio.run(run())
+    return 0
+
+
 def add_ha_commands(sub: Any) -> None:
+    s = sub.add_parser("ha", help="run a node of a cluster that fails over automatically "
+                       "through etcd ([ha] etcd, cluster, name, ttl_s)")
+    s.add_argument("--config", help="TOML file ([node], [applier], [ha], ...)")
+    s.add_argument("--data-dir", help="data directory")
+    s.add_argument("--listen", help="HOST:PORT of the node (port 0 picks one for the agent's "
+                   "lifetime)")
+    s.add_argument("--applier", help="store backend")
+    s.add_argument("--etcd", help="etcd's HOST:PORT")
+    s.add_argument("--cluster", help="the cluster's name in etcd")
+    s.add_argument("--name", help="this node's name (and replica id)")
+    s.add_argument("--ttl-s", type=int, help="the primary's lease TTL in seconds")
+    s.set_defaults(func=cmd_ha)
+
     s = sub.add_parser("promote", help="make a stopped replica the primary of a new epoch, "
                        "continuing from its durable position; then start it as a primary")
     s.add_argument("--data-dir", required=True, help="the stopped replica's data directory")

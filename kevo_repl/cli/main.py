@@ -88,7 +88,8 @@ def _client(args: argparse.Namespace) -> Any:
         value = getattr(args, flag)
         if value is not None:
             setattr(conn, flag, value)
-    return Client(args.target, timeout=args.timeout, connector=conn)
+    # etcd://HOST:PORT/CLUSTER: the primary of a `kevo-repl ha` cluster
+    return Client.discover(args.target, timeout=args.timeout, connector=conn)
 
 
 def _semisync(args: argparse.Namespace) -> Any:

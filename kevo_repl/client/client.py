@@ -243,6 +243,17 @@ class Client:
         )
         self._write_stream = functools.partial(stream, metadata=metadata) if metadata else stream
 
+    @classmethod
+    def discover(
+        cls, target: str, timeout: float = 30.0, connector: ConnectorConfig | None = None
+    ) -> Client:
+        """A client of the cluster's current primary: `target` is etcd://HOST:PORT/CLUSTER
+        (kevo_repl.client.discover) or a plain HOST:PORT."""
+        from kevo_repl.client.discover import discover
+
+        address, _ = discover(target, min(timeout, 10.0))
+        return cls(address, timeout=timeout, connector=connector)
+
     def stream_writer(self) -> StreamWriter:
         return StreamWriter(self)
 

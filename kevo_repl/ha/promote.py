@@ -43,8 +43,9 @@ class PromoteResult:
     chain: str
 
 
-def promote(cfg: Config, registry: Registry) -> PromoteResult:
-    """Promote the stopped replica at `cfg.data_dir` (its `[applier]` opens the store)."""
+def promote(cfg: Config, registry: Registry, *, epoch: int | None = None) -> PromoteResult:
+    """Promote the stopped replica at `cfg.data_dir` (its `[applier]` opens the store) to
+    `epoch` (by default the one after the newest it followed; etcd's election names it)."""
     data_dir = cfg.data_dir
     lock = lock_data_dir(data_dir)  # refuses a replica that is still running
     try:
@@ -68,7 +69,12 @@ def promote(cfg: Config, registry: Registry) -> PromoteResult:
         known = epochs_mod.load(data_dir)
         # epochs the replica heard of but holds nothing of are not part of its history
         kept = [e for e in known if e.start <= pos.sequence]
-        new = Epoch(known[-1].number + 1, pos.sequence + 1, pos.chain)
+        number = known[-1].number + 1 if epoch is None else epoch
+        if number <= known[-1].number:
+            raise KevoReplError(
+                f"epoch {number} is not newer than epoch {known[-1].number} this replica followed"
+            )
+        new = Epoch(number, pos.sequence + 1, pos.chain)
         history = epochs_mod.check([*kept, new])
         wal_dir = data_dir / WAL_DIR
         if wal_dir.exists():

@@ -86,7 +86,7 @@ class NodeProcess:
                 start_new_session=True,
             )
         assert self.proc.stdout is not None
-        line = _read_line(self.proc.stdout, timeout)
+        line = read_line(self.proc.stdout, timeout)
         if not line:
             self.kill()
             raise KevoReplError(
@@ -156,7 +156,8 @@ class NodeProcess:
         return "\n".join(out)
 
 
-def _read_line(stream: Any, timeout: float) -> bytes:
+def read_line(stream: Any, timeout: float) -> bytes:
+    """The first line a child prints on `stream`, or b"" after `timeout`."""
     sel = selectors.DefaultSelector()
     sel.register(stream, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
