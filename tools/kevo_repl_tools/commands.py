@@ -15,6 +15,10 @@ from kevo_repl.errors import KevoReplError
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.ha:
+        from kevo_repl_tools.demo_ha import run_ha_demo
+
+        return run_ha_demo(args)
     from kevo_repl_tools.demo import run_demo
 
     return run_demo(args)
@@ -128,6 +132,8 @@ def add_demo(sub: Any) -> None:
     s = sub.add_parser("demo", help="a primary and two replicas on loopback: writes, a "
                        "replica killed and resumed, digests compared")
     add_arguments(s)
+    s.add_argument("--ha", action="store_true", help="etcd and three `kevo-repl ha` nodes: "
+                   "the primary killed, a replica elected, the old primary rejoining")
     s.set_defaults(func=cmd_demo)
 
 
