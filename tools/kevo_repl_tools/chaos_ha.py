@@ -170,25 +170,26 @@ def run_ha_chaos(
     writer, watch = _Writer(target), _LeaderWatch(target)
     threads = [threading.Thread(target=t.run, daemon=True) for t in (writer, watch)]
     try:
-        for node in nodes:
-            node.start()
-        discover(target, STEP_TIMEOUT_S)
-        for t in threads:
-            t.start()
-        end = time.monotonic() + duration_s
-        while time.monotonic() < end:
-            time.sleep(rng.uniform(1.0, 3.0))
-            kind = rng.choice(list(kinds))
-            result.faults[kind] = result.faults.get(kind, 0) + 1
-            _fault(kind, rng, etcd, nodes, proxies, writer, target, result)
-    finally:
-        writer.stop.set()
-        watch.stop.set()
-        for t in threads:
-            t.join(30)
-    try:
+        try:
+            for node in nodes:
+                node.start()
+            discover(target, STEP_TIMEOUT_S)
+            for t in threads:
+                t.start()
+            end = time.monotonic() + duration_s
+            while time.monotonic() < end:
+                time.sleep(rng.uniform(1.0, 3.0))
+                kind = rng.choice(list(kinds))
+                result.faults[kind] = result.faults.get(kind, 0) + 1
+                _fault(kind, rng, etcd, nodes, proxies, writer, target, result)
+        finally:
+            writer.stop.set()
+            watch.stop.set()
+            for t in threads:
+                if t.is_alive():
+                    t.join(30)
         _check(result, nodes, writer, watch, target)
-    finally:
+    finally:  # whatever happened, no process of the run is left behind
         for node in nodes:
             node.kill()
         for proxy in proxies:
@@ -241,6 +242,30 @@ def _primary_or_none(target: str) -> tuple[str, int] | None:
         return None
 
 
+def single_writer_violations(
+    seen: dict[int, set[str]], double_acked: Sequence[int]
+) -> list[str]:
+    out = [f"single writer: epoch {epoch} had primaries {sorted(holders)}"
+           for epoch, holders in sorted(seen.items()) if len(holders) > 1]
+    if double_acked:
+        out.append(f"single writer: sequences acknowledged twice: {list(double_acked[:5])}")
+    return out
+
+
+def discarded_violation(report: dict[str, Any]) -> str | None:
+    """An old primary's report must name exactly the range past its fork point."""
+    n = report["discarded_entries"]
+    if not n:
+        return None if report["discarded_first"] == report["discarded_last"] == 0 else (
+            "no discarded entries, yet a discarded range")
+    if report["discarded_first"] != report["fork_point"] + 1:
+        return f"the discarded range starts at {report['discarded_first']}, not after the fork"
+    span = report["discarded_last"] - report["discarded_first"] + 1
+    if n != span:
+        return f"{n} discarded entries but the range holds {span}"
+    return None
+
+
 def _check(
     result: HAChaosResult, nodes: list[HANode], writer: _Writer, watch: _LeaderWatch,
     target: str,
@@ -248,11 +273,7 @@ def _check(
     result.acknowledged = len(writer.acked)
     result.refused = writer.refused
     v = result.violations
-    for epoch, holders in sorted(watch.seen.items()):
-        if len(holders) > 1:
-            v.append(f"single writer: epoch {epoch} had primaries {sorted(holders)}")
-    if writer.double_acked:
-        v.append(f"single writer: sequences acknowledged twice: {writer.double_acked[:5]}")
+    v += single_writer_violations(watch.seen, writer.double_acked)
     if not _wait(lambda: len({_digest(n) for n in nodes} - {None}) == 1
                  and None not in {_digest(n) for n in nodes}, 180):
         v.append("convergence: the nodes' digests differ three minutes after the run")
@@ -267,8 +288,7 @@ def _check(
     for node in nodes:
         for report_file in sorted(node.data_dir.glob("discarded-epoch-*/discarded.json")):
             report = json.loads(report_file.read_text())
-            n = report["discarded_entries"]
-            result.discarded_entries += n
-            span = report["discarded_last"] - report["discarded_first"] + 1 if n else 0
-            if n != span:
-                v.append(f"{report_file}: {n} discarded entries but the range holds {span}")
+            result.discarded_entries += report["discarded_entries"]
+            problem = discarded_violation(report)
+            if problem is not None:
+                v.append(f"{report_file}: {problem}")
