@@ -230,9 +230,15 @@ class Agent:
             if await self.coord.leader() is not None:
                 return
             await asyncio.sleep(TICK_S)
-        eligible = [m for m in ready if m.epoch >= epoch]
+        # the newest history among those reporting; never one older than an epoch that
+        # served (a node that took an epoch but died before recording it does not count)
+        served = await self.coord.served_epoch()
+        top = max((m.epoch for m in ready), default=0)
+        eligible = [m for m in ready if m.epoch == top and top >= served]
         if not eligible:
-            log.warning("no node is eligible for epoch %d yet", epoch + 1)
+            log.warning("no node is eligible for epoch %d yet (newest reported %d, served %d)",
+                        epoch + 1, top, served)
+            await asyncio.sleep(self.ttl / 2)
             return
         best = min(eligible, key=lambda m: (-m.position, m.name))
         if best.name != self.name:
@@ -282,6 +288,7 @@ class Agent:
             cfg = copy.deepcopy(self.cfg)
             result = await asyncio.to_thread(promote, cfg, self.registry, epoch=epoch)
             log.warning("promoted to epoch %d from position %d", result.epoch, result.position)
+        await self.coord.mark_served(epoch)  # on disk now: older histories are out
         await self._start("primary")
 
     # -- following -------------------------------------------------------------------------

@@ -5,6 +5,8 @@ Keys under /kevo-repl/CLUSTER/:
   it disappears when the primary stops renewing it, and only one node can create it
   (a transaction that requires it absent). Its creation revision is the fencing token.
 - `epoch`: the newest epoch any primary of the cluster took (never goes back).
+- `served`: the newest epoch a primary recorded on disk before serving: a node of an older
+  epoch is never elected while it might lack that epoch's writes.
 - `members/NAME`: what each node reports (address, durable position, epoch, role), attached
   to the node's own lease, so a dead node drops out of elections.
 """
@@ -76,6 +78,14 @@ class Coordinator:
     async def cluster_epoch(self) -> int:
         got = await self.client.get(self.root + b"epoch")
         return int(got.value) if got is not None else 0
+
+    async def served_epoch(self) -> int:
+        """The newest epoch whose primary got as far as holding it on disk."""
+        got = await self.client.get(self.root + b"served")
+        return int(got.value) if got is not None else 0
+
+    async def mark_served(self, epoch: int) -> None:
+        await self.client.put(self.root + b"served", str(epoch).encode())
 
     async def acquire(self, me: Leader, lease: Any) -> bool:
         """Become the primary of `me.epoch`, if nobody is and no newer epoch was taken."""

@@ -77,9 +77,12 @@ def promote(cfg: Config, registry: Registry, *, epoch: int | None = None) -> Pro
         new = Epoch(number, pos.sequence + 1, pos.chain)
         history = epochs_mod.check([*kept, new])
         wal_dir = data_dir / WAL_DIR
-        if wal_dir.exists():
-            _check_finished(wal_dir, history)  # an interrupted promotion: finish it
-        else:
+        if wal_dir.exists() and not _unfinished(wal_dir, history):
+            # an earlier promotion that was cut short and then lost its election: set aside
+            aside = _free_name(data_dir, "wal.abandoned")
+            os.replace(wal_dir, aside)
+            log.warning("set aside %s, left by an earlier promotion, in %s", wal_dir, aside)
+        if not wal_dir.exists():
             staging = data_dir / _STAGING
             if staging.exists():
                 shutil.rmtree(staging)  # our own half-built staging: holds no entry
@@ -94,15 +97,19 @@ def promote(cfg: Config, registry: Registry, *, epoch: int | None = None) -> Pro
     return PromoteResult(new.number, pos.sequence, pos.history_id, f"{pos.chain:016x}")
 
 
-def _check_finished(wal_dir: Path, history: tuple[Epoch, ...]) -> None:
+def _unfinished(wal_dir: Path, history: tuple[Epoch, ...]) -> bool:
+    """Whether `wal_dir` is this very promotion, interrupted before node.json changed."""
     found = epochs_mod.load(wal_dir)
     with WAL(wal_dir) as wal:
         empty = wal.last_sequence == history[-1].start - 1
-    if found[-1].start != history[-1].start or not empty:
-        raise KevoReplError(
-            f"{wal_dir} exists and is not an unfinished promotion at sequence "
-            f"{history[-1].start}; nothing was changed"
-        )
+    return found[-1] == history[-1] and empty
+
+
+def _free_name(data_dir: Path, base: str) -> Path:
+    n = 1
+    while (data_dir / f"{base}.{n}").exists():
+        n += 1
+    return data_dir / f"{base}.{n}"
 
 
 def _fsync_dir(path: Path) -> None:
