@@ -182,3 +182,26 @@ def test_an_old_primary_is_fenced_by_a_replica_of_the_newer_epoch(cluster: Clust
     wait_until(lambda: stray.status()["state"] == "ERROR", 30, "the replica to refuse")
     assert "fenced" in stray.status()["last_error"]
     assert stray.digest() == new.digest()
+
+
+def test_a_primary_elected_again_records_the_new_epoch_after_its_head(cluster: Cluster) -> None:
+    from kevo_repl.config import Config
+    from kevo_repl.ha.promote import new_term
+    from kevo_repl.plugin.manager import build_registry
+
+    primary = cluster.primary()
+    replica = cluster.replica(primary)
+    load(primary.address, 500, batch=50)
+    head = primary.status()["head_sequence"]
+    primary.kill()
+    cfg = Config()
+    cfg.node.data_dir = str(primary.data_dir)
+    cfg.applier.name = primary.applier or "lmdb"
+    assert new_term(cfg, build_registry(), 3) == head + 1
+    history = epochs.load(primary.data_dir / "wal")
+    assert [(e.number, e.start) for e in history] == [(1, 1), (3, head + 1)]
+    restarted = _as(cluster, "primary", primary)
+    load(restarted.address, 100, start=1_000, batch=50)
+    wait_caught_up(restarted, replica)
+    assert epochs.load(replica.data_dir)[-1].number == 3  # the replica follows it into epoch 3
+    assert_same_digest(restarted, replica)

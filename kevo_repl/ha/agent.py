@@ -34,7 +34,7 @@ from kevo_repl.errors import KevoReplError
 from kevo_repl.ha.child import Child
 from kevo_repl.ha.coordination import Coordinator, Leader, Member
 from kevo_repl.ha.node_dir import read_role
-from kevo_repl.ha.promote import promote
+from kevo_repl.ha.promote import new_term, promote
 from kevo_repl.ha.rejoin import rejoin
 from kevo_repl.plugin.manager import Registry
 from kevo_repl.storage import epochs as epochs_mod
@@ -288,6 +288,10 @@ class Agent:
             cfg = copy.deepcopy(self.cfg)
             result = await asyncio.to_thread(promote, cfg, self.registry, epoch=epoch)
             log.warning("promoted to epoch %d from position %d", result.epoch, result.position)
+        elif self._role_on_disk() == "primary" and self._epoch_on_disk() < epoch:
+            cfg = copy.deepcopy(self.cfg)
+            start = await asyncio.to_thread(new_term, cfg, self.registry, epoch)
+            log.warning("primary again, in epoch %d from sequence %d", epoch, start)
         await self.coord.mark_served(epoch)  # on disk now: older histories are out
         await self._start("primary")
 

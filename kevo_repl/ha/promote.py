@@ -23,6 +23,7 @@ from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError
 from kevo_repl.ha.node_dir import read_role, write_role
 from kevo_repl.plugin.manager import Registry
+from kevo_repl.protocol.records import chain_of
 from kevo_repl.storage import epochs as epochs_mod
 from kevo_repl.storage.epochs import Epoch
 from kevo_repl.storage.store import lock_data_dir, open_store
@@ -118,3 +119,37 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def new_term(cfg: Config, registry: Registry, epoch: int) -> int:
+    """Record `epoch` in the stopped primary's WAL history, starting after its head: a primary
+    elected again after another epoch was taken (and never served) writes in the new epoch.
+    Returns the epoch's first sequence."""
+    data_dir = cfg.data_dir
+    lock = lock_data_dir(data_dir)
+    try:
+        cfg.node.role = "primary"
+        store = open_store(cfg, registry, durable=False)
+        try:
+            stored = store.position().sequence
+        finally:
+            store.close()
+        wal_dir = data_dir / WAL_DIR
+        history = epochs_mod.load(wal_dir)
+        if epoch <= history[-1].number:
+            raise KevoReplError(f"epoch {epoch} is not newer than this primary's "
+                                f"{history[-1].number}")
+        with WAL(wal_dir, acknowledged=stored) as wal:
+            head = wal.last_sequence
+            if head >= wal.first_sequence:
+                [record] = wal.read(head, 1)
+                chain = chain_of(record)
+            else:  # nothing written since the WAL began: the chain its epoch started on
+                chain = next((e.chain for e in history if e.start == head + 1), None)
+        if chain is None:
+            raise KevoReplError(f"no hash chain at sequence {head}; epoch {epoch} not recorded")
+        epochs_mod.save(wal_dir, epochs_mod.check([*history, Epoch(epoch, head + 1, chain)]))
+    finally:
+        os.close(lock)
+    log.info("primary %s: epoch %d from sequence %d", data_dir, epoch, head + 1)
+    return head + 1
