@@ -8,7 +8,7 @@ The agent runs the node (kevo_repl.ha.child) and decides its role from etcd
   taking writes before etcd can expire the lease and let another node take over.
 - Every node publishes its durable position and epoch under `members/NAME` (on its own lease).
 - When the leader key is gone, every node reports its final position for the election
-  (`ready_for`), and once all live members have (or a TTL passed), the most advanced node on
+  (`ready_for`), and once every live member has (never without one), the most advanced node on
   the cluster's newest epoch (highest position, then name) creates the leader key in a
   transaction that requires it absent and the cluster epoch unchanged, with epoch + 1. It is
   promoted (kevo_repl.ha.promote) and restarts its node as primary; its epoch, the fencing
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 FENCE_FRACTION = 0.6
 #: how often the agent looks at etcd and at its node
 TICK_S = 0.1
+#: an election waits this many TTLs for every live member's report, then starts over
+ELECTION_WAIT_TTLS = 5
 
 
 class Agent:
@@ -221,13 +223,19 @@ class Agent:
         self.ready_for = epoch + 1
         await self.coord.publish(self._member(), self.member_lease)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.ttl
+        # every live member must report: the one missing may hold the newest acknowledged
+        # writes. A dead member drops out when its lease expires (within a TTL).
+        deadline = loop.time() + ELECTION_WAIT_TTLS * self.ttl
         while True:
             members = await self.coord.members()
             ready = [m for m in members if m.ready_for == epoch + 1]
-            if len(ready) == len(members) or loop.time() >= deadline:
+            if members and len(ready) == len(members):
                 break
             if await self.coord.leader() is not None:
+                return
+            if loop.time() >= deadline:
+                log.warning("election of epoch %d: %d of %d members reported; trying again",
+                            epoch + 1, len(ready), len(members))
                 return
             await asyncio.sleep(TICK_S)
         # the newest history among those reporting; never one older than an epoch that
