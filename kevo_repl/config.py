@@ -345,6 +345,25 @@ class SnapshotConfig:
 
 
 @dataclass
+class HAConfig:
+    """Automatic failover through etcd (`kevo-repl ha`; see README, "High availability")."""
+
+    etcd: Annotated[str, Meta(description="etcd's HOST:PORT; empty = no automatic failover")] = ""
+    cluster: Annotated[
+        str, Meta(description="the cluster's name: its keys in etcd live under /kevo-repl/NAME/")
+    ] = "kevo"
+    name: Annotated[
+        str, Meta(description="this node's name in the cluster (1 to 128 of A-Z a-z 0-9 . _ -; "
+                  "its replica id too)")
+    ] = ""
+    ttl_s: Annotated[
+        int, Meta(ge=2, description="the primary's lease in etcd, in whole seconds: a primary "
+                  "that cannot renew it stops taking writes well within it, and replicas elect a "
+                  "new primary once it expired")
+    ] = 5
+
+
+@dataclass
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     replica: ReplicaConfig = field(default_factory=ReplicaConfig)
@@ -357,6 +376,7 @@ class Config:
     stream: StreamConfig = field(default_factory=StreamConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
+    ha: HAConfig = field(default_factory=HAConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -401,6 +421,12 @@ class Config:
             raise ConfigError("[connector] tls_cert and tls_key go together")
         if self.connector.tls_cert and not self.connector.tls_ca:
             raise ConfigError("[connector] a client certificate needs tls_ca (TLS) as well")
+        if self.ha.etcd:
+            parse_address(self.ha.etcd, "[ha] etcd")
+            for what, text in (("name", self.ha.name), ("cluster", self.ha.cluster)):
+                problem = replica_id_problem(text)
+                if problem is not None:
+                    raise ConfigError(f"[ha] {what}: {problem}")
         if self.retention.max_retained_bytes < 2 * self.wal.segment_bytes:
             raise ConfigError(
                 f"[retention] max_retained_bytes ({self.retention.max_retained_bytes}) must be "

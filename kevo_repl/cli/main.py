@@ -26,6 +26,7 @@ from kevo_repl.cli.data_args import (
     show_bytes,
     write_value,
 )
+from kevo_repl.cli.ha_commands import add_ha_commands
 from kevo_repl.cli.status_view import for_role, print_slots, print_table, status_rows
 from kevo_repl.cli.targets import explain_rpc_error, resolve_target
 from kevo_repl.client.loadgen import load_keys
@@ -97,6 +98,9 @@ def cmd_node(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> Any:
     from kevo_repl.client.client import Client
 
+    if args.target.startswith("etcd://"):
+        # etcd://HOST:PORT/CLUSTER: the primary of a `kevo-repl ha` cluster
+        return Client.discover(args.target, timeout=args.timeout, connector=_connector(args))
     return Client(resolve_target(args.target), timeout=args.timeout, connector=_connector(args))
 
 
@@ -524,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help=json_help)
     s.set_defaults(func=cmd_plugins)
 
+    add_ha_commands(sub)
     _add_extension_commands(sub)
     return p
 

@@ -229,6 +229,7 @@ class Client:
         cfg = connector or ConnectorConfig()
         self._channel = open_channel(target, cfg)
         metadata = call_metadata(cfg)
+        self._metadata = metadata
 
         def unary(path: str, req: Any, resp: Any) -> Any:
             call = self._channel.unary_unary(
@@ -249,6 +250,17 @@ class Client:
             response_deserializer=npb.WriteResults.FromString,
         )
         self._write_stream = functools.partial(stream, metadata=metadata) if metadata else stream
+
+    @classmethod
+    def discover(
+        cls, target: str, timeout: float = 30.0, connector: ConnectorConfig | None = None
+    ) -> Client:
+        """A client of the cluster's current primary: `target` is etcd://HOST:PORT/CLUSTER
+        (kevo_repl.client.discover) or a plain HOST:PORT."""
+        from kevo_repl.client.discover import discover
+
+        address, _ = discover(target, min(timeout, 10.0))
+        return cls(address, timeout=timeout, connector=connector)
 
     def stream_writer(self) -> StreamWriter:
         return StreamWriter(self)
@@ -291,6 +303,18 @@ class Client:
 
     def status(self) -> dict[str, Any]:
         return message_to_dict(self._status(npb.StatusRequest(), timeout=self.timeout))
+
+    def status_headers(self) -> dict[str, str]:
+        """The headers of a Status answer (a primary names its epoch history there)."""
+        call = self._channel.unary_unary(
+            "/kevo.repl.Node/Status",
+            request_serializer=npb.StatusRequest.SerializeToString,
+            response_deserializer=npb.StatusResponse.FromString,
+        )
+        _, info = call.with_call(
+            npb.StatusRequest(), timeout=self.timeout, metadata=self._metadata or None
+        )
+        return {str(k): str(v) for k, v in info.initial_metadata() or ()}
 
     def digest(self) -> dict[str, Any]:
         resp = self._digest(npb.DigestRequest(), timeout=self.timeout)

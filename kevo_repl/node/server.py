@@ -21,6 +21,8 @@ from kevo_repl.node.decoding import Undecodable, lenient
 from kevo_repl.node.memguard import MemoryGuard
 from kevo_repl.node.requests import request_problem
 from kevo_repl.plugin.manager import build_registry, get_plugin_manager
+from kevo_repl.primary import epochs as primary_epochs
+from kevo_repl.primary.retention import SlotBusy
 from kevo_repl.protocol.methods import NODE_SERVICE, REPLICATION_SERVICE
 from kevo_repl.protocol.proto import node_pb2 as npb
 from kevo_repl.protocol.proto import replication_pb2 as rpb
@@ -79,11 +81,14 @@ def replication_handler(primary: Primary) -> grpc.GenericRpcHandler:
 
 
 def not_a_primary_handler(cfg: Config) -> grpc.GenericRpcHandler:
-    """A replica's answer to a replica that streams from it: point it at the primary."""
+    """A replica's answer to a replica that streams from it: point it at the primary.
+
+    UNAVAILABLE, not a refusal for good: during a failover a replica is repointed at a node
+    that is still being promoted, and must retry until it serves."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(
-            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.UNAVAILABLE,
             f"this node is a replica, not a primary; its primary is {cfg.replica.primary}: "
             f"point --primary there",
         )
@@ -132,7 +137,7 @@ class NodeService:
                 f"this node is a read-only replica; send writes to the primary at "
                 f"{self.cfg.replica.primary}",
             )
-        from kevo_repl.primary.primary import PrimaryUnavailable, WriteRejected
+        from kevo_repl.primary.primary import PrimaryFenced, PrimaryUnavailable, WriteRejected
 
         problem = request_problem(request)
         if problem is not None:
@@ -146,6 +151,8 @@ class NodeService:
                 first, last = await self.primary.write(mutations)
             except WriteRejected as exc:
                 raise _WriteFailed(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+            except PrimaryFenced as exc:
+                raise _WriteFailed(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
             except PrimaryUnavailable as exc:
                 raise _WriteFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
             resp = npb.WriteResponse(first_sequence=first, last_sequence=last,
@@ -213,7 +220,7 @@ class NodeService:
 
         async def many(requests: list[npb.WriteRequest]) -> None:
             # asynchronous writes of one message: enqueued together, one wait for all
-            from kevo_repl.primary.primary import PrimaryUnavailable
+            from kevo_repl.primary.primary import PrimaryFenced, PrimaryUnavailable
 
             assert self.primary is not None
             try:
@@ -229,7 +236,10 @@ class NodeService:
                     resp = npb.WriteResponse(first_sequence=result[0], last_sequence=result[1],
                                              request_id=request.request_id)
                 else:
-                    code = (grpc.StatusCode.UNAVAILABLE if isinstance(result, PrimaryUnavailable)
+                    code = (grpc.StatusCode.FAILED_PRECONDITION
+                            if isinstance(result, PrimaryFenced)
+                            else grpc.StatusCode.UNAVAILABLE
+                            if isinstance(result, PrimaryUnavailable)
                             else grpc.StatusCode.INVALID_ARGUMENT)
                     resp = npb.WriteResponse(request_id=request.request_id,
                                              error_code=code.value[0], error=str(result))
@@ -328,6 +338,8 @@ class NodeService:
     async def Status(
         self, request: npb.StatusRequest, context: grpc.aio.ServicerContext
     ) -> npb.StatusResponse:
+        if self.primary is not None:  # its epoch history, for kevo-repl rejoin
+            await context.send_initial_metadata((primary_epochs.header(self.primary.epochs),))
         return npb.StatusResponse(**self.status())
 
     def status(self) -> dict[str, Any]:
@@ -379,7 +391,10 @@ class NodeService:
             )
         return {
             "role": "primary",
-            "state": "SERVING" if p.broken is None and p.store_failure is None else "ERROR",
+            "state": (
+                "SERVING" if p.broken is None and p.store_failure is None and p.fenced is None
+                else "ERROR"
+            ),
             "last_applied": pos.sequence,
             "head_sequence": p.head,
             "first_sequence": p.wal.first_sequence,
@@ -387,7 +402,7 @@ class NodeService:
             "applier": self.cfg.applier.name,
             "applied_entries": pos.applied_entries,
             "replicas": slots,
-            "last_error": p.broken or (
+            "last_error": p.broken or p.fenced or (
                 f"store cannot apply: {p.store_failure}" if p.store_failure else ""
             ),
             "semisync_degraded": p.semisync_degraded,
@@ -403,7 +418,6 @@ class NodeService:
                 f"slots live on the primary ({self.cfg.replica.primary}), not on a replica",
             )
             raise AssertionError("unreachable")
-        from kevo_repl.primary.retention import SlotBusy
 
         try:
             slot = self.primary.retention.drop(request.replica_id)

@@ -17,6 +17,7 @@ from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError, StoreError
 from kevo_repl.identity import bound_replica_id, check_replica_id
 from kevo_repl.plugin.manager import Registry
+from kevo_repl.primary import epochs as epochs_mod
 from kevo_repl.primary import kevodb_peers, store_failure
 from kevo_repl.primary.retention import Retention
 from kevo_repl.primary.slots import SlotTable, TooManySlots
@@ -26,6 +27,7 @@ from kevo_repl.protocol.codec import Entry, Op
 from kevo_repl.protocol.constants import SESSION_HEADER, SHUTDOWN_DETAILS
 from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.records import Record, chain_of, decode_body, encode_body
+from kevo_repl.storage import epochs as epoch_history
 from kevo_repl.storage.applier import Applier
 from kevo_repl.storage.store import open_store
 from kevo_repl.storage.wal import WAL, SequenceNotRetained
@@ -44,6 +46,10 @@ class PrimaryUnavailable(KevoReplError):
 
 #: how often a primary whose store could not apply tries again
 STORE_RETRY_S = 1.0
+
+
+class PrimaryFenced(PrimaryUnavailable):
+    """A newer epoch exists: this primary accepts no more writes."""
 
 
 @dataclass
@@ -99,6 +105,10 @@ class Primary:
             self.store.close()
             raise
         self.history_id = self.wal.history_id
+        #: the terms of this history (storage/epochs.py); the last one is this primary's
+        self.epochs = epoch_history.load(data_dir / "wal")
+        #: set once a replica shows a newer epoch: this primary then refuses writes
+        self.fenced: str | None = None
         self.sessions: dict[str, Session] = {}
         #: set by drain(): streams end and new ones are refused before a clean shutdown
         self.draining = False
@@ -148,6 +158,12 @@ class Primary:
     def _chain_at_head(self) -> int:
         if self.wal.last_sequence == 0:
             return chain_mod.START
+        if self.wal.first_sequence > self.wal.last_sequence:
+            # a promoted replica's WAL, still empty: the epoch records the chain it starts on
+            value = self.chain_at(self.wal.last_sequence)
+            if value is None:
+                raise StoreError("an empty WAL whose epoch history does not give its chain")
+            return value
         [last] = self.wal.read(self.wal.last_sequence, 1)
         value = chain_of(last)
         if value is None:
@@ -159,6 +175,9 @@ class Primary:
         None when the WAL cannot tell (not retained, or inside the first retained record)."""
         if sequence == 0:
             return chain_mod.START
+        for epoch in self.epochs:
+            if epoch.start == sequence + 1 and sequence + 1 == self.wal.first_sequence:
+                return epoch.chain
         if not self.wal.first_sequence <= sequence <= self.wal.last_sequence:
             return None
         first = self.wal.record_start(sequence)
@@ -246,6 +265,8 @@ class Primary:
         """Validate, assign sequences, encode, and queue one write for the group commit."""
         if self._broken is not None:
             raise PrimaryUnavailable(self._broken)
+        if self.fenced is not None:
+            raise PrimaryFenced(self.fenced)
         if self.store_failure is not None:
             raise PrimaryUnavailable(
                 f"the primary's store cannot apply: {self.store_failure}; writes are refused "
@@ -414,6 +435,22 @@ class Primary:
                 )
         return None
 
+    def _check_epochs(
+        self, request: rpb.WALStreamRequest, context: grpc.aio.ServicerContext
+    ) -> tuple[grpc.StatusCode, str] | None:
+        try:
+            theirs = epochs_mod.replica_epochs(context.invocation_metadata())
+        except KevoReplError as exc:
+            return grpc.StatusCode.INVALID_ARGUMENT, f"bad epoch header: {exc}"
+        refusal = epochs_mod.check_replica(self.epochs, theirs, request.start_sequence)
+        if refusal is None:
+            return None
+        code, message, fenced = refusal
+        if fenced and self.fenced is None:
+            self.fenced = message
+            log.error("fenced: %s", message)
+        return code, message
+
     def trailer(self, *, first: bool = False) -> bytes:
         """Fields appended to a response: protobuf merges concatenated messages."""
         msg = rpb.WALStreamResponse(head_sequence=self.head, primary_time_ns=time.time_ns())
@@ -426,7 +463,8 @@ class Primary:
     async def stream(
         self, request: rpb.WALStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        problem = self.check_start(request)
+        # epochs first: a replica of a newer epoch must not bootstrap from a fenced primary
+        problem = self._check_epochs(request, context) or self.check_start(request)
         if self.draining:
             problem = (grpc.StatusCode.UNAVAILABLE, SHUTDOWN_DETAILS)
         if problem is not None:
@@ -468,7 +506,9 @@ class Primary:
         self.sessions[session.session_id] = session
         if not named:
             kevodb_peers.stream_opened(self, request)  # a slot keyed by its address
-        await context.send_initial_metadata(((SESSION_HEADER, session.session_id),))
+        await context.send_initial_metadata(
+            ((SESSION_HEADER, session.session_id), epochs_mod.header(self.epochs))
+        )
         log.info(
             "replica %r (%s) streaming from %d, session %s, protocol %d, %s",
             session.replica_id, session.peer, session.start, session.session_id,

@@ -47,6 +47,7 @@ from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.transport import MAX_MESSAGE_BYTES, call_metadata
 from kevo_repl.protocol.wire import Unpacker, UnpackError
 from kevo_repl.replica.bootstrap import Bootstrap, BootstrapError, Installed, recover_install
+from kevo_repl.replica.epochs import EpochTracker
 from kevo_repl.replica.primary_profile import NackPacer, PrimaryProfile
 from kevo_repl.replica.read_gate import ReadGate
 from kevo_repl.replica.replica_id import stored_replica_id
@@ -107,6 +108,7 @@ class Replica:
         recover_install(cfg.data_dir)  # finish, or discard, a snapshot install cut short
         self.store: Applier = open_store(cfg, registry, durable=True)
         self.connector = registry.get("connector", cfg.connector.name)
+        self.epochs = EpochTracker(cfg.data_dir)
         # replication is a role: its own token when the primary requires one
         self._auth = call_metadata(
             replace(cfg.connector, token=cfg.replica.replication_token or cfg.connector.token)
@@ -421,7 +423,7 @@ class Replica:
         if self._recv_chain:
             request.chain = self._recv_chain
         self._unpacker.reset()
-        call = stream(request, metadata=self._auth)
+        call = stream(request, metadata=(*self._auth, self.epochs.header()))
         try:
             # a deadline on the stream's start: a connection that never completes its set-up
             # (seen with a GOAWAY arriving mid-handshake) is abandoned and the channel closed
@@ -432,6 +434,7 @@ class Replica:
                 f"the stream from {self.cfg.replica.primary} did not start within "
                 f"{_CONNECT_TIMEOUT_S:g}s"
             ) from None
+        self.epochs.observe(metadata, self.cfg.replica.primary)
         self._session_id = ""
         for key, value in metadata or ():
             if key == SESSION_HEADER:

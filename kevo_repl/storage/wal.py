@@ -868,3 +868,33 @@ class WAL:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def start_wal_at(directory: Path, history_id: str, next_sequence: int) -> None:
+    """Create a WAL that continues history `history_id` at `next_sequence`: HISTORY and one
+    empty segment named after that sequence, each durable before the next step. Used when a
+    replica is promoted: its store holds everything up to `next_sequence - 1`. Refuses a
+    directory that already holds a WAL."""
+    if not _HISTORY_ID.fullmatch(history_id.encode("ascii")):
+        raise WALError(f"not a history id: {history_id!r}")
+    if next_sequence < 1:
+        raise WALError(f"a WAL cannot start at sequence {next_sequence}")
+    directory.mkdir(parents=True, exist_ok=True)
+    if list_segments(directory) or (directory / _HISTORY).exists():
+        raise WALError(f"{directory} already holds a WAL; nothing was changed")
+    tmp = directory / (_HISTORY + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        _pwrite_all(fd, history_id.encode("ascii") + b"\n", 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, directory / _HISTORY)
+    path = directory / _segment_name(next_sequence)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        _pwrite_all(fd, _SEGMENT_HEADER.pack(_SEGMENT_MAGIC, _SEGMENT_VERSION, next_sequence), 0)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(directory)

@@ -94,7 +94,7 @@ class NodeProcess:
             )
         assert self.proc.stdout is not None
         started = time.monotonic()
-        line = _read_line(self.proc.stdout, timeout)
+        line = read_line(self.proc.stdout, timeout)
         if not line:
             self.kill()
             # a node that exits during start-up ends its stdout: that is known at once
@@ -194,7 +194,7 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _read_line(stream: Any, timeout: float) -> bytes:
+def read_line(stream: Any, timeout: float) -> bytes:
     sel = selectors.DefaultSelector()
     sel.register(stream, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
