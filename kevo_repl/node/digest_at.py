@@ -12,6 +12,7 @@ import logging
 import grpc
 
 from kevo_repl.replica.digest_barrier import BarrierBusy
+from kevo_repl.replica.read_gate import TooManyWaitingReads
 from kevo_repl.replica.replica import Replica
 from kevo_repl.storage import store as store_mod
 
@@ -45,7 +46,10 @@ async def digest_at(
     except BarrierBusy as exc:
         raise DigestRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from exc
     try:
-        reached = await replica.read_gate.wait(sequence, budget)
+        try:
+            reached = await replica.read_gate.wait(sequence, budget)
+        except TooManyWaitingReads as exc:
+            raise DigestRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from exc
         applied = replica.position.sequence
         if not reached:
             raise DigestRefused(

@@ -396,7 +396,6 @@ class NodeService:
             ],
         )
 
-
     async def _digest_at(
         self, request: npb.DigestRequest, context: grpc.aio.ServicerContext
     ) -> store_mod.Digest:
