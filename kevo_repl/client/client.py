@@ -326,10 +326,14 @@ class Client:
         acked: int = resp.acked_sequence
         return acked
 
-    def digest_buckets(self, prefix: bytes) -> npb.DigestResponse:
-        """Digests of the keys under `prefix`, one bucket per next byte."""
+    def digest_buckets(
+        self, prefix: bytes, at_sequence: int = 0, timeout: float | None = None
+    ) -> npb.DigestResponse:
+        """Digests of the keys under `prefix`, one bucket per next byte. With `at_sequence`
+        (a replica), at exactly that sequence, waiting for it at most `timeout`."""
         resp: npb.DigestResponse = self._digest(
-            npb.DigestRequest(prefix=prefix, split=True), timeout=self.timeout
+            npb.DigestRequest(prefix=prefix, split=True, at_sequence=at_sequence),
+            timeout=self.timeout if timeout is None else timeout,
         )
         return resp
 

@@ -3,12 +3,12 @@ they differ, narrow the difference down to key ranges with bucketed digests."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import grpc
 
 from kevo_repl.client.client import Client
 from kevo_repl.errors import KevoReplError
@@ -58,22 +58,41 @@ def _show(key: bytes) -> str:
     return key.decode("utf-8", errors="backslashreplace")
 
 
+#: how long to pause before asking again when the replica was already past the primary's
+#: position, or another verify held the replica's barrier
+_RETRY_PAUSE_S = 0.02
+
+
 def _at_common_position(
-    fetch: Callable[[Client], Any], primary: Client, replica: Client, deadline: float
-) -> tuple[Any, Any]:
-    """Fetch from both until they answer at the same sequence (the replica may need to
-    catch up; the primary may move on meanwhile)."""
+    primary: Client, replica: Client, prefix: bytes, deadline: float
+) -> tuple[npb.DigestResponse, npb.DigestResponse]:
+    """The primary's digest at its position P and the replica's at exactly P: the replica
+    holds its apply at P while it reads it, so this works under continuous writes."""
     while True:
-        p = fetch(primary)
-        r = fetch(replica)
-        if p.sequence == r.sequence:
+        p = primary.digest_buckets(prefix)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise KevoReplError(f"no common position with the replica before the deadline "
+                                f"(primary at {p.sequence})")
+        try:
+            r = replica.digest_buckets(prefix, p.sequence, min(left, replica.timeout))
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code is grpc.StatusCode.FAILED_PRECONDITION:
+                raise KevoReplError(
+                    f"the replica did not reach the primary's position {p.sequence} in time: "
+                    f"{exc.details()}; is it replicating?"
+                ) from exc
+            if code not in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                raise
+            # already past P (the primary's store lags its WAL by a moment), or another
+            # verify holds the replica: ask both again
+            log.debug("replica digest at %d: %s", p.sequence, exc.details())
+            time.sleep(_RETRY_PAUSE_S)
+            continue
+        if p.sequence == r.sequence:  # at_sequence 0 (an empty primary) means "now"
             return p, r
-        if time.monotonic() > deadline:
-            raise KevoReplError(
-                f"no common position before the deadline (primary at {p.sequence}, replica at "
-                f"{r.sequence}); is the replica replicating, or is the primary written too fast?"
-            )
-        time.sleep(0.05)
+        time.sleep(_RETRY_PAUSE_S)
 
 
 def check_roles(primary: Client, replica: Client) -> None:
@@ -101,7 +120,7 @@ def verify(
     primary: Client, replica: Client, *, timeout: float = 60.0, max_ranges: int = 50
 ) -> VerifyResult:
     deadline = time.monotonic() + timeout
-    p, r = _at_common_position(lambda c: c.digest_buckets(b""), primary, replica, deadline)
+    p, r = _at_common_position(primary, replica, b"", deadline)
     result = VerifyResult(p.sequence, p.digest == r.digest, p.digest, r.digest)
     if result.equal:
         return result
@@ -115,10 +134,7 @@ def verify(
                 if exact or keys <= LEAF_KEYS:
                     result.ranges.append(_key_range(pb, rb))
                     continue
-                pd2, rd2 = _at_common_position(
-                    functools.partial(Client.digest_buckets, prefix=sub),
-                    primary, replica, deadline,
-                )
+                pd2, rd2 = _at_common_position(primary, replica, sub, deadline)
                 if pd2.sequence != result.sequence:
                     log.info("position moved to %d while narrowing", pd2.sequence)
                 next_frontier.append((pd2, rd2))

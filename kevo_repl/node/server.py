@@ -18,6 +18,7 @@ from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError
 from kevo_repl.node import decoding
 from kevo_repl.node.decoding import Undecodable, lenient
+from kevo_repl.node.digest_at import DigestRefused, digest_at
 from kevo_repl.node.memguard import MemoryGuard
 from kevo_repl.node.requests import request_problem
 from kevo_repl.plugin.manager import build_registry, get_plugin_manager
@@ -434,9 +435,12 @@ class NodeService:
     async def Digest(
         self, request: npb.DigestRequest, context: grpc.aio.ServicerContext
     ) -> npb.DigestResponse:
-        d = await asyncio.to_thread(
-            store_mod.digest, self.store, bytes(request.prefix), request.split
-        )
+        if request.at_sequence:
+            d = await self._digest_at(request, context)
+        else:
+            d = await asyncio.to_thread(
+                store_mod.digest, self.store, bytes(request.prefix), request.split
+            )
         return npb.DigestResponse(
             sequence=d.sequence,
             keys=d.keys,
@@ -447,6 +451,24 @@ class NodeService:
                 for b in d.buckets
             ],
         )
+
+    async def _digest_at(
+        self, request: npb.DigestRequest, context: grpc.aio.ServicerContext
+    ) -> store_mod.Digest:
+        if self.replica is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "at_sequence is for replicas; a primary's digest is at its own position",
+            )
+            raise AssertionError("unreachable")
+        remaining = context.time_remaining()
+        budget = _NO_DEADLINE_WAIT_S if remaining is None else max(0.0, remaining - 0.05)
+        try:
+            return await digest_at(self.replica, request.at_sequence, bytes(request.prefix),
+                                   request.split, budget)
+        except DigestRefused as exc:
+            await context.abort(exc.code, exc.message)
+            raise AssertionError("unreachable") from exc
 
 
 class _WriteFailed(Exception):

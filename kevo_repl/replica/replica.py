@@ -47,6 +47,7 @@ from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.transport import MAX_MESSAGE_BYTES, call_metadata
 from kevo_repl.protocol.wire import Unpacker, UnpackError
 from kevo_repl.replica.bootstrap import Bootstrap, BootstrapError, Installed, recover_install
+from kevo_repl.replica.digest_barrier import DigestBarrier
 from kevo_repl.replica.epochs import EpochTracker
 from kevo_repl.replica.primary_profile import NackPacer, PrimaryProfile
 from kevo_repl.replica.read_gate import ReadGate
@@ -133,6 +134,9 @@ class Replica:
         self._queue: asyncio.Queue[Columns] = asyncio.Queue(cfg.replica.queue_batches)
         #: a queued batch not contiguous with the one before it, applied on its own next
         self._held: Columns | None = None
+        #: verify's digest at an exact sequence: apply stops there while it is taken
+        self.digest_barrier = DigestBarrier()
+        self._split_rest: Columns | None = None  # the part of a batch past the barrier
         self._durable_changed = asyncio.Event()
         self.read_gate = ReadGate(lambda: self.position.sequence)  # Get(min_sequence=)
         self._session_id = ""
@@ -676,6 +680,7 @@ class Replica:
         cap = self.cfg.replica.max_apply_entries
         while True:
             batch = await self._next_batch(cap)
+            await self.digest_barrier.hold(self.position.sequence)
             # After a failed apply the queue may still hold entries from before the reset:
             # apply only what continues the durable position, exactly once.
             done = self.position.sequence
@@ -687,6 +692,8 @@ class Replica:
                 )
             if not batch.size or batch.first_seq != done + 1:
                 continue
+            # the barrier's sequence becomes a batch boundary (its stored chain: 0 = unknown)
+            batch, self._split_rest = self.digest_barrier.split(batch)
             self._progress(State.APPLYING_ENTRIES, f"{batch.size} entries")
             history = self._primary_history or self.position.history_id
             # apply and sync in one trip to the worker thread: a second trip would wait for
@@ -759,6 +766,9 @@ class Replica:
     async def _next_batch(self, cap: int) -> Columns:
         """The next queued batch, joined with every contiguous one queued behind it (up to
         `cap` entries): what queued up while the last commit ran goes into one transaction."""
+        if self._split_rest is not None:  # ahead of anything held or queued; on its own
+            rest, self._split_rest = self._split_rest, None
+            return rest
         first = self._held if self._held is not None else await self._queue.get()
         self._held = None
         parts = [first]
@@ -803,6 +813,7 @@ class Replica:
 
     def _drain_queue(self) -> None:
         self._held = None
+        self._split_rest = None
         while not self._queue.empty():
             self._queue.get_nowait()
 

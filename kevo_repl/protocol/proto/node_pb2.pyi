@@ -247,12 +247,14 @@ class StatusResponse(_message.Message):
     def __init__(self, role: _Optional[str] = ..., state: _Optional[str] = ..., last_applied: _Optional[int] = ..., head_sequence: _Optional[int] = ..., first_sequence: _Optional[int] = ..., history_id: _Optional[str] = ..., applier: _Optional[str] = ..., applied_entries: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaSlot, _Mapping]]] = ..., primary: _Optional[str] = ..., replica_id: _Optional[str] = ..., last_error: _Optional[str] = ..., reconnects: _Optional[int] = ..., corrupt_entries: _Optional[int] = ..., gaps: _Optional[int] = ..., duplicates_skipped: _Optional[int] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., stalled: _Optional[bool] = ..., connected: _Optional[bool] = ..., last_message_age_s: _Optional[float] = ..., backoff_history_s: _Optional[_Iterable[float]] = ..., semisync_degraded: _Optional[int] = ..., received_sequence: _Optional[int] = ..., apply_rate: _Optional[float] = ..., bootstrap_state: _Optional[str] = ..., bootstrap_snapshot_id: _Optional[str] = ..., bootstrap_sequence: _Optional[int] = ..., bootstrap_chunks: _Optional[int] = ..., bootstrap_keys: _Optional[int] = ..., bootstrap_bytes: _Optional[int] = ..., bootstrap_total_keys: _Optional[int] = ..., bootstrap_total_bytes: _Optional[int] = ..., bootstrap_percent: _Optional[float] = ..., bootstraps: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., wal_segments: _Optional[int] = ..., max_retained_bytes: _Optional[int] = ..., oldest_segment_held_by: _Optional[str] = ..., oldest_segment_age_s: _Optional[float] = ..., snapshots_held: _Optional[int] = ..., lost_slots: _Optional[int] = ..., primary_protocol: _Optional[int] = ..., mislabelled_payloads: _Optional[int] = ..., primary_lacks: _Optional[_Iterable[str]] = ..., divergence_detection: _Optional[bool] = ..., rss_bytes: _Optional[int] = ..., max_rss_bytes: _Optional[int] = ..., memory_guard_trips: _Optional[int] = ...) -> None: ...
 
 class DigestRequest(_message.Message):
-    __slots__ = ("prefix", "split")
+    __slots__ = ("prefix", "split", "at_sequence")
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
+    AT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     prefix: bytes
     split: bool
-    def __init__(self, prefix: _Optional[bytes] = ..., split: _Optional[bool] = ...) -> None: ...
+    at_sequence: int
+    def __init__(self, prefix: _Optional[bytes] = ..., split: _Optional[bool] = ..., at_sequence: _Optional[int] = ...) -> None: ...
 
 class DigestBucket(_message.Message):
     __slots__ = ("prefix", "keys", "digest", "first_key", "last_key", "exact")
