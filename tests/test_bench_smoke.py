@@ -100,7 +100,6 @@ def test_catchup_sqlite_against_bare_sqlite3(tmp_path: Path) -> None:
     r = bench("catchup", "--applier", "sqlite", "--count", "2000", "--dir", str(tmp_path))
     assert r["applier"] == "sqlite" and r["applied_entries"] == 2000
     positive(r, "seconds", "entries_per_s", "raw_seconds", "raw_entries_per_s", "ratio")
-    assert r["raw_entries_per_s"] == pytest.approx(2000 / r["raw_seconds"], rel=1e-2)
     # our applier's own rate beside the bare sqlite3 baseline
     positive(r, "applier_entries_per_s", "applier_vs_raw")
 

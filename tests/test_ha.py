@@ -213,6 +213,9 @@ def test_clients_find_the_primary_and_replicas_name_it(
     _start(nodes, tmp_path, etcd.address)
     primary, epoch = _primary(etcd)
     assert epoch == 1
+    # the leader key names the node as soon as it is elected; it serves once promoted
+    elected = next(n for n in nodes if n.address == primary)
+    wait_until(lambda: _role(elected) == "primary", 30, "the elected node to serve")
     with Client.discover(f"etcd://{etcd.address}/c") as c:
         assert c.target == primary
         c.put(b"k", b"v")
