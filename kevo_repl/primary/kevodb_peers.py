@@ -15,13 +15,32 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from kevo_repl.primary.slots import Slot
+from kevo_repl.primary.slots import Slot, SlotTable
 from kevo_repl.protocol.proto import replication_pb2 as rpb
 
-if TYPE_CHECKING:
-    from kevo_repl.primary.primary import Primary, Session
+
+class _Retention(Protocol):
+    def request_check(self) -> None: ...
+
+
+class PrimaryView(Protocol):
+    """What these rules need of the primary (it passes itself): its slots and retention."""
+
+    @property
+    def slots(self) -> SlotTable: ...
+    @property
+    def retention(self) -> _Retention: ...
+
+
+class SessionView(Protocol):
+    """What these rules need of a streaming session."""
+
+    @property
+    def replica_id(self) -> str: ...
+    @property
+    def sent(self) -> int: ...
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +54,7 @@ def session_name(request: rpb.WALStreamRequest, peer: str) -> str:
     return request.replica_id or request.listener_address or peer
 
 
-def stream_opened(primary: Primary, request: rpb.WALStreamRequest) -> None:
+def stream_opened(primary: PrimaryView, request: rpb.WALStreamRequest) -> None:
     """A stream was accepted: make sure its replica has a slot, and for a nameless one record
     the position its request implies."""
     if request.replica_id:
@@ -69,13 +88,13 @@ def stream_opened(primary: Primary, request: rpb.WALStreamRequest) -> None:
     primary.retention.request_check()
 
 
-def stream_ended(primary: Primary, session: Session) -> None:
+def stream_ended(primary: PrimaryView, session: SessionView) -> None:
     slot = primary.slots.slots.get(session.replica_id)
     if slot is not None and slot.never_acks and session.sent > slot.sent:
         slot.sent = session.sent
         primary.slots.mark_dirty()
 
 
-def sent_to(slot: Slot, sessions: Iterable[Session]) -> int:
+def sent_to(slot: Slot, sessions: Iterable[SessionView]) -> int:
     """The last sequence sent to the slot's replica, by any of its streams so far."""
     return max([slot.sent, *(s.sent for s in sessions if s.replica_id == slot.replica_id)])
