@@ -121,7 +121,6 @@ class Replica:
         self.bootstrap = Bootstrap(cfg, registry, self.connector, self._auth, self.replica_id)
         # apply and ack run as owned tasks: one that fails stops the replica (ERROR)
         self._tasks = Supervisor(f"replica {self.replica_id}", self._task_failed)
-        self._announce = False  # after an install: ack the new position as a stream starts
         self._ack_forced = False  # the next ack goes out even if it repeats the last one
         self.position: Position = self.store.position()
         self.stats = ReplicaStats()
@@ -327,7 +326,6 @@ class Replica:
         self._primary_history = installed.position.history_id
         self.stats.head_sequence = max(self.stats.head_sequence, installed.position.sequence)
         self._last_progress_at = time.monotonic()
-        self._announce = True
 
     def _explain(self, exc: grpc.aio.AioRpcError) -> tuple[bool, str]:
         """Whether a failed stream is fatal, and a message an operator can act on."""
@@ -464,7 +462,6 @@ class Replica:
         # a new session (say, after the primary restarted, or after a snapshot install) learns
         # our durable position at once, not with the next write: the slot's acked position is
         # true while idle, and a slot lost before an install holds WAL again from there
-        self._announce = False
         self._durable_changed.set()
         loop = asyncio.get_running_loop()
         nacked: tuple[int, float] | None = None  # (sequence asked for, when)
