@@ -163,4 +163,9 @@ def open_engine(path: Path, options: Mapping[str, Any], durable: bool) -> LevelD
 
 
 #: what this plugin registers as ``leveldb``
-SPEC = EngineSpec(open=open_engine, owns_file=owned_by_leveldb)
+def is_damage(exc: BaseException) -> bool:
+    """Whether a LevelDB error means damaged files (a bad block, table or manifest)."""
+    return isinstance(exc, plyvel.CorruptionError)
+
+
+SPEC = EngineSpec(open=open_engine, owns_file=owned_by_leveldb, is_damage=is_damage)
