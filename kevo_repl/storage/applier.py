@@ -148,7 +148,6 @@ class Applier:
             if first:
                 self.damage = found
         if first:
-            log.error("%s", found)
             listener = self.damage_listener
             if listener is not None:
                 listener(found)
