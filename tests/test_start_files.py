@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 from cli_script import run
 from helpers import load, wait_caught_up
-from kevo_repl_tools.launcher import NodeProcess
-
 from kevo_repl_lmdb import SPEC as LMDB
+from kevo_repl_tools.launcher import NodeProcess
 
 #: nothing in these tests waits long: a refused start exits at once
 START_TIMEOUT_S = 60.0

@@ -244,7 +244,9 @@ class Replica:
         await run_blocking(self.store.close)
         try:
             await run_blocking(self.damage.move_aside, exc)
-            fresh = await run_blocking(open_store, self.cfg, self.bootstrap.registry, True)
+            fresh = await run_blocking(
+                lambda: open_store(self.cfg, self.bootstrap.registry, durable=True)
+            )
         except Exception as failed:
             self._fatal(f"store damaged: {exc}; moving it aside failed: {failed}")
             return False
@@ -358,8 +360,12 @@ class Replica:
         damaged, self._damage_found = self._damage_found, None
         if damaged is not None and not await self._set_damaged_store_aside(damaged):
             return
-        self._move(State.BOOTSTRAPPING, "the store was damaged" if self._reinstall
-                   else "the primary no longer retains our position")
+        if self._reinstall:
+            if self.sm.state is State.ERROR:  # ERROR leads back only through CONNECTING
+                self._move(State.CONNECTING, "the damaged store was moved aside")
+            self._move(State.BOOTSTRAPPING, "the store was damaged")
+        else:
+            self._move(State.BOOTSTRAPPING, "the primary no longer retains our position")
         self._session_task = asyncio.create_task(
             self.bootstrap.install(self.store), name="replica-bootstrap"
         )
