@@ -238,3 +238,27 @@ def test_damaged_primary_store_refuses_to_start(
                 for p in sorted((primary.data_dir / "wal").iterdir())} == wal
     finally:
         primary.kill()
+
+
+@pytest.mark.parametrize("nodes", [("lmdb", "stop")], ids=["lmdb-stop"], indirect=True)
+def test_damage_found_by_a_digest_stops_an_idle_replica(
+    nodes: tuple[NodeProcess, NodeProcess, str],
+) -> None:
+    """The issue's case: nothing applied since the damage, and `digest` meets it. The digest
+    is refused (DATA_LOSS naming the store, never a raw engine error) and the replica stops."""
+    primary, replica, _ = nodes
+    store = _replicate_then_damage(primary, replica, "lmdb")
+    replica.start(timeout=WAIT_S)
+    wait_until(lambda: replica.status()["state"] == "WAITING_FOR_DATA"
+               or replica.status()["connected"], WAIT_S, "the replica to connect")
+    res = cli("digest", "--target", replica.address)
+    assert res.returncode == 3, res
+    assert "DATA_LOSS" in res.stderr and f"the lmdb store at {store} is damaged" in res.stderr
+    assert "MDB_CORRUPTED" in res.stderr  # the engine's own words, inside ours
+    wait_until(lambda: replica.status()["state"] == "ERROR", WAIT_S, "the replica's ERROR")
+    st = replica.status()
+    assert "reading a snapshot" in st["last_error"] and "on_damage" in st["last_error"], st
+    load(primary.address, MORE, start=ENTRIES)
+    time.sleep(1.0)  # bounded: an ack would come within the ack interval
+    assert int(replica.status()["last_applied"]) == ENTRIES
+    assert _acked(primary, "r1") == ENTRIES
