@@ -243,7 +243,7 @@ class Replica:
         until the install replaces it; False when that failed (the replica stops)."""
         await run_blocking(self.store.close)
         try:
-            await run_blocking(self.damage.move_aside, exc)
+            kept = await run_blocking(self.damage.move_aside, exc)
             fresh = await run_blocking(
                 lambda: open_store(self.cfg, self.bootstrap.registry, durable=True)
             )
@@ -252,6 +252,8 @@ class Replica:
             return False
         self._adopt(Installed(fresh, fresh.position()))
         self._reinstall = True
+        # until a stream starts again (after the install), this is what status says
+        self.stats.last_error = f"store damaged: {exc}; moved it aside to {kept}"
         return True
 
     # -- main loop -----------------------------------------------------------------------------
