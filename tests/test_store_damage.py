@@ -11,7 +11,6 @@ replica ends equal to its primary. A damaged primary store refuses to start, nam
 from __future__ import annotations
 
 import hashlib
-import importlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from helpers import assert_same_digest, cli, load, wait_caught_up
 from kevo_repl_tools.launcher import NodeProcess, wait_until
 
 from kevo_repl.errors import KevoReplError
+from kevo_repl.plugin.manager import build_registry
 from kevo_repl.storage.position import Position, decode_position
 
 pytestmark = pytest.mark.crash
@@ -45,7 +45,7 @@ DAMAGED_FILES = {"lmdb": "data.mdb", "leveldb": "*.ldb", "sqlite": "*.sqlite"}
 
 
 def _spec(engine: str) -> Any:
-    return importlib.import_module(f"kevo_repl_{engine}").SPEC
+    return build_registry().get("applier", engine)
 
 
 def _fingerprint(store: Path, engine: str) -> dict[str, str]:
