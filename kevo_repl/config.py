@@ -136,6 +136,18 @@ class ReplicaConfig:
              "window on a timer: on a gap from one, wait this long for that re-send before "
              "asking (NegativeAcknowledge), and ask at most once per this interval"),
     ] = 1.0
+    on_damage: Annotated[
+        Literal["stop", "rebootstrap"],
+        Meta(description="when the store is found damaged (on open, apply, read or digest): "
+             "\"stop\" goes to ERROR and stops acknowledging; \"rebootstrap\" moves the store "
+             "aside to DATA_DIR/store.damaged-<time> and installs a snapshot from the primary"),
+    ] = "stop"
+    max_damaged_copies: Annotated[
+        int,
+        Meta(ge=1, le=100, description="most damaged stores kept aside: with this many "
+             "already in DATA_DIR, on_damage = \"rebootstrap\" stops instead (they are never "
+             "deleted automatically)"),
+    ] = 3
 
 
 @dataclass

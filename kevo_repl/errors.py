@@ -25,3 +25,13 @@ class WALError(KevoReplError):
 
 class ReplicationError(KevoReplError):
     """Replication cannot go on without an operator: divergence, or a position not retained."""
+
+
+class StoreDamaged(StoreError):
+    """The local store's files are damaged (the engine reported corruption, or the replication
+    metadata it holds does not decode). `store` names the store's path. Never repaired by
+    deleting data: a replica answers it by its `[replica] on_damage` policy."""
+
+    def __init__(self, message: str, store: str = "") -> None:
+        super().__init__(message)
+        self.store = store

@@ -8,23 +8,21 @@ suite (tests/test_engine_conformance.py).
 from __future__ import annotations
 
 import functools
-import inspect
-import queue
-import signal
-import subprocess
-import sys
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
+from damage_files import damage_leveldb, damage_lmdb, damage_sqlite
 
-from kevo_repl.errors import ConfigError, StoreError
+from kevo_repl.errors import ConfigError, StoreDamaged, StoreError
 from kevo_repl.plugin.manager import build_registry
 from kevo_repl.protocol.codec import Entry, Op
 from kevo_repl.storage.applier import Applier, open_registered
 from kevo_repl.storage.position import Position
+from kevo_repl.storage.store import digest
 
 #: opens a store through the core: (path, options, durable) -> Applier
 ApplierFactory = Callable[[Path, Mapping[str, Any], bool], Applier]
@@ -495,6 +493,29 @@ def test_closed_store_raises_store_error(factory: ApplierFactory, store_path: Pa
             call()
 
 
+MIXED_KEYS = 500
+
+
+def mixed_entry(seq: int) -> Entry:
+    """Entry `seq` of a workload of every op over MIXED_KEYS keys (readers replay the rule)."""
+    key = f"k{seq % MIXED_KEYS}".encode()
+    if seq % 7 == 0:
+        return Entry(seq, Op.DELETE, key, b"")
+    op = Op.MERGE if seq % 11 == 0 else Op.PUT
+    return Entry(seq, op, key, f"v{seq}:".encode() * (1 + seq % 5))
+
+
+def expected_after(sequence: int) -> dict[bytes, bytes]:
+    data: dict[bytes, bytes] = {}
+    for seq in range(1, sequence + 1):
+        entry = mixed_entry(seq)
+        if entry.op == Op.DELETE:
+            data.pop(entry.key, None)
+        else:
+            data[entry.key] = entry.value
+    return data
+
+
 def test_reads_and_snapshots_from_other_threads_while_applying(store: Applier) -> None:
     """A node applies in one worker thread and serves gets and digests from others."""
     batches, batch_size = 60, 50
@@ -505,7 +526,7 @@ def test_reads_and_snapshots_from_other_threads_while_applying(store: Applier) -
         try:
             for b in range(batches):
                 first = b * batch_size + 1
-                store.apply([crash_entry(s) for s in range(first, first + batch_size)], HISTORY)
+                store.apply([mixed_entry(s) for s in range(first, first + batch_size)], HISTORY)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -517,7 +538,7 @@ def test_reads_and_snapshots_from_other_threads_while_applying(store: Applier) -
                 position, items = state(store)
                 # every snapshot is a whole number of batches, with exactly their data
                 assert position.sequence % batch_size == 0
-                assert dict(items) == _expected_after(position.sequence)
+                assert dict(items) == expected_after(position.sequence)
                 store.get(b"k1")
         except BaseException as exc:
             errors.append(exc)
@@ -532,7 +553,7 @@ def test_reads_and_snapshots_from_other_threads_while_applying(store: Applier) -
     assert not any(t.is_alive() for t in threads), "a thread did not finish"
     assert not errors, errors
     assert store.position() == Position(batches * batch_size, HISTORY, batches * batch_size)
-    assert dict(state(store)[1]) == _expected_after(batches * batch_size)
+    assert dict(state(store)[1]) == expected_after(batches * batch_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,138 +582,48 @@ def test_non_durable_store_after_sync_reopens_with_everything(
 
 
 # ---------------------------------------------------------------------------------------------
-# crash atomicity with a real process killed by SIGKILL
+# damaged files: one error type, reported once
 # ---------------------------------------------------------------------------------------------
 
-CRASH_BATCH = 100
-CRASH_KEYS = 500
-CRASH_ROUNDS = 4
-LINE_TIMEOUT_S = 60.0
 
-
-def crash_entry(seq: int) -> Entry:
-    """The entry the crash child writes at `seq`; the test replays the same rule."""
-    key = f"k{seq % CRASH_KEYS}".encode()
-    if seq % 7 == 0:
-        return Entry(seq, Op.DELETE, key, b"")
-    op = Op.MERGE if seq % 11 == 0 else Op.PUT
-    return Entry(seq, op, key, f"v{seq}:".encode() * (1 + seq % 5))
-
-
-_CRASH_CHILD = """
-import sys
-from pathlib import Path
-
-from kevo_repl.protocol.codec import Entry, Op
-from kevo_repl.plugin.manager import build_registry
-from kevo_repl.storage.applier import open_registered
-
-CRASH_KEYS = {keys}
-{rule}
-
-name, path, batch = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-applier = open_registered(build_registry(), name, path, {{}}, True)
-seq = applier.position().sequence
-print("start", seq, flush=True)
-while True:
-    seq = applier.apply([crash_entry(s) for s in range(seq + 1, seq + batch + 1)], "crash").sequence
-    print(seq, flush=True)
-"""
-
-
-def _expected_after(sequence: int) -> dict[bytes, bytes]:
-    data: dict[bytes, bytes] = {}
-    for seq in range(1, sequence + 1):
-        entry = crash_entry(seq)
-        if entry.op == Op.DELETE:
-            data.pop(entry.key, None)
-        else:
-            data[entry.key] = entry.value
-    return data
-
-
-def _pump_lines(stream: IO[str], lines: queue.Queue[str | None]) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
-
-
-def _run_child_and_kill(name: str, path: Path, kill_after: int, stderr_path: Path) -> int:
-    """Start the writer, SIGKILL it after `kill_after` applied batches; return the last
-    position it reported."""
-    script = _CRASH_CHILD.format(keys=CRASH_KEYS, rule=inspect.getsource(crash_entry))
-    with stderr_path.open("w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", script, name, str(path), str(CRASH_BATCH)],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
-    try:
-        assert proc.stdout is not None
-        lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=_pump_lines, args=(proc.stdout, lines), daemon=True).start()
-        last = -1
-        applied = 0
-        while applied < kill_after:
-            try:
-                line = lines.get(timeout=LINE_TIMEOUT_S)
-            except queue.Empty:
-                pytest.fail(f"crash child reported nothing for {LINE_TIMEOUT_S}s")
-            if line is None:
-                pytest.fail(f"crash child exited early:\n{stderr_path.read_text()}")
-            if line.startswith("start"):
-                last = int(line.split()[1])
-                continue
-            last = int(line)
-            applied += 1
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        return last
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-def _check_recovered(applier: Applier, last_reported: int) -> Position:
-    position, items = state(applier)
-    assert position.sequence >= last_reported
-    assert position.sequence % CRASH_BATCH == 0  # whole batches only
-    assert position.applied_entries == position.sequence  # each entry applied exactly once
-    assert position.history_id == "crash"
-    assert dict(items) == _expected_after(position.sequence)
-    keys = [k for k, _ in items]
-    assert keys == sorted(keys)
-    return position
-
-
-@pytest.mark.crash
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("kill_after", [3, 30, 150])
-def test_sigkill_leaves_data_matching_position(
-    factory: ApplierFactory, applier_name: str, tmp_path: Path, kill_after: int
+def test_damaged_files_are_store_damaged_and_reported_once(
+    factory: ApplierFactory, applier_name: str, store_path: Path
 ) -> None:
-    path = tmp_path / "store"
-    previous = 0
-    # A crash on a fresh store, then crashes after resuming from each recovered one: more
-    # kills land inside more in-flight transactions.
-    for round_no in range(CRASH_ROUNDS):
-        last = _run_child_and_kill(
-            applier_name, path, kill_after, tmp_path / f"child{round_no}.err"
-        )
-        applier = factory(path, {}, True)
-        try:
-            position = _check_recovered(applier, last)
-            assert position.sequence >= previous + kill_after * CRASH_BATCH
-            previous = position.sequence
-        finally:
-            applier.close()
+    store = factory(store_path, {}, True)
+    store.apply(puts(1, 5000), HISTORY)
+    store.close()
+    if applier_name == "leveldb":
+        factory(store_path, {}, True).close()  # its log becomes a table (.ldb)
+        assert damage_leveldb(store_path) > 0
+        # LevelDB finds a damaged table as it opens
+        with pytest.raises(StoreDamaged, match=re.escape(f"the leveldb store at {store_path}")):
+            factory(store_path, {}, True)
+        return
+    assert {"lmdb": damage_lmdb, "sqlite": damage_sqlite}[applier_name](store_path) > 0
+    store = factory(store_path, {}, True)
+    seen: list[StoreDamaged] = []
+    store.damage_listener = seen.append
+    try:
+        assert store.damage is None  # the metadata is intact: it opens
+        with pytest.raises(StoreDamaged, match=re.escape(
+                f"the {applier_name} store at {store_path} is damaged (reading a snapshot")):
+            digest(store)
+        with pytest.raises(StoreDamaged, match=re.escape("damaged (applying entries 5001")):
+            store.apply(puts(5001, 10), HISTORY)
+        assert seen == [store.damage] and store.damage is not None  # reported once
+        assert store.position().sequence == 5000  # nothing of the failed batch applied
+    finally:
+        store.close()
 
 
-def test_crash_workload_covers_every_op() -> None:
-    # keeps the crash rule honest: each batch mixes every op the contract knows
-    assert {crash_entry(s).op for s in range(1, CRASH_BATCH + 1)} == set(Op)
+def test_a_full_store_is_not_damaged(factory: ApplierFactory, applier_name: str,
+                                     store_path: Path) -> None:
+    if applier_name != "lmdb":
+        pytest.skip("only LMDB has a size cap to fill")
+    store = factory(store_path, {"map_size": 1 << 20}, True)
+    try:
+        with pytest.raises(StoreError, match="map is full") as info:
+            store.apply([put(1, b"big", b"x" * (4 << 20))], HISTORY)
+        assert not isinstance(info.value, StoreDamaged) and store.damage is None
+    finally:
+        store.close()

@@ -20,7 +20,11 @@ def resolve_target(target: str, what: str = "--target") -> str:
     if path.is_dir():
         addr_file = path / _ADDRESS_FILE
         try:
-            address = addr_file.read_text().strip()
+            address = addr_file.read_bytes().decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise KevoReplError(
+                f"{addr_file} is damaged: the address is not HOST:PORT in ASCII"
+            ) from None
         except OSError:
             raise KevoReplError(
                 f"{what} {target} is a directory without {_ADDRESS_FILE}: not a node's data "

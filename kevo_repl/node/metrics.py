@@ -44,6 +44,8 @@ _REPLICA_COUNTERS = {
     "mislabelled_payloads": ("kevo_repl_replica_mislabelled_payloads",
                              "Payloads flagged compressed that arrived plain (KevoDB primary)"),
     "bootstraps": ("kevo_repl_replica_bootstraps", "Snapshots installed since the node started"),
+    "store_damage_events": ("kevo_repl_replica_store_damage_events",
+                            "Times the store was found damaged since the node started"),
 }
 _PRIMARY_COUNTERS = {
     "semisync_degraded": ("kevo_repl_primary_semisync_degraded",

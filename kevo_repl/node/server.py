@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from kevo_repl.config import Config
-from kevo_repl.errors import KevoReplError
+from kevo_repl.errors import KevoReplError, StoreDamaged
 from kevo_repl.node import decoding
 from kevo_repl.node.decoding import Undecodable, lenient
 from kevo_repl.node.digest_at import DigestRefused, digest_at
@@ -310,7 +310,11 @@ class NodeService:
             await self._wait_applied(request.min_sequence, context)
         if not request.key:  # a pure wait (`kevo-repl wait`): no key is read
             return npb.GetResponse(found=False, sequence=self.store.position().sequence)
-        value = await asyncio.to_thread(self.store.get, request.key)
+        try:
+            value = await asyncio.to_thread(self.store.get, request.key)
+        except StoreDamaged as exc:  # never an answer from a damaged store
+            await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
+            raise AssertionError("unreachable") from exc
         seq = self.store.position().sequence
         if value is None:
             return npb.GetResponse(found=False, sequence=seq)
@@ -435,12 +439,16 @@ class NodeService:
     async def Digest(
         self, request: npb.DigestRequest, context: grpc.aio.ServicerContext
     ) -> npb.DigestResponse:
-        if request.at_sequence:
-            d = await self._digest_at(request, context)
-        else:
-            d = await asyncio.to_thread(
-                store_mod.digest, self.store, bytes(request.prefix), request.split
-            )
+        try:
+            if request.at_sequence:
+                d = await self._digest_at(request, context)
+            else:
+                d = await asyncio.to_thread(
+                    store_mod.digest, self.store, bytes(request.prefix), request.split
+                )
+        except StoreDamaged as exc:  # never a digest of a damaged store
+            await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
+            raise AssertionError("unreachable") from exc
         return npb.DigestResponse(
             sequence=d.sequence,
             keys=d.keys,

@@ -17,6 +17,12 @@ A plugin registers an :class:`EngineSpec` under a name (``register("name", Engin
 in ``kevo_repl_register_appliers``). The spec's ``api_version`` says which version of this
 contract the engine implements; the core refuses any other. The conformance suite in
 ``kevo_repl.testing`` checks an engine against this contract.
+
+Damaged files (optional, still version 1): an engine may raise
+``kevo_repl.errors.StoreDamaged`` itself, or declare ``EngineSpec.is_damage``, which the core
+asks about any exception an engine call raised (and the exceptions it was raised from): true
+means the store's files are damaged, not merely failing (a full disk is not damage). The core
+then raises StoreDamaged, which a replica answers by its ``[replica] on_damage`` policy.
 """
 
 from __future__ import annotations
@@ -110,3 +116,6 @@ class EngineSpec:
     owns_file: Callable[[str], bool] | None
     #: the version of this contract the engine implements
     api_version: int = ENGINE_API_VERSION
+    #: optional: whether an exception an engine call raised means damaged files (see the
+    #: module doc); None: only StoreDamaged raised by the engine counts as damage
+    is_damage: Callable[[BaseException], bool] | None = None

@@ -84,12 +84,7 @@ def recover_install(data_dir: Path) -> Position | None:
         if old.exists():  # only ever left by a crash after the marker was removed
             shutil.rmtree(old)
         return None
-    try:
-        info = json.loads(marker.read_text())
-        position = Position(int(info["sequence"]), str(info["history_id"]),
-                            int(info["applied_entries"]))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise StoreError(f"{marker} is unreadable ({exc}); the install cannot be finished") from exc
+    position = _read_marker(marker)
     if new.exists():
         if store.exists():
             if old.exists():
@@ -106,6 +101,29 @@ def recover_install(data_dir: Path) -> Position | None:
         position.sequence, position.history_id,
     )
     return position
+
+
+def _read_marker(marker: Path) -> Position:
+    """The installed position the completion marker names; damaged, truncated or wrongly
+    typed content is a StoreError naming the file and field (the install is left as it is)."""
+    try:
+        info = json.loads(marker.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StoreError(
+            f"{marker} is unreadable or damaged ({exc}); the install cannot be finished"
+        ) from exc
+    if not isinstance(info, dict):
+        raise StoreError(f"{marker} is damaged: a JSON object expected, found a "
+                         f"{type(info).__name__}; the install cannot be finished")
+    wanted: dict[str, type] = {"sequence": int, "history_id": str, "applied_entries": int}
+    for key, kind in wanted.items():
+        value = info.get(key)
+        in_range = not isinstance(value, int) or 0 <= value < 2**64
+        if not isinstance(value, kind) or isinstance(value, bool) or not in_range:
+            raise StoreError(f"{marker} is damaged: field {key!r} is {value!r}, not a "
+                             f"{'sequence number' if kind is int else 'string'}; the install "
+                             "cannot be finished")
+    return Position(info["sequence"], info["history_id"], info["applied_entries"])
 
 
 @dataclass

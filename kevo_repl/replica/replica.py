@@ -27,7 +27,7 @@ import grpc
 import pluggy
 
 from kevo_repl.config import Config
-from kevo_repl.errors import PluginError, ReplicationError
+from kevo_repl.errors import PluginError, ReplicationError, StoreDamaged
 from kevo_repl.plugin.guards import call_guarded, open_channel_guarded
 from kevo_repl.plugin.manager import Registry
 from kevo_repl.protocol import chain as chain_mod
@@ -47,6 +47,7 @@ from kevo_repl.protocol.proto import replication_pb2 as rpb
 from kevo_repl.protocol.transport import MAX_MESSAGE_BYTES, call_metadata
 from kevo_repl.protocol.wire import Unpacker, UnpackError
 from kevo_repl.replica.bootstrap import Bootstrap, BootstrapError, Installed, recover_install
+from kevo_repl.replica.damage_policy import DamagePolicy
 from kevo_repl.replica.digest_barrier import DigestBarrier
 from kevo_repl.replica.epochs import EpochTracker
 from kevo_repl.replica.primary_profile import NackPacer, PrimaryProfile
@@ -107,7 +108,14 @@ class Replica:
         # no default id: a shared one would take over another replica's slot
         self.replica_id = cfg.replica.replica_id or stored_replica_id(cfg.data_dir)
         recover_install(cfg.data_dir)  # finish, or discard, a snapshot install cut short
-        self.store: Applier = open_store(cfg, registry, durable=True)
+        # a damaged store is answered by [replica] on_damage (kevo_repl.replica.damage_policy)
+        self.damage = DamagePolicy(
+            cfg.data_dir, cfg.replica.on_damage, cfg.replica.max_damaged_copies
+        )
+        self._damage_found: StoreDamaged | None = None  # to be moved aside, then reinstalled
+        self._reinstall = False  # the store was moved aside: install a snapshot, then stream
+        self._loop: asyncio.AbstractEventLoop | None = None  # where damage reports go
+        self.store: Applier = self._open_store(cfg, registry)
         self.connector = registry.get("connector", cfg.connector.name)
         self.epochs = EpochTracker(cfg.data_dir)
         # replication is a role: its own token when the primary requires one
@@ -192,6 +200,62 @@ class Replica:
         if new in TRANSITIONS[self.sm.state]:
             self.sm.move(new, reason)
 
+    # -- a damaged store -------------------------------------------------------------------------
+
+    def _open_store(self, cfg: Config, registry: Registry) -> Applier:
+        """The store; one found damaged as it opens is answered by the on_damage policy."""
+        try:
+            store = open_store(cfg, registry, durable=True)
+        except StoreDamaged as exc:
+            self.damage.events += 1
+            refusal = self.damage.refusal(exc)
+            if refusal is not None:
+                raise StoreDamaged(refusal, exc.store) from exc
+            self.damage.move_aside(exc)
+            self._reinstall = True
+            store = open_store(cfg, registry, durable=True)
+        store.damage_listener = self._store_damaged
+        return store
+
+    def _store_damaged(self, exc: StoreDamaged) -> None:
+        """The store found itself damaged (in any thread): handled on the event loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._on_damage, exc)
+
+    def _on_damage(self, exc: StoreDamaged) -> None:
+        """Stop (ERROR, no more acks), or end the session so that run() moves the store aside
+        and installs a snapshot."""
+        if self.fatal is not None or self._damage_found is not None or self._stopping:
+            return
+        self.damage.events += 1
+        refusal = self.damage.refusal(exc)
+        if refusal is not None:
+            self.fail(refusal)
+            return
+        self._damage_found = exc
+        self._error(f"store damaged: {exc}; moving it aside and installing a snapshot")
+        if self._session_task is not None:
+            self._session_task.cancel()
+
+    async def _set_damaged_store_aside(self, exc: StoreDamaged) -> bool:
+        """Close the damaged store, rename it, and continue from a fresh one (position 0)
+        until the install replaces it; False when that failed (the replica stops)."""
+        await run_blocking(self.store.close)
+        try:
+            kept = await run_blocking(self.damage.move_aside, exc)
+            fresh = await run_blocking(
+                lambda: open_store(self.cfg, self.bootstrap.registry, durable=True)
+            )
+        except Exception as failed:
+            self._fatal(f"store damaged: {exc}; moving it aside failed: {failed}")
+            return False
+        self._adopt(Installed(fresh, fresh.position()))
+        self._reinstall = True
+        # until a stream starts again (after the install), this is what status says
+        self.stats.last_error = f"store damaged: {exc}; moved it aside to {kept}"
+        return True
+
     # -- main loop -----------------------------------------------------------------------------
 
     def _start_pipeline(self) -> tuple[asyncio.Task[None], asyncio.Task[None]]:
@@ -215,6 +279,7 @@ class Replica:
 
     async def run(self) -> None:
         """Replicate until stop() or a fatal error (divergence, repeated corruption)."""
+        self._loop = asyncio.get_running_loop()
         apply_task, ack_task = self._start_pipeline()
         attempt = 0
         try:
@@ -224,9 +289,12 @@ class Replica:
                 bootstrap = False
                 primary_stopping = False
                 try:
-                    self._session_task = asyncio.create_task(self._session())
-                    await self._session_task
-                    self._error("the primary ended the stream")
+                    if self._reinstall or self._damage_found is not None:
+                        bootstrap = True  # a damaged store: install before streaming again
+                    else:
+                        self._session_task = asyncio.create_task(self._session())
+                        await self._session_task
+                        self._error("the primary ended the stream")
                 except _RestartSession as exc:
                     self._error(str(exc))
                 except grpc.aio.AioRpcError as exc:
@@ -261,6 +329,7 @@ class Replica:
                     self._received = self.position.sequence
                     self._recv_chain = self.position.chain
                     self._chain_after.clear()
+                bootstrap = bootstrap or self._damage_found is not None
                 if bootstrap and not self._stopping:
                     await self._tasks.cancel(apply_task, ack_task)  # a commit runs to its end
                     self._drain_queue()
@@ -290,7 +359,15 @@ class Replica:
     async def _bootstrap(self) -> None:
         """Run the bootstrap phase (the pipeline is stopped) and adopt the store it hands
         back; a failed attempt is reported (ERROR), to be resumed by the next OUT_OF_RANGE."""
-        self._move(State.BOOTSTRAPPING, "the primary no longer retains our position")
+        damaged, self._damage_found = self._damage_found, None
+        if damaged is not None and not await self._set_damaged_store_aside(damaged):
+            return
+        if self._reinstall:
+            if self.sm.state is State.ERROR:  # ERROR leads back only through CONNECTING
+                self._move(State.CONNECTING, "the damaged store was moved aside")
+            self._move(State.BOOTSTRAPPING, "the store was damaged")
+        else:
+            self._move(State.BOOTSTRAPPING, "the primary no longer retains our position")
         self._session_task = asyncio.create_task(
             self.bootstrap.install(self.store), name="replica-bootstrap"
         )
@@ -313,11 +390,13 @@ class Replica:
             return  # stop() ended the install
         self.bootstrap.take_switched()
         self._adopt(installed)
+        self._reinstall = False
         self._move(State.CONNECTING, "snapshot installed")
 
     def _adopt(self, installed: Installed) -> None:
         """Continue from an installed snapshot's store and position."""
         self.store = installed.store
+        self.store.damage_listener = self._store_damaged
         self.position = installed.position
         self._received = installed.position.sequence
         # a snapshot carries no hash chain: the next response's chain value is adopted
@@ -709,6 +788,11 @@ class Replica:
                 self._drain_queue()
                 self._stop_on_plugin_failure(str(exc))
                 return
+            except StoreDamaged as exc:
+                # nothing of it applied; never retried into a damaged store (on_damage)
+                self._drain_queue()
+                self._on_damage(exc)
+                return
             except Exception as exc:
                 # Nothing of this batch is applied (one transaction); drop what is queued
                 # and re-stream from the durable position.
@@ -720,6 +804,10 @@ class Replica:
                     self._session_task.cancel()
                 continue
             self._progress(State.FSYNC_PENDING, f"committed through {new_pos.sequence}")
+            if isinstance(sync_error, StoreDamaged):
+                self._drain_queue()  # committed, maybe not durable: never acknowledged
+                self._on_damage(sync_error)
+                return
             if sync_error is not None:
                 # committed but maybe not durable: never acknowledge it, never re-apply it
                 self._drain_queue()
@@ -826,7 +914,9 @@ class Replica:
             durable = self.position.sequence
             received = max(self._received, durable)
             session = self._session_id
-            if self._channel is None or not session:
+            if self._channel is None or not session or self.fatal is not None:
+                continue  # a stopped replica (say, its store is damaged) acks nothing more
+            if self._damage_found is not None or self._reinstall:
                 continue
             stale = time.monotonic() - self._last_ack_at >= self.cfg.stream.heartbeat_s
             forced, self._ack_forced = self._ack_forced, False
@@ -948,5 +1038,6 @@ class Replica:
             "received_sequence": max(self._received, self.position.sequence),
             "apply_rate": self.apply_rate(),
             "mislabelled_payloads": self._unpacker.mislabelled,
+            "store_damage_events": self.damage.events,
             **self._profile.status(),
         }

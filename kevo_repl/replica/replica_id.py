@@ -20,11 +20,14 @@ def stored_replica_id(data_dir: Path) -> str:
     never silently replaced: the primary's slot is keyed by this id."""
     path = data_dir / REPLICA_ID_FILE
     if path.exists():
-        text = path.read_bytes().decode("utf-8", errors="replace").strip()
+        try:
+            text = path.read_bytes().decode("utf-8", errors="replace").strip()
+        except OSError as exc:
+            raise ConfigError(f"{path} is unreadable ({exc}); pass --replica-id") from exc
         problem = replica_id_problem(text)
         if problem is not None:
             raise ConfigError(
-                f"{path}: {problem}; fix or remove the file, or pass --replica-id"
+                f"{path} is damaged: {problem}; fix or remove the file, or pass --replica-id"
             )
         return text
     replica_id = derive_replica_id()

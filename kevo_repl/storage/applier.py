@@ -10,7 +10,9 @@ gets, snapshots and bulk-loads. Here, once for every engine:
 - load and set_position only touch a fresh store (never committed to), with strictly
   ascending keys across loads;
 - a directory holding another engine's files is refused before the engine opens it;
-- close waits for running reads, and never closes an engine under one.
+- close waits for running reads, and never closes an engine under one;
+- an engine error that means damaged files (kevo_repl.storage.damage) on open, apply, read,
+  snapshot or sync is raised as StoreDamaged and reported to `damage_listener` once.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kevo_repl.errors import PluginError, StoreError
+from kevo_repl.errors import PluginError, StoreDamaged, StoreError
 from kevo_repl.plugin.engine import (
     ENGINE_API_VERSION,
     OP_DELETE,
@@ -33,6 +35,7 @@ from kevo_repl.plugin.engine import (
 )
 from kevo_repl.plugin.manager import Registry
 from kevo_repl.protocol.codec import Columns, Entry, Op
+from kevo_repl.storage.damage import DamageTest, damaged, is_damage
 from kevo_repl.storage.position import Position, decode_position, encode_position
 
 log = logging.getLogger(__name__)
@@ -68,9 +71,13 @@ def refuse_foreign_directory(path: Path, owns: Callable[[str], bool], store: str
 class SnapshotView:
     """A consistent view of a store: the position and the data read at one instant."""
 
-    def __init__(self, view: EngineSnapshot, store: str) -> None:
+    def __init__(
+        self, view: EngineSnapshot, store: str,
+        on_error: Callable[[str, BaseException], StoreDamaged | None] | None = None,
+    ) -> None:
         self._view = view
         self._store = store
+        self._on_error = on_error
         self.position = decode_position(view.meta, store)
         self._open = True
 
@@ -79,14 +86,31 @@ class SnapshotView:
         greater than it (where a resumed snapshot transfer picks up)."""
         if not self._open:
             raise StoreError(f"{self._store} snapshot used after its with-block ended")
-        return self._view.items(after)
+        if self._on_error is None:
+            return self._view.items(after)
+        return self._classified(self._view.items(after), self._on_error)
+
+    @staticmethod
+    def _classified(
+        items: Iterator[tuple[bytes, bytes]],
+        on_error: Callable[[str, BaseException], StoreDamaged | None],
+    ) -> Iterator[tuple[bytes, bytes]]:
+        try:
+            yield from items
+        except Exception as exc:
+            found = on_error("reading a snapshot", exc)
+            if found is not None and found is not exc:
+                raise found from exc
+            raise
 
 
 class Applier:
     """One store: an engine plus the replication rules. Thread-safe: one writer at a time
     (the sequence check, the commit and the new position are one step); reads run alongside."""
 
-    def __init__(self, name: str, engine: Engine, path: Path) -> None:
+    def __init__(
+        self, name: str, engine: Engine, path: Path, damage_test: DamageTest | None = None
+    ) -> None:
         self.name = name
         self.path = path
         self.max_key_size: int = engine.max_key_size
@@ -96,9 +120,38 @@ class Applier:
         self._state = threading.Condition()
         self._users = 0
         self._close_pending = False
-        self._position = decode_position(engine.read_meta(), name)
+        self._damage_test = damage_test
+        #: the first damage found (None: none yet); reported to damage_listener once
+        self.damage: StoreDamaged | None = None
+        #: called (in whichever thread found it) when damage is first found
+        self.damage_listener: Callable[[StoreDamaged], None] | None = None
+        try:
+            self._position = decode_position(engine.read_meta(), name)
+        except Exception as exc:
+            found = self._classify("reading its replication metadata", exc)
+            if found is not None and found is not exc:
+                raise found from exc
+            raise
         #: the greatest key load() wrote (loads must ascend across calls)
         self._loaded_last: bytes | None = None
+
+    # -- damage --------------------------------------------------------------------------------
+
+    def _classify(self, during: str, exc: BaseException) -> StoreDamaged | None:
+        """StoreDamaged when `exc` means damaged files (recorded, and reported once), else
+        None: the caller re-raises `exc` as it is."""
+        if not is_damage(exc, self._damage_test):
+            return None
+        found = damaged(self.name, self.path, during, exc)
+        with self._state:
+            first = self.damage is None
+            if first:
+                self.damage = found
+        if first:
+            listener = self.damage_listener
+            if listener is not None:
+                listener(found)
+        return found
 
     # -- keeping the engine open while it is used ----------------------------------------------
 
@@ -172,7 +225,12 @@ class Applier:
                 )
                 try:
                     engine.commit(ops, batch.keys, batch.values, encode_position(new))
-                except StoreError as exc:
+                except Exception as exc:
+                    found = self._classify(f"applying entries {batch.first_seq}..", exc)
+                    if found is exc or (found is None and not isinstance(exc, StoreError)):
+                        raise
+                    if found is not None:
+                        raise found from exc
                     raise StoreError(
                         f"{self.name} applier could not apply entries {batch.first_seq}.."
                         f"{new.sequence}: {exc}; nothing was applied; the position stays at "
@@ -214,6 +272,11 @@ class Applier:
         try:
             with self._write_lock:
                 engine.sync()
+        except Exception as exc:
+            found = self._classify("syncing", exc)
+            if found is not None and found is not exc:
+                raise found from exc
+            raise
         finally:
             self._release()
 
@@ -225,6 +288,11 @@ class Applier:
             if not key or len(key) > self.max_key_size:
                 return None  # never stored: apply refuses such keys
             return engine.get(key)
+        except Exception as exc:
+            found = self._classify("reading a key", exc)
+            if found is not None and found is not exc:
+                raise found from exc
+            raise
         finally:
             self._release()
 
@@ -234,11 +302,16 @@ class Applier:
         engine = self._acquire()
         try:
             with engine.snapshot() as view:
-                snap = SnapshotView(view, self.name)
+                snap = SnapshotView(view, self.name, self._classify)
                 try:
                     yield snap
                 finally:
                     snap._open = False
+        except Exception as exc:
+            found = self._classify("reading a snapshot", exc)
+            if found is not None and found is not exc:
+                raise found from exc
+            raise
         finally:
             self._release()
 
@@ -340,11 +413,16 @@ def open_applier(
     path = Path(path)
     if spec.owns_file is not None:
         refuse_foreign_directory(path, spec.owns_file, name)
-    engine = spec.open(path, options, durable)
+    try:
+        engine = spec.open(path, options, durable)
+    except Exception as exc:
+        if is_damage(exc, spec.is_damage):
+            raise damaged(name, path, "opening it", exc) from exc
+        raise
     try:
         if not isinstance(engine.max_key_size, int) or engine.max_key_size < 1:
             raise PluginError(f"applier {name!r}: max_key_size must be a positive integer")
-        store = Applier(name, engine, path)
+        store = Applier(name, engine, path, spec.is_damage)
     except BaseException:
         engine.close()
         raise

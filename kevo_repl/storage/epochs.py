@@ -65,10 +65,13 @@ def parse(text: str, *, header: bool = False) -> tuple[Epoch, ...]:
     if len(items) > MAX_EPOCHS:
         raise StoreError(f"an epoch history of {len(items)} epochs is over {MAX_EPOCHS}")
     epochs = []
-    for item in items:
+    for number, item in enumerate(items, 1):
         m = pattern.fullmatch(item.strip())
         if m is None:
-            raise StoreError(f"not an epoch: {item[:80]!r}")
+            where = f"item {number}" if header else f"line {number}"
+            raise StoreError(
+                f"{where} is not an epoch (number, start, chain in hex): {item[:80]!r}"
+            )
         epochs.append(Epoch(int(m[1]), int(m[2]), int(m[3], 16)))
     return check(epochs)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from kevo_repl.errors import StoreError
+from kevo_repl.errors import StoreDamaged
 
 
 @dataclass(frozen=True)
@@ -41,24 +41,29 @@ def encode_position(position: Position) -> bytes:
 
 def decode_position(meta: bytes | None, store: str) -> Position:
     """The position in a blob read back from an engine (None: a store never committed to).
-    A damaged blob is a StoreError: the store is refused, never guessed at."""
+    A damaged blob is StoreDamaged naming the field: the store is refused, never guessed at."""
     if meta is None:
         return Position()
     if len(meta) < _META.size:
-        raise StoreError(
-            f"the {store} store's replication metadata is damaged ({len(meta)} bytes, at least "
-            f"{_META.size} expected); refusing to use it"
+        raise StoreDamaged(
+            f"the {store} store's replication metadata is damaged: truncated ({len(meta)} "
+            f"bytes, at least {_META.size} expected); refusing to use it",
+            store,
         )
     magic, fmt, sequence, applied, chain = _META.unpack_from(meta)
     if magic != _MAGIC or fmt != _FORMAT:
-        raise StoreError(
-            f"the {store} store's replication metadata is not kevo-repl's (magic {magic!r}, "
-            f"format {fmt}); refusing to use it"
+        field = "magic" if magic != _MAGIC else "format version"
+        raise StoreDamaged(
+            f"the {store} store's replication metadata is not kevo-repl's ({field}: magic "
+            f"{magic!r}, format {fmt}); refusing to use it",
+            store,
         )
     try:
         history = meta[_META.size :].decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise StoreError(
-            f"the {store} store's replication metadata has a history id that is not UTF-8: {exc}"
+        raise StoreDamaged(
+            f"the {store} store's replication metadata is damaged: its history_id is not "
+            f"UTF-8 ({exc})",
+            store,
         ) from exc
     return Position(sequence, history, applied, chain)

@@ -57,6 +57,27 @@ def lock_data_dir(data_dir: Path) -> int:
     return fd
 
 
+def read_node_file(marker: Path) -> dict[str, str]:
+    """`node.json`: what a data directory was made for. Damaged, truncated or wrongly typed
+    content is a StoreError naming the file and the field; it is never rewritten."""
+    try:
+        found = json.loads(marker.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{marker} is unreadable or damaged ({exc}); it names the node's "
+                         "role and applier: restore it or use another --data-dir") from exc
+    if not isinstance(found, dict):
+        raise StoreError(f"{marker} is damaged: a JSON object with role and applier expected, "
+                         f"found a {type(found).__name__}")
+    for key in ("role", "applier"):
+        value = found.get(key)
+        if not isinstance(value, str) or not value:
+            raise StoreError(f"{marker} is damaged: field {key!r} is {value!r}, not a name")
+    if found["role"] not in ("primary", "replica"):
+        raise StoreError(f"{marker} is damaged: field 'role' is {found['role']!r}, not "
+                         "'primary' or 'replica'")
+    return {"role": found["role"], "applier": found["applier"]}
+
+
 def open_store(cfg: Config, registry: Registry, *, durable: bool) -> Applier:
     """Open the data directory's store, refusing one made for another role or applier."""
     data_dir = cfg.data_dir
@@ -64,10 +85,7 @@ def open_store(cfg: Config, registry: Registry, *, durable: bool) -> Applier:
     marker = data_dir / NODE_FILE
     wanted = {"role": cfg.node.role, "applier": cfg.applier.name}
     if marker.exists():
-        try:
-            found = json.loads(marker.read_text())
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{marker} is unreadable: {exc}") from exc
+        found = read_node_file(marker)
         for key in ("role", "applier"):
             if found.get(key) != wanted[key]:
                 raise StoreError(_mismatch(data_dir, found, wanted))

@@ -32,7 +32,14 @@ from kevo_repl.plugin.engine import (
 from kevo_repl.protocol.codec import Entry, Op
 from kevo_repl.storage.applier import open_applier
 from kevo_repl.storage.position import Position
-from kevo_repl.testing.workload import batch_of, expected_after, resolve_spec
+from kevo_repl.testing.workload import (
+    CRASH_BATCH,
+    CRASH_HISTORY,
+    batch_of,
+    crash_batch,
+    expected_after,
+    resolve_spec,
+)
 
 #: how long the crash test waits for the child's next line before it fails
 LINE_TIMEOUT_S = 60.0
@@ -296,11 +303,12 @@ class EngineConformance:
 
     # -- crash atomicity ----------------------------------------------------------------------
 
-    def _run_and_kill(self, path: Path, kill_after: int, log: Path) -> int:
-        """Start the crash writer; SIGKILL it once it reported `kill_after` more commits (it
-        is then inside a later one); return the last batch it reported before it died."""
+    def _run_and_kill(self, path: Path, kill_after: int, log: Path, core: bool = False) -> int:
+        """Start the crash writer (through the core applier with `core`); SIGKILL it once it
+        reported `kill_after` more commits (it is then inside a later one); return the last
+        batch it reported before it died."""
         cmd = [sys.executable, "-m", "kevo_repl.testing.crash_writer", self.engine, str(path),
-               json.dumps(dict(self.options))]
+               json.dumps(dict(self.options)), *(["core"] if core else [])]
         with log.open("w") as stderr:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
         try:
@@ -355,6 +363,39 @@ class EngineConformance:
                 assert dict(items) == expected_after(held)
                 assert [k for k, _ in items] == sorted(k for k, _ in items)
                 previous = held
+
+    @pytest.mark.timeout(600)
+    def test_sigkill_mid_apply_under_the_core_keeps_the_position_exact(
+        self, tmp_path: Path
+    ) -> None:
+        """The same crashes through the core applier: the position blob, committed with each
+        batch, names exactly the batches that are there, and counts each entry once."""
+        self.require("persistent")
+        kill_after = self.crash_kill_after[-1]
+        path = tmp_path / "store"
+        previous = 0
+        for round_no in range(self.crash_rounds):
+            reported = self._run_and_kill(path, kill_after, tmp_path / f"{round_no}.err", True)
+            store = open_applier(self.engine, self.spec(), path, dict(self.options), True)
+            try:
+                with store.snapshot() as snap:
+                    position, items = snap.position, list(snap.items())
+            finally:
+                store.close()
+            assert position.sequence % CRASH_BATCH == 0  # whole batches only
+            held = position.sequence // CRASH_BATCH
+            assert reported <= held <= reported + 1
+            assert held >= previous + kill_after
+            assert position.applied_entries == position.sequence  # each entry once
+            assert position.history_id == CRASH_HISTORY
+            assert dict(items) == expected_after(held)
+            assert [k for k, _ in items] == sorted(k for k, _ in items)
+            previous = held
+
+    def test_crash_workload_mixes_every_engine_op(self) -> None:
+        # keeps the crash workload honest: each batch holds puts and deletes
+        for number in (1, 2, 3):
+            assert set(crash_batch(number)[0]) == {OP_PUT, OP_DELETE}
 
     # -- under the core -----------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ from kevo_repl.plugin.engine import OP_DELETE, OP_PUT, EngineSpec
 #: entries per batch of the crash workload, and the keys it cycles through
 CRASH_BATCH = 100
 CRASH_KEYS = 300
+#: the history id the crash writer applies under when it goes through the core
+CRASH_HISTORY = "crash"
 
 
 def resolve_spec(engine: str) -> EngineSpec:

@@ -86,7 +86,12 @@ class LevelDBEngine:
             self._db: Any = plyvel.DB(str(path), create_if_missing=True, **options.plyvel_kwargs())
         except (OSError, plyvel.Error) as exc:
             raise StoreError(f"cannot open the LevelDB database at {path}: {exc}") from exc
-        if self._db.get(_LEGACY_META_KEY) is not None:
+        try:
+            legacy = self._db.get(_LEGACY_META_KEY) is not None
+        except BaseException:
+            self._db.close()  # a damaged table found here: release the store's lock
+            raise
+        if legacy:
             self._db.close()
             raise StoreError(
                 f"the LevelDB store at {path} was written by kevo-repl-leveldb 0.1 (before the "
@@ -163,4 +168,9 @@ def open_engine(path: Path, options: Mapping[str, Any], durable: bool) -> LevelD
 
 
 #: what this plugin registers as ``leveldb``
-SPEC = EngineSpec(open=open_engine, owns_file=owned_by_leveldb)
+def is_damage(exc: BaseException) -> bool:
+    """Whether a LevelDB error means damaged files (a bad block, table or manifest)."""
+    return isinstance(exc, plyvel.CorruptionError)
+
+
+SPEC = EngineSpec(open=open_engine, owns_file=owned_by_leveldb, is_damage=is_damage)

@@ -170,6 +170,25 @@ def open_engine(path: Path, options: Mapping[str, Any], durable: bool) -> LMDBEn
     return LMDBEngine(Path(path), parse_options(options), durable)
 
 
+#: LMDB's errors that mean a damaged environment (a bad page, a file that is not LMDB's),
+#: not a failing one (MapFullError, DiskError, ReadersFullError are not damage)
+_DAMAGE = (
+    lmdb.CorruptedError,
+    lmdb.PageNotFoundError,
+    lmdb.InvalidError,
+    lmdb.PanicError,
+    lmdb.BadChecksumError,
+    lmdb.IncompatibleError,
+)
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether an LMDB error means the environment's files are damaged."""
+    return isinstance(exc, _DAMAGE)
+
+
 #: what this plugin registers as ``lmdb`` (its typed `open` makes mypy check LMDBEngine
 #: against the Engine protocol)
-SPEC = EngineSpec(open=open_engine, owns_file=_LMDB_FILE_NAMES.__contains__)
+SPEC = EngineSpec(
+    open=open_engine, owns_file=_LMDB_FILE_NAMES.__contains__, is_damage=is_damage
+)

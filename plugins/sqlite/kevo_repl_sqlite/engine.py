@@ -285,4 +285,19 @@ def open_engine(path: Path, options: Mapping[str, Any], durable: bool) -> SQLite
 
 
 #: what this plugin registers as ``sqlite``
-SPEC = EngineSpec(open=open_engine, owns_file=_OWNED.__contains__)
+#: SQLITE_CORRUPT and SQLITE_NOTADB (primary result codes)
+_DAMAGE_CODES = frozenset({11, 26})
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether an SQLite error means a damaged database file (not a busy or full one)."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in _DAMAGE_CODES
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text
+
+
+SPEC = EngineSpec(open=open_engine, owns_file=_OWNED.__contains__, is_damage=is_damage)
