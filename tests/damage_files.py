@@ -4,6 +4,7 @@ metadata, so that the store opens and the damage is found on apply, read or dige
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 #: the prefix of every key `kevo-repl load` writes
@@ -27,14 +28,23 @@ def _pages_with_keys(data: bytes, first_page: int) -> list[int]:
 def damage_lmdb(store: Path) -> int:
     """Flip the page-type flags of the leaf pages holding user keys in `data.mdb` (two bytes
     per page): LMDB then reports MDB_CORRUPTED on the pages' next use. Returns pages hit."""
+    def holds_user_keys(data: bytearray, n: int) -> bool:
+        # a leaf whose first node's key (node header: 8 bytes) is a user key
+        first = n * PAGE + int.from_bytes(data[n * PAGE + 16:n * PAGE + 18], "little")
+        return data[first + 8:first + 12] == KEY_PREFIX
+
+    return _flip_lmdb_leaves(store, holds_user_keys)
+
+
+def _flip_lmdb_leaves(store: Path, chosen: Callable[[bytearray, int], bool]) -> int:
+    """Flip the two page-type flag bytes of every leaf page of `data.mdb` that `chosen`
+    picks; returns pages hit."""
     path = store / "data.mdb"
     data = bytearray(path.read_bytes())
     hit = 0
     for n in range(2, len(data) // PAGE):  # pages 0 and 1 are LMDB's meta pages
         at = n * PAGE + _LMDB_FLAGS
-        # a leaf whose first node's key (node header: 8 bytes) is a user key
-        first = n * PAGE + int.from_bytes(data[n * PAGE + 16:n * PAGE + 18], "little")
-        if data[at] & _LMDB_LEAF and data[first + 8:first + 12] == KEY_PREFIX:
+        if data[at] & _LMDB_LEAF and chosen(data, n):
             data[at] ^= 0xFF
             data[at + 1] ^= 0xFF
             hit += 1
@@ -73,17 +83,7 @@ def damage_leveldb(store: Path) -> int:
 def damage_lmdb_everywhere(store: Path) -> int:
     """Flip the page-type flags of every leaf page in `data.mdb`, LMDB's own catalogue of
     named databases included: the environment no longer opens. Returns pages hit."""
-    path = store / "data.mdb"
-    data = bytearray(path.read_bytes())
-    hit = 0
-    for n in range(2, len(data) // PAGE):
-        at = n * PAGE + _LMDB_FLAGS
-        if data[at] & _LMDB_LEAF and data[at] != 0xFF:
-            data[at] ^= 0xFF
-            data[at + 1] ^= 0xFF
-            hit += 1
-    path.write_bytes(bytes(data))
-    return hit
+    return _flip_lmdb_leaves(store, lambda data, n: data[n * PAGE + _LMDB_FLAGS] != 0xFF)
 
 
 def damage_sqlite_header(store: Path) -> int:
