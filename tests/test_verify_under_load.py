@@ -1,5 +1,6 @@
-"""`kevo-repl verify` under continuous writes: the replica is asked for its digest at exactly
-the primary's position and holds its apply there while it reads it (Digest at_sequence)."""
+"""`kevo-repl verify` under continuous writes: the primary takes its digest at its WAL head P
+and holds what it sends the replica at P (Digest hold_replica); the replica reaches P, cannot
+pass it, and holds its apply there while it reads its own digest (Digest at_sequence)."""
 
 from __future__ import annotations
 
@@ -29,10 +30,7 @@ WRITER_BATCH = 25
 #: concurrent writing threads: the primary commits their batches together, so the replica
 #: receives responses of several write batches and joins them: its batches cross P
 WRITER_THREADS = 4
-#: pause between a thread's batches: a steady stream, not a saturating one. verify needs the
-#: replica to be behind the primary's position for as long as the primary's digest takes
-#: (README, "verify"); a writer that saturates a loaded machine grows the store faster than
-#: that holds (known limitation)
+#: pause between a thread's batches: a steady stream that outlasts several verify runs
 WRITER_PAUSE_S = 0.01
 
 
@@ -100,16 +98,7 @@ def _exactly_once(replica: NodeProcess) -> None:
     assert st["applied_entries"] == st["last_applied"], st
 
 
-_LAGGING_ONLY = (
-    "known limit: verify needs the replica still behind the primary's position P when it "
-    "asks for Digest(at_sequence=P); a replica on a loaded machine overtakes P while "
-    "the primary computes its digest, and verify retries until its deadline (fix: report P "
-    "from a held primary snapshot before computing the digest)"
-)
-
-
-def test_verify_while_writing(cluster, applier: str, request: pytest.FixtureRequest) -> None:
-    request.applymarker(pytest.mark.xfail(reason=_LAGGING_ONLY, strict=False))
+def test_verify_while_writing(cluster, applier: str) -> None:
     primary = cluster.primary()
     replica = cluster.replica(primary)
     load(primary.address, 2_000)
@@ -131,10 +120,7 @@ def test_verify_while_writing(cluster, applier: str, request: pytest.FixtureRequ
     assert replica.digest() == primary.digest()
 
 
-def test_verify_finds_tampering_while_writing(
-    cluster, applier: str, request: pytest.FixtureRequest
-) -> None:
-    request.applymarker(pytest.mark.xfail(reason=_LAGGING_ONLY, strict=False))
+def test_verify_finds_tampering_while_writing(cluster, applier: str) -> None:
     primary = cluster.primary()
     replica = cluster.replica(primary)
     load(primary.address, 3_000)

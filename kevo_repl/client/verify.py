@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -59,21 +59,71 @@ def _show(key: bytes) -> str:
 
 
 #: how long to pause before asking again when the replica was already past the primary's
-#: position, or another verify held the replica's barrier
+#: position, or another verify held the replica's barrier or the primary's hold
 _RETRY_PAUSE_S = 0.02
 
 
+class ReplicaDigests(Protocol):
+    """Where the replica's digests come from: a Client of it, or the replica itself
+    (background verification)."""
+
+    timeout: float
+
+    def digest_buckets(
+        self, prefix: bytes, at_sequence: int = 0, timeout: float | None = None
+    ) -> npb.DigestResponse: ...
+
+
+def _primary_digest(
+    primary: Client, prefix: bytes, replica_id: str, deadline: float
+) -> npb.DigestResponse | None:
+    """The primary's digest at its WAL head, holding `replica_id`'s stream there (until
+    released, or the deadline); None when it has no room for the hold now."""
+    if not replica_id:  # no hold asked: the primary's store position, which may move on
+        return primary.digest_buckets(prefix)
+    left = max(0.001, deadline - time.monotonic())
+    try:
+        return primary.digest_buckets(prefix, timeout=min(left, primary.timeout),
+                                      hold_replica=replica_id, hold_s=left)
+    except grpc.RpcError as exc:
+        if exc.code() not in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+            raise
+        log.debug("primary digest hold for %s: %s", replica_id, exc.details())
+        return None
+
+
+def _release(primary: Client, replica_id: str, sequence: int) -> None:
+    if not replica_id:
+        return
+    try:
+        primary.release_digest_hold(replica_id, sequence)
+    except grpc.RpcError as exc:  # the hold expires by itself
+        log.warning("could not release the digest hold of %s at %d: %s", replica_id,
+                    sequence, exc.details())
+
+
 def _at_common_position(
-    primary: Client, replica: Client, prefix: bytes, deadline: float
+    primary: Client, replica: ReplicaDigests, prefix: bytes, deadline: float,
+    replica_id: str = "",
 ) -> tuple[npb.DigestResponse, npb.DigestResponse]:
-    """The primary's digest at its position P and the replica's at exactly P: the replica
-    holds its apply at P while it reads it, so this works under continuous writes."""
+    """The primary's digest at a position P and the replica's at exactly P: the replica
+    holds its apply at P while it reads it, so this works under continuous writes. With
+    `replica_id`, the primary also holds what it sends the replica at P (its WAL head), so
+    the replica reaches P and cannot pass it: the first attempt is served."""
     while True:
-        p = primary.digest_buckets(prefix)
+        p = _primary_digest(primary, prefix, replica_id, deadline)
         left = deadline - time.monotonic()
         if left <= 0:
-            raise KevoReplError(f"no common position with the replica before the deadline "
-                                f"(primary at {p.sequence})")
+            if p is not None:
+                _release(primary, replica_id, p.sequence)
+            raise KevoReplError(
+                "no common position with the replica before the deadline"
+                + (f" (primary at {p.sequence})" if p is not None else
+                   " (the primary had no room for a digest hold)")
+            )
+        if p is None:
+            time.sleep(_RETRY_PAUSE_S)
+            continue
         try:
             r = replica.digest_buckets(prefix, p.sequence, min(left, replica.timeout))
         except grpc.RpcError as exc:
@@ -90,14 +140,17 @@ def _at_common_position(
             log.debug("replica digest at %d: %s", p.sequence, exc.details())
             time.sleep(_RETRY_PAUSE_S)
             continue
+        finally:
+            _release(primary, replica_id, p.sequence)
         if p.sequence == r.sequence:  # at_sequence 0 (an empty primary) means "now"
             return p, r
         time.sleep(_RETRY_PAUSE_S)
 
 
-def check_roles(primary: Client, replica: Client) -> None:
+def check_roles(primary: Client, replica: Client) -> str:
     """Refuse swapped roles, the same node twice, and a replica of another primary: their
-    digests would differ (or agree) for reasons that have nothing to do with replication."""
+    digests would differ (or agree) for reasons that have nothing to do with replication.
+    Returns the replica's id (what the primary holds for a common position)."""
     p, r = primary.status(), replica.status()
     if p["role"] != "primary":
         raise KevoReplError(
@@ -114,13 +167,17 @@ def check_roles(primary: Client, replica: Client) -> None:
             f"--replica {replica.target} follows history {r['history_id']} (its primary is "
             f"{r['primary']}), not {primary.target}'s {p['history_id']}"
         )
+    return str(r.get("replica_id", ""))
 
 
 def verify(
-    primary: Client, replica: Client, *, timeout: float = 60.0, max_ranges: int = 50
+    primary: Client, replica: ReplicaDigests, *, replica_id: str = "", timeout: float = 60.0,
+    max_ranges: int = 50,
 ) -> VerifyResult:
+    """Compare at a common position; with `replica_id` (the replica's, as its status names
+    it) the primary holds the replica's stream there while it is compared."""
     deadline = time.monotonic() + timeout
-    p, r = _at_common_position(primary, replica, b"", deadline)
+    p, r = _at_common_position(primary, replica, b"", deadline, replica_id)
     result = VerifyResult(p.sequence, p.digest == r.digest, p.digest, r.digest)
     if result.equal:
         return result
@@ -134,7 +191,7 @@ def verify(
                 if exact or keys <= LEAF_KEYS:
                     result.ranges.append(_key_range(pb, rb))
                     continue
-                pd2, rd2 = _at_common_position(primary, replica, sub, deadline)
+                pd2, rd2 = _at_common_position(primary, replica, sub, deadline, replica_id)
                 if pd2.sequence != result.sequence:
                     log.info("position moved to %d while narrowing", pd2.sequence)
                 next_frontier.append((pd2, rd2))

@@ -18,7 +18,7 @@ from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError
 from kevo_repl.node import decoding
 from kevo_repl.node.decoding import Undecodable, lenient
-from kevo_repl.node.digest_at import DigestRefused, digest_at
+from kevo_repl.node.digest_at import DigestRefused, digest_at, digest_response
 from kevo_repl.node.memguard import MemoryGuard
 from kevo_repl.node.requests import request_problem
 from kevo_repl.plugin.manager import build_registry, get_plugin_manager
@@ -435,22 +435,47 @@ class NodeService:
     async def Digest(
         self, request: npb.DigestRequest, context: grpc.aio.ServicerContext
     ) -> npb.DigestResponse:
-        if request.at_sequence:
+        if request.hold_replica:
+            d = await self._digest_and_hold(request, context)
+        elif request.at_sequence:
             d = await self._digest_at(request, context)
         else:
             d = await asyncio.to_thread(
                 store_mod.digest, self.store, bytes(request.prefix), request.split
             )
-        return npb.DigestResponse(
-            sequence=d.sequence,
-            keys=d.keys,
-            digest=d.digest,
-            buckets=[
-                npb.DigestBucket(prefix=b.prefix, keys=b.keys, digest=b.digest,
-                                 first_key=b.first_key, last_key=b.last_key, exact=b.exact)
-                for b in d.buckets
-            ],
-        )
+        return digest_response(d)
+
+    async def _digest_and_hold(
+        self, request: npb.DigestRequest, context: grpc.aio.ServicerContext
+    ) -> store_mod.Digest:
+        from kevo_repl.primary.digest_hold import HoldUnavailable, digest_and_hold
+        from kevo_repl.primary.stream_holds import HoldRefused
+
+        if self.primary is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "hold_replica is for a primary; this node is a replica")
+            raise AssertionError("unreachable")
+        remaining = context.time_remaining()
+        hold_s = request.hold_s or (_NO_DEADLINE_WAIT_S if remaining is None else remaining)
+        try:
+            return await digest_and_hold(self.primary, request.hold_replica,
+                                         bytes(request.prefix), request.split, hold_s)
+        except HoldRefused as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise AssertionError("unreachable") from exc
+        except HoldUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise AssertionError("unreachable") from exc
+
+    async def ReleaseDigestHold(
+        self, request: npb.ReleaseDigestHoldRequest, context: grpc.aio.ServicerContext
+    ) -> npb.ReleaseDigestHoldResponse:
+        if self.primary is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "digest holds live on the primary, not on a replica")
+            raise AssertionError("unreachable")
+        released = self.primary.holds.release(request.replica_id, request.sequence)
+        return npb.ReleaseDigestHoldResponse(released=released)
 
     async def _digest_at(
         self, request: npb.DigestRequest, context: grpc.aio.ServicerContext
@@ -503,6 +528,8 @@ def node_handler(service: NodeService) -> grpc.GenericRpcHandler:
             "Status": unary(service.Status, npb.StatusRequest, npb.StatusResponse),
             "Digest": unary(service.Digest, npb.DigestRequest, npb.DigestResponse),
             "DropSlot": unary(service.DropSlot, npb.DropSlotRequest, npb.DropSlotResponse),
+            "ReleaseDigestHold": unary(service.ReleaseDigestHold, npb.ReleaseDigestHoldRequest,
+                                       npb.ReleaseDigestHoldResponse),
         },
     )
 
