@@ -136,6 +136,13 @@ class ReplicaConfig:
              "window on a timer: on a gap from one, wait this long for that re-send before "
              "asking (NegativeAcknowledge), and ask at most once per this interval"),
     ] = 1.0
+    verify_interval_s: Annotated[
+        float,
+        Meta(ge=0, description="background verification: every this many seconds, compare "
+             "this replica's bucket digests with its primary's at a common position (the "
+             "primary holds this replica's stream there meanwhile; calls carry [connector] "
+             "token) and report it in status and metrics; 0 = off"),
+    ] = 0.0
 
 
 @dataclass

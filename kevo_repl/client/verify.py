@@ -26,9 +26,12 @@ class KeyRange:
     last_key: bytes
     primary_keys: int
     replica_keys: int
+    #: the digest bucket that differs: the keys starting with these bytes
+    bucket: bytes = b""
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "bucket": _show(self.bucket),
             "first_key": _show(self.first_key),
             "last_key": _show(self.last_key),
             "primary_keys": self.primary_keys,
@@ -189,7 +192,7 @@ def verify(
                 keys = max(pb.keys if pb else 0, rb.keys if rb else 0)
                 exact = (pb.exact if pb else False) or (rb.exact if rb else False)
                 if exact or keys <= LEAF_KEYS:
-                    result.ranges.append(_key_range(pb, rb))
+                    result.ranges.append(_key_range(sub, pb, rb))
                     continue
                 pd2, rd2 = _at_common_position(primary, replica, sub, deadline, replica_id)
                 if pd2.sequence != result.sequence:
@@ -212,7 +215,9 @@ def _differing_buckets(
     return out
 
 
-def _key_range(pb: npb.DigestBucket | None, rb: npb.DigestBucket | None) -> KeyRange:
+def _key_range(
+    bucket: bytes, pb: npb.DigestBucket | None, rb: npb.DigestBucket | None
+) -> KeyRange:
     firsts = [b.first_key for b in (pb, rb) if b is not None and b.keys]
     lasts = [b.last_key for b in (pb, rb) if b is not None and b.keys]
     return KeyRange(
@@ -220,4 +225,5 @@ def _key_range(pb: npb.DigestBucket | None, rb: npb.DigestBucket | None) -> KeyR
         max(lasts) if lasts else b"",
         pb.keys if pb else 0,
         rb.keys if rb else 0,
+        bucket,
     )

@@ -17,6 +17,7 @@ import grpc
 from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError
 from kevo_repl.node import decoding
+from kevo_repl.node.background_verify import BackgroundVerifier
 from kevo_repl.node.decoding import Undecodable, lenient
 from kevo_repl.node.digest_at import DigestRefused, digest_at, digest_response
 from kevo_repl.node.memguard import MemoryGuard
@@ -118,6 +119,8 @@ class NodeService:
         # a primary's position moves with its own writes; the gate polls it
         self.read_gate = (replica.read_gate if replica is not None
                           else ReadGate(lambda: self.store.position().sequence))
+        #: a replica's background verification ([replica] verify_interval_s), set by Node
+        self.verifier: BackgroundVerifier | None = None
         #: WriteStream results read but not yet sent, over all streams, and the peak of it
         self.write_stream_pending = 0
         self.write_stream_pending_peak = 0
@@ -355,6 +358,8 @@ class NodeService:
             st.pop("updated_at", None)
             st["applier"] = self.cfg.applier.name
             st.update(self.replica.bootstrap.status())
+            if self.verifier is not None:
+                st.update(self.verifier.status())
             return st
         from kevo_repl.primary import kevodb_peers
 
@@ -549,6 +554,7 @@ class Node:
         # the node's long-running tasks; one that fails puts the node in ERROR
         self._tasks = Supervisor("node", self._task_failed)
         self._replica_task: asyncio.Task[None] | None = None
+        self._verify_task: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
         self._metrics: Any = None
         self.memory: MemoryGuard | None = None
@@ -595,6 +601,9 @@ class Node:
         if self.replica is not None:
             self.replica.listener_address = cfg.node.advertise or self.address
             self._replica_task = self._tasks.spawn(self.replica.run(), "replica")
+            verifier = self.service.verifier
+            if verifier is not None and verifier.interval_s > 0:
+                self._verify_task = self._tasks.spawn(verifier.run(), "background-verify")
         return self.address
 
     def _task_failed(self, name: str, exc: BaseException) -> None:
@@ -629,6 +638,8 @@ class Node:
         self.memory = MemoryGuard(cfg.node.max_rss_mb, cfg.data_dir)
         self.memory.start()
         self.service = NodeService(cfg, self.primary, self.replica, self.memory)
+        if self.replica is not None:
+            self.service.verifier = BackgroundVerifier(cfg, self.replica)
         server.add_generic_rpc_handlers((node_handler(self.service),))
         await server.start()
 
@@ -654,6 +665,9 @@ class Node:
             self._lock_fd = None
 
     async def stop(self) -> None:
+        if self._verify_task is not None:
+            self._verify_task.cancel()
+            await asyncio.wait([self._verify_task])
         if self.replica is not None:
             await self.replica.stop()
         if self._replica_task is not None:
