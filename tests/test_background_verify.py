@@ -8,30 +8,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import load, wait_caught_up
+from helpers import load, tamper_with_engine, wait_caught_up
 from kevo_repl_tools.launcher import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from test_verify_under_load import Writer
 
-from kevo_repl.plugin.engine import OP_PUT
-from kevo_repl.plugin.manager import build_registry, get_plugin_manager
-
 APPLIERS = ["lmdb", "leveldb", "sqlite"]
 #: a comparison every this many seconds
 INTERVAL_S = 0.3
-
-
-def tamper_with_engine(store_dir: Path, applier: str, key: bytes, value: bytes) -> None:
-    """Change one key in a stopped node's store through the engine's own API, leaving its
-    position as it was: damage that replication did not cause and cannot see."""
-    spec = build_registry(get_plugin_manager()).get("applier", applier)
-    engine = spec.open(store_dir, {}, True)
-    try:
-        meta = engine.read_meta()
-        assert meta is not None
-        engine.commit([OP_PUT], [key], [value], meta)
-    finally:
-        engine.close()
 
 
 def _config(tmp_path: Path, interval: float = INTERVAL_S) -> Path:

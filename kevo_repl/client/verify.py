@@ -46,9 +46,12 @@ class VerifyResult:
     primary_digest: str
     replica_digest: str
     ranges: list[KeyRange] = field(default_factory=list)
+    #: digests asked for again (the replica was past P, or a barrier or hold was taken)
+    retries: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "retries": self.retries,
             "sequence": self.sequence,
             "equal": self.equal,
             "primary_digest": self.primary_digest,
@@ -105,49 +108,64 @@ def _release(primary: Client, replica_id: str, sequence: int) -> None:
                     sequence, exc.details())
 
 
-def _at_common_position(
-    primary: Client, replica: ReplicaDigests, prefix: bytes, deadline: float,
-    replica_id: str = "",
-) -> tuple[npb.DigestResponse, npb.DigestResponse]:
-    """The primary's digest at a position P and the replica's at exactly P: the replica
-    holds its apply at P while it reads it, so this works under continuous writes. With
-    `replica_id`, the primary also holds what it sends the replica at P (its WAL head), so
-    the replica reaches P and cannot pass it: the first attempt is served."""
-    while True:
-        p = _primary_digest(primary, prefix, replica_id, deadline)
-        left = deadline - time.monotonic()
-        if left <= 0:
-            if p is not None:
-                _release(primary, replica_id, p.sequence)
-            raise KevoReplError(
-                "no common position with the replica before the deadline"
-                + (f" (primary at {p.sequence})" if p is not None else
-                   " (the primary had no room for a digest hold)")
-            )
-        if p is None:
-            time.sleep(_RETRY_PAUSE_S)
-            continue
-        try:
-            r = replica.digest_buckets(prefix, p.sequence, min(left, replica.timeout))
-        except grpc.RpcError as exc:
-            code = exc.code()
-            if code is grpc.StatusCode.FAILED_PRECONDITION:
+@dataclass
+class _Comparison:
+    """One verify run: both sides, the deadline, and how often a digest was asked again."""
+
+    primary: Client
+    replica: ReplicaDigests
+    replica_id: str
+    deadline: float
+    retries: int = 0
+
+    def at_common_position(
+        self, prefix: bytes
+    ) -> tuple[npb.DigestResponse, npb.DigestResponse]:
+        """The primary's digest at a position P and the replica's at exactly P: the replica
+        holds its apply at P while it reads it, so this works under continuous writes. With
+        a replica id, the primary also holds what it sends the replica at P (its WAL head),
+        so the replica reaches P and cannot pass it: the first attempt is served."""
+        primary, replica_id = self.primary, self.replica_id
+        first = True
+        while True:
+            self.retries += not first
+            first = False
+            p = _primary_digest(primary, prefix, replica_id, self.deadline)
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                if p is not None:
+                    _release(primary, replica_id, p.sequence)
                 raise KevoReplError(
-                    f"the replica did not reach the primary's position {p.sequence} in time: "
-                    f"{exc.details()}; is it replicating?"
-                ) from exc
-            if code not in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED):
-                raise
-            # already past P (the primary's store lags its WAL by a moment), or another
-            # verify holds the replica: ask both again
-            log.debug("replica digest at %d: %s", p.sequence, exc.details())
+                    "no common position with the replica before the deadline"
+                    + (f" (primary at {p.sequence})" if p is not None else
+                       " (the primary had no room for a digest hold)")
+                )
+            if p is None:
+                time.sleep(_RETRY_PAUSE_S)
+                continue
+            try:
+                r = self.replica.digest_buckets(prefix, p.sequence,
+                                                min(left, self.replica.timeout))
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code is grpc.StatusCode.FAILED_PRECONDITION:
+                    raise KevoReplError(
+                        f"the replica did not reach the primary's position {p.sequence} in "
+                        f"time: {exc.details()}; is it replicating?"
+                    ) from exc
+                if code not in (grpc.StatusCode.OUT_OF_RANGE,
+                                grpc.StatusCode.RESOURCE_EXHAUSTED):
+                    raise
+                # already past P (a primary without holds: its store lags its WAL by a
+                # moment), or another verify holds the replica: ask both again
+                log.debug("replica digest at %d: %s", p.sequence, exc.details())
+                time.sleep(_RETRY_PAUSE_S)
+                continue
+            finally:
+                _release(primary, replica_id, p.sequence)
+            if p.sequence == r.sequence:  # at_sequence 0 (an empty primary) means "now"
+                return p, r
             time.sleep(_RETRY_PAUSE_S)
-            continue
-        finally:
-            _release(primary, replica_id, p.sequence)
-        if p.sequence == r.sequence:  # at_sequence 0 (an empty primary) means "now"
-            return p, r
-        time.sleep(_RETRY_PAUSE_S)
 
 
 def check_roles(primary: Client, replica: Client) -> str:
@@ -179,12 +197,10 @@ def verify(
 ) -> VerifyResult:
     """Compare at a common position; with `replica_id` (the replica's, as its status names
     it) the primary holds the replica's stream there while it is compared."""
-    deadline = time.monotonic() + timeout
-    p, r = _at_common_position(primary, replica, b"", deadline, replica_id)
+    run = _Comparison(primary, replica, replica_id, time.monotonic() + timeout)
+    p, r = run.at_common_position(b"")
     result = VerifyResult(p.sequence, p.digest == r.digest, p.digest, r.digest)
-    if result.equal:
-        return result
-    frontier = [(p, r)]
+    frontier = [] if result.equal else [(p, r)]
     while frontier and len(result.ranges) < max_ranges:
         next_frontier = []
         for pd, rd in frontier:
@@ -194,11 +210,12 @@ def verify(
                 if exact or keys <= LEAF_KEYS:
                     result.ranges.append(_key_range(sub, pb, rb))
                     continue
-                pd2, rd2 = _at_common_position(primary, replica, sub, deadline, replica_id)
+                pd2, rd2 = run.at_common_position(sub)
                 if pd2.sequence != result.sequence:
                     log.info("position moved to %d while narrowing", pd2.sequence)
                 next_frontier.append((pd2, rd2))
         frontier = next_frontier
+    result.retries = run.retries
     return result
 
 
