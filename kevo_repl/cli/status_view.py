@@ -11,6 +11,8 @@ REPLICA_ONLY = frozenset({
     "lag_entries", "lag_seconds", "stalled", "connected", "last_message_age_s",
     "backoff_history_s", "received_sequence", "apply_rate", "bootstraps",
     "primary_protocol", "primary_lacks", "mislabelled_payloads", "divergence_detection",
+    "last_verified_sequence", "last_verified_age_s", "divergent_ranges",
+    "divergent_range_count", "verify_runs", "verify_failures", "verify_error",
 }) | frozenset(f"bootstrap_{k}" for k in (
     "state", "snapshot_id", "sequence", "chunks", "keys", "bytes", "total_keys", "total_bytes",
     "percent",
