@@ -103,6 +103,27 @@ def test_background_verification_reports_tampering(
     assert replica.status()["divergent_range_count"] == 1
 
 
+@pytest.mark.parametrize("applier", ["leveldb"])
+def test_reported_ranges_are_bounded(cluster, applier: str, tmp_path: Path) -> None:
+    """Damage in many places: status lists at most MAX_REPORTED_RANGES of them and counts
+    them all."""
+    from kevo_repl.node.background_verify import MAX_REPORTED_RANGES
+
+    primary = cluster.primary()
+    replica = cluster.replica(primary, config=_config(tmp_path))
+    load(primary.address, 3_000)
+    wait_caught_up(primary, replica)
+    replica.terminate()
+    damaged = 40  # one key in each of 40 buckets of 10 keys
+    for i in range(damaged):
+        tamper_with_engine(replica.data_dir / "store", applier, b"key%013d" % (i * 50), b"x")
+    replica.start()
+    wait_until(lambda: replica.status()["divergent_ranges"], 60, "the damage to be reported")
+    st = replica.status()
+    assert len(st["divergent_ranges"]) == MAX_REPORTED_RANGES < damaged, st
+    assert st["divergent_range_count"] == damaged, st
+
+
 @pytest.mark.parametrize("applier", ["lmdb"])
 def test_off_by_default(cluster, applier: str) -> None:
     primary = cluster.primary()
