@@ -148,6 +148,13 @@ class ReplicaConfig:
              "already in DATA_DIR, on_damage = \"rebootstrap\" stops instead (they are never "
              "deleted automatically)"),
     ] = 3
+    verify_interval_s: Annotated[
+        float,
+        Meta(ge=0, description="background verification: every this many seconds, compare "
+             "this replica's bucket digests with its primary's at a common position (the "
+             "primary holds this replica's stream there meanwhile; calls carry [connector] "
+             "token) and report it in status and metrics; 0 = off"),
+    ] = 0.0
 
 
 @dataclass

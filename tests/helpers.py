@@ -62,3 +62,19 @@ def assert_applied_at_most_once(ranges: list[tuple[int, int]]) -> None:
             f"batch {first}-{last} re-applies sequences at or below {seen_upto}"
         )
         seen_upto = last
+
+
+def tamper_with_engine(store_dir: Path, applier: str, key: bytes, value: bytes) -> None:
+    """Change one key in a stopped node's store through the engine's own API, leaving its
+    position as it was: damage that replication did not cause and cannot see."""
+    from kevo_repl.plugin.engine import OP_PUT
+    from kevo_repl.plugin.manager import build_registry, get_plugin_manager
+
+    spec = build_registry(get_plugin_manager()).get("applier", applier)
+    engine = spec.open(store_dir, {}, True)
+    try:
+        meta = engine.read_meta()
+        assert meta is not None
+        engine.commit([OP_PUT], [key], [value], meta)
+    finally:
+        engine.close()

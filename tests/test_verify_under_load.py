@@ -1,5 +1,6 @@
-"""`kevo-repl verify` under continuous writes: the replica is asked for its digest at exactly
-the primary's position and holds its apply there while it reads it (Digest at_sequence)."""
+"""`kevo-repl verify` under continuous writes: the primary takes its digest at its WAL head P
+and holds what it sends the replica at P (Digest hold_replica); the replica reaches P, cannot
+pass it, and holds its apply there while it reads its own digest (Digest at_sequence)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ from contextlib import contextmanager
 
 import grpc
 import pytest
-from helpers import cli, load, wait_caught_up
+from helpers import cli, load, tamper_with_engine, wait_caught_up
 from kevo_repl_tools.launcher import NodeProcess, wait_until
-from test_verify import _tamper
 
 from kevo_repl.protocol.codec import Op
 from kevo_repl.protocol.proto import node_pb2 as npb
@@ -29,10 +29,7 @@ WRITER_BATCH = 25
 #: concurrent writing threads: the primary commits their batches together, so the replica
 #: receives responses of several write batches and joins them: its batches cross P
 WRITER_THREADS = 4
-#: pause between a thread's batches: a steady stream, not a saturating one. verify needs the
-#: replica to be behind the primary's position for as long as the primary's digest takes
-#: (README, "verify"); a writer that saturates a loaded machine grows the store faster than
-#: that holds (known limitation)
+#: pause between a thread's batches: a steady stream that outlasts several verify runs
 WRITER_PAUSE_S = 0.01
 
 
@@ -100,16 +97,12 @@ def _exactly_once(replica: NodeProcess) -> None:
     assert st["applied_entries"] == st["last_applied"], st
 
 
-_LAGGING_ONLY = (
-    "known limit: verify needs the replica still behind the primary's position P when it "
-    "asks for Digest(at_sequence=P); a replica on a loaded machine overtakes P while "
-    "the primary computes its digest, and verify retries until its deadline (fix: report P "
-    "from a held primary snapshot before computing the digest)"
-)
+#: every engine: the primary's hold makes the replica's position P certain whatever its speed
+ALL_APPLIERS = ["lmdb", "leveldb", "sqlite"]
 
 
-def test_verify_while_writing(cluster, applier: str, request: pytest.FixtureRequest) -> None:
-    request.applymarker(pytest.mark.xfail(reason=_LAGGING_ONLY, strict=False))
+@pytest.mark.parametrize("applier", ALL_APPLIERS)
+def test_verify_while_writing(cluster, applier: str) -> None:
     primary = cluster.primary()
     replica = cluster.replica(primary)
     load(primary.address, 2_000)
@@ -121,6 +114,8 @@ def test_verify_while_writing(cluster, applier: str, request: pytest.FixtureRequ
             assert code == 0, out
             assert out["equal"] and out["ranges"] == []
             assert out["primary_digest"] == out["replica_digest"]
+            # deterministic: the replica was held at P, so the first digest asked was served
+            assert out["retries"] == 0, out
             # compared in the middle of the writes: the primary was written before and after
             assert out["sequence"] > 2_000
             wait_until(lambda b=before: w.batches > b + 5, 30, "more writes after verify")
@@ -131,16 +126,14 @@ def test_verify_while_writing(cluster, applier: str, request: pytest.FixtureRequ
     assert replica.digest() == primary.digest()
 
 
-def test_verify_finds_tampering_while_writing(
-    cluster, applier: str, request: pytest.FixtureRequest
-) -> None:
-    request.applymarker(pytest.mark.xfail(reason=_LAGGING_ONLY, strict=False))
+@pytest.mark.parametrize("applier", ALL_APPLIERS)
+def test_verify_finds_tampering_while_writing(cluster, applier: str) -> None:
     primary = cluster.primary()
     replica = cluster.replica(primary)
     load(primary.address, 3_000)
     wait_caught_up(primary, replica)
     replica.terminate()
-    _tamper(replica.data_dir / "store", applier, b"key0000000001234", b"tampered")
+    tamper_with_engine(replica.data_dir / "store", applier, b"key0000000001234", b"tampered")
     replica.start()
     wait_caught_up(primary, replica)
     with Writer(primary).writing() as w:
@@ -148,6 +141,7 @@ def test_verify_finds_tampering_while_writing(
         assert w.running()
     assert code == 1, out
     assert not out["equal"] and out["sequence"] > 3_000
+    assert out["retries"] == 0, out
     ranges = out["ranges"]
     assert isinstance(ranges, list) and len(ranges) == 1, ranges
     (changed,) = ranges

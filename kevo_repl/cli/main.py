@@ -248,8 +248,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         Client(primary, args.timeout, conn) as p,
         Client(replica, args.timeout, conn) as r,
     ):
-        check_roles(p, r)
-        result = verify(p, r, timeout=args.timeout)
+        replica_id = check_roles(p, r)
+        result = verify(p, r, replica_id=replica_id, timeout=args.timeout)
     if args.json:
         print(json.dumps(result.as_dict(), sort_keys=True))
     elif result.equal:

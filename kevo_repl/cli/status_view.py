@@ -12,6 +12,8 @@ REPLICA_ONLY = frozenset({
     "backoff_history_s", "received_sequence", "apply_rate", "bootstraps",
     "primary_protocol", "primary_lacks", "mislabelled_payloads", "divergence_detection",
     "store_damage_events",
+    "last_verified_sequence", "last_verified_age_s", "divergent_ranges",
+    "divergent_range_count", "verify_runs", "verify_failures", "verify_error",
 }) | frozenset(f"bootstrap_{k}" for k in (
     "state", "snapshot_id", "sequence", "chunks", "keys", "bytes", "total_keys", "total_bytes",
     "percent",

@@ -23,6 +23,7 @@ from kevo_repl.protocol.methods import (
     NODE_DIGEST,
     NODE_DROP_SLOT,
     NODE_GET,
+    NODE_RELEASE_DIGEST_HOLD,
     NODE_STATUS,
     NODE_WRITE,
     NODE_WRITE_STREAM,
@@ -244,6 +245,8 @@ class Client:
         self._status = unary(NODE_STATUS, npb.StatusRequest, npb.StatusResponse)
         self._digest = unary(NODE_DIGEST, npb.DigestRequest, npb.DigestResponse)
         self._drop_slot = unary(NODE_DROP_SLOT, npb.DropSlotRequest, npb.DropSlotResponse)
+        self._release_hold = unary(NODE_RELEASE_DIGEST_HOLD, npb.ReleaseDigestHoldRequest,
+                                   npb.ReleaseDigestHoldResponse)
         stream = self._channel.stream_stream(
             NODE_WRITE_STREAM,
             request_serializer=npb.WriteBatch.SerializeToString,
@@ -327,15 +330,27 @@ class Client:
         return acked
 
     def digest_buckets(
-        self, prefix: bytes, at_sequence: int = 0, timeout: float | None = None
+        self, prefix: bytes, at_sequence: int = 0, timeout: float | None = None,
+        hold_replica: str = "", hold_s: float = 0.0,
     ) -> npb.DigestResponse:
         """Digests of the keys under `prefix`, one bucket per next byte. With `at_sequence`
-        (a replica), at exactly that sequence, waiting for it at most `timeout`."""
+        (a replica), at exactly that sequence, waiting for it at most `timeout`. With
+        `hold_replica` (a primary), at its WAL head P, holding that replica's stream at P
+        for `hold_s` or until `release_digest_hold`."""
         resp: npb.DigestResponse = self._digest(
-            npb.DigestRequest(prefix=prefix, split=True, at_sequence=at_sequence),
+            npb.DigestRequest(prefix=prefix, split=True, at_sequence=at_sequence,
+                              hold_replica=hold_replica, hold_s=hold_s),
             timeout=self.timeout if timeout is None else timeout,
         )
         return resp
+
+    def release_digest_hold(self, replica_id: str, sequence: int) -> bool:
+        """End a primary's digest hold on `replica_id` at `sequence`; False if it had ended."""
+        resp = self._release_hold(
+            npb.ReleaseDigestHoldRequest(replica_id=replica_id, sequence=sequence),
+            timeout=self.timeout,
+        )
+        return bool(resp.released)
 
     def wait_ready(self, timeout: float) -> None:
         grpc.channel_ready_future(self._channel).result(timeout=timeout)

@@ -11,6 +11,7 @@ import logging
 
 import grpc
 
+from kevo_repl.protocol.proto import node_pb2 as npb
 from kevo_repl.replica.digest_barrier import BarrierBusy
 from kevo_repl.replica.read_gate import TooManyWaitingReads
 from kevo_repl.replica.replica import Replica
@@ -66,3 +67,16 @@ async def digest_at(
     if d.sequence != sequence:  # a snapshot install moved the store: never a wrong answer
         raise _past(sequence, d.sequence)
     return d
+
+
+def digest_response(d: store_mod.Digest) -> npb.DigestResponse:
+    return npb.DigestResponse(
+        sequence=d.sequence,
+        keys=d.keys,
+        digest=d.digest,
+        buckets=[
+            npb.DigestBucket(prefix=b.prefix, keys=b.keys, digest=b.digest,
+                             first_key=b.first_key, last_key=b.last_key, exact=b.exact)
+            for b in d.buckets
+        ],
+    )

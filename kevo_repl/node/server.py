@@ -17,8 +17,9 @@ import grpc
 from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError, StoreDamaged
 from kevo_repl.node import decoding
+from kevo_repl.node.background_verify import BackgroundVerifier
 from kevo_repl.node.decoding import Undecodable, lenient
-from kevo_repl.node.digest_at import DigestRefused, digest_at
+from kevo_repl.node.digest_at import DigestRefused, digest_at, digest_response
 from kevo_repl.node.memguard import MemoryGuard
 from kevo_repl.node.requests import request_problem
 from kevo_repl.plugin.manager import build_registry, get_plugin_manager
@@ -118,6 +119,8 @@ class NodeService:
         # a primary's position moves with its own writes; the gate polls it
         self.read_gate = (replica.read_gate if replica is not None
                           else ReadGate(lambda: self.store.position().sequence))
+        #: a replica's background verification ([replica] verify_interval_s), set by Node
+        self.verifier: BackgroundVerifier | None = None
         #: WriteStream results read but not yet sent, over all streams, and the peak of it
         self.write_stream_pending = 0
         self.write_stream_pending_peak = 0
@@ -359,6 +362,8 @@ class NodeService:
             st.pop("updated_at", None)
             st["applier"] = self.cfg.applier.name
             st.update(self.replica.bootstrap.status())
+            if self.verifier is not None:
+                st.update(self.verifier.status())
             return st
         from kevo_repl.primary import kevodb_peers
 
@@ -440,7 +445,9 @@ class NodeService:
         self, request: npb.DigestRequest, context: grpc.aio.ServicerContext
     ) -> npb.DigestResponse:
         try:
-            if request.at_sequence:
+            if request.hold_replica:
+                d = await self._digest_and_hold(request, context)
+            elif request.at_sequence:
                 d = await self._digest_at(request, context)
             else:
                 d = await asyncio.to_thread(
@@ -449,16 +456,39 @@ class NodeService:
         except StoreDamaged as exc:  # never a digest of a damaged store
             await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
             raise AssertionError("unreachable") from exc
-        return npb.DigestResponse(
-            sequence=d.sequence,
-            keys=d.keys,
-            digest=d.digest,
-            buckets=[
-                npb.DigestBucket(prefix=b.prefix, keys=b.keys, digest=b.digest,
-                                 first_key=b.first_key, last_key=b.last_key, exact=b.exact)
-                for b in d.buckets
-            ],
-        )
+        return digest_response(d)
+
+    async def _digest_and_hold(
+        self, request: npb.DigestRequest, context: grpc.aio.ServicerContext
+    ) -> store_mod.Digest:
+        from kevo_repl.primary.digest_hold import HoldUnavailable, digest_and_hold
+        from kevo_repl.primary.stream_holds import HoldRefused
+
+        if self.primary is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "hold_replica is for a primary; this node is a replica")
+            raise AssertionError("unreachable")
+        remaining = context.time_remaining()
+        hold_s = request.hold_s or (_NO_DEADLINE_WAIT_S if remaining is None else remaining)
+        try:
+            return await digest_and_hold(self.primary, request.hold_replica,
+                                         bytes(request.prefix), request.split, hold_s)
+        except HoldRefused as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise AssertionError("unreachable") from exc
+        except HoldUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise AssertionError("unreachable") from exc
+
+    async def ReleaseDigestHold(
+        self, request: npb.ReleaseDigestHoldRequest, context: grpc.aio.ServicerContext
+    ) -> npb.ReleaseDigestHoldResponse:
+        if self.primary is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "digest holds live on the primary, not on a replica")
+            raise AssertionError("unreachable")
+        released = self.primary.holds.release(request.replica_id, request.sequence)
+        return npb.ReleaseDigestHoldResponse(released=released)
 
     async def _digest_at(
         self, request: npb.DigestRequest, context: grpc.aio.ServicerContext
@@ -511,6 +541,8 @@ def node_handler(service: NodeService) -> grpc.GenericRpcHandler:
             "Status": unary(service.Status, npb.StatusRequest, npb.StatusResponse),
             "Digest": unary(service.Digest, npb.DigestRequest, npb.DigestResponse),
             "DropSlot": unary(service.DropSlot, npb.DropSlotRequest, npb.DropSlotResponse),
+            "ReleaseDigestHold": unary(service.ReleaseDigestHold, npb.ReleaseDigestHoldRequest,
+                                       npb.ReleaseDigestHoldResponse),
         },
     )
 
@@ -530,6 +562,7 @@ class Node:
         # the node's long-running tasks; one that fails puts the node in ERROR
         self._tasks = Supervisor("node", self._task_failed)
         self._replica_task: asyncio.Task[None] | None = None
+        self._verify_task: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
         self._metrics: Any = None
         self.memory: MemoryGuard | None = None
@@ -576,6 +609,9 @@ class Node:
         if self.replica is not None:
             self.replica.listener_address = cfg.node.advertise or self.address
             self._replica_task = self._tasks.spawn(self.replica.run(), "replica")
+            verifier = self.service.verifier
+            if verifier is not None and verifier.interval_s > 0:
+                self._verify_task = self._tasks.spawn(verifier.run(), "background-verify")
         return self.address
 
     def _task_failed(self, name: str, exc: BaseException) -> None:
@@ -610,6 +646,8 @@ class Node:
         self.memory = MemoryGuard(cfg.node.max_rss_mb, cfg.data_dir)
         self.memory.start()
         self.service = NodeService(cfg, self.primary, self.replica, self.memory)
+        if self.replica is not None:
+            self.service.verifier = BackgroundVerifier(cfg, self.replica)
         server.add_generic_rpc_handlers((node_handler(self.service),))
         await server.start()
 
@@ -635,6 +673,9 @@ class Node:
             self._lock_fd = None
 
     async def stop(self) -> None:
+        if self._verify_task is not None:
+            self._verify_task.cancel()
+            await asyncio.wait([self._verify_task])
         if self.replica is not None:
             await self.replica.stop()
         if self._replica_task is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -21,6 +22,7 @@ from kevo_repl.primary import epochs as epochs_mod
 from kevo_repl.primary import kevodb_peers, store_failure
 from kevo_repl.primary.retention import Retention
 from kevo_repl.primary.slots import SlotTable, TooManySlots
+from kevo_repl.primary.stream_holds import StreamHolds
 from kevo_repl.protocol import chain as chain_mod
 from kevo_repl.protocol import wire
 from kevo_repl.protocol.codec import Entry, Op
@@ -110,6 +112,8 @@ class Primary:
         #: set once a replica shows a newer epoch: this primary then refuses writes
         self.fenced: str | None = None
         self.sessions: dict[str, Session] = {}
+        #: digest holds: a replica is sent nothing past a sequence for a while
+        self.holds = StreamHolds(self._wake_streams_soon)
         #: set by drain(): streams end and new ones are refused before a clean shutdown
         self.draining = False
         self._next_seq = self.wal.last_sequence + 1
@@ -393,6 +397,15 @@ class Primary:
         for record in self.wal.iter_records(self.store.position().sequence + 1):
             self.store.apply(decode_body(record.body), self.history_id, chain_of(record) or 0)
 
+    @contextlib.asynccontextmanager
+    async def quiesced(self) -> AsyncIterator[int]:
+        """Inside, no commit runs: yields the WAL head, which the store has applied unless
+        `store_failure` is set (a digest hold picks its position here; keep it short)."""
+        if self._commit_lock is None:
+            self._commit_lock = asyncio.Lock()
+        async with self._commit_lock:
+            yield self.head
+
     # -- streaming ---------------------------------------------------------------------------
 
     def check_start(self, request: rpb.WALStreamRequest) -> tuple[grpc.StatusCode, str] | None:
@@ -528,11 +541,15 @@ class Primary:
                 if session.rewind is not None:
                     log.info("session %s rewinds to %d", session.session_id, session.rewind)
                     pos, session.rewind = session.rewind, None
-                if pos <= self.head:
+                if pos <= self.head and not self.holds.blocks(session.replica_id, pos):
                     try:
                         records = await asyncio.to_thread(self.wal.read, pos, cap)
                     except SequenceNotRetained as exc:
                         await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+                    # a digest hold set during the read: nothing past it goes out
+                    records = self.holds.trim(session.replica_id, records)
+                    if not records:
+                        continue
                     # before the yield: the replica may ack what it got before we resume
                     session.sent = max(session.sent, records[-1].last_seq)
                     for msg in wire.shape(records, neg, cap):
@@ -571,7 +588,17 @@ class Primary:
         return None
 
     def _has_work(self, session: Session, pos: int) -> bool:
-        return self.head >= pos or session.rewind is not None or self.draining
+        sendable = self.head >= pos and not self.holds.blocks(session.replica_id, pos)
+        return sendable or session.rewind is not None or self.draining
+
+    def _wake_streams_soon(self) -> None:
+        """A digest hold ended: held streams send on."""
+        self.tasks.spawn(self._wake_streams(), "primary-wake-streams")
+
+    async def _wake_streams(self) -> None:
+        cond = self._condition()
+        async with cond:
+            cond.notify_all()
 
     def live_session(self, replica_id: str) -> Session | None:
         """The session streaming to `replica_id`, if one is alive."""
@@ -675,6 +702,7 @@ class Primary:
         refuse new ones, and wait (at most `timeout_s`) until they are gone, so that the
         server's GOAWAY finds no replica setting up a connection."""
         self.draining = True
+        self.holds.clear()
         cond = self._condition()
         async with cond:
             cond.notify_all()

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,15 +134,21 @@ class Digest:
     buckets: tuple[Bucket, ...] = ()
 
 
-def digest(store: Applier, prefix: bytes = b"", split: bool = False) -> Digest:
+def digest(
+    store: Applier, prefix: bytes = b"", split: bool = False,
+    opened: Callable[[], None] | None = None,
+) -> Digest:
     """SHA-256 over every live key and value (length-prefixed, in key order), read in one
     consistent snapshot together with the position it belongs to. With `prefix`, only keys
     that start with it; with `split`, also one digest per next byte after the prefix (how
-    `verify` narrows a difference down to key ranges)."""
+    `verify` narrows a difference down to key ranges). `opened` is called once the snapshot
+    is taken (the primary holds its commits until then)."""
     total = Bucket(prefix)
     buckets: dict[bytes, Bucket] = {}
     depth = len(prefix)
     with store.snapshot() as snap:
+        if opened is not None:
+            opened()
         for key, value in snap.items():
             if prefix and not key.startswith(prefix):
                 # keys are in order: past the prefix's range, nothing more can match

@@ -64,6 +64,11 @@ class NodeStub:
                 request_serializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.DropSlotRequest.SerializeToString,
                 response_deserializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.DropSlotResponse.FromString,
                 _registered_method=True)
+        self.ReleaseDigestHold = channel.unary_unary(
+                '/kevo.repl.Node/ReleaseDigestHold',
+                request_serializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.ReleaseDigestHoldRequest.SerializeToString,
+                response_deserializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.ReleaseDigestHoldResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -116,6 +121,13 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseDigestHold(self, request, context):
+        """Primary only: end a hold that Digest(hold_replica=...) installed, before its hold_s.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +160,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.DropSlot,
                     request_deserializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.DropSlotRequest.FromString,
                     response_serializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.DropSlotResponse.SerializeToString,
+            ),
+            'ReleaseDigestHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseDigestHold,
+                    request_deserializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.ReleaseDigestHoldRequest.FromString,
+                    response_serializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.ReleaseDigestHoldResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +329,33 @@ class Node:
             '/kevo.repl.Node/DropSlot',
             kevo__repl_dot_protocol_dot_proto_dot_node__pb2.DropSlotRequest.SerializeToString,
             kevo__repl_dot_protocol_dot_proto_dot_node__pb2.DropSlotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseDigestHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kevo.repl.Node/ReleaseDigestHold',
+            kevo__repl_dot_protocol_dot_proto_dot_node__pb2.ReleaseDigestHoldRequest.SerializeToString,
+            kevo__repl_dot_protocol_dot_proto_dot_node__pb2.ReleaseDigestHoldResponse.FromString,
             options,
             channel_credentials,
             insecure,
