@@ -12,7 +12,9 @@ followed by records back to back. A record is a 20-byte header and its body:
     u32 length  body length in bytes
     u64 first   sequence of the record's first entry
     u32 count   number of entries, at least 1
-    body        WALStreamResponse(entries=[...]) in wire form, served to replicas as is
+    body        a WALStreamResponse in wire form holding the batch as one column block
+                (or, written before blocks, as entries), served to replicas as is
+                (protocol/records.py)
 
 All integers are little-endian.
 
