@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,7 @@ from kevo_repl.protocol.records import (
     trim_body,
 )
 from kevo_repl.protocol.wire import Negotiated, Unpacker, UnpackError, negotiate, shape
+from kevo_repl.storage.wal import WAL
 
 MIB = 1 << 20
 
@@ -325,3 +327,37 @@ def test_blocks_mixed_with_entries_or_partial_batches_are_refused() -> None:
             entries=[rpb.WALEntry(sequence_number=4, payload=encode(4, Op.PUT, b"k", b"v"))]))
     with pytest.raises(UnpackError):
         Unpacker({}, MIB).unpack(rpb.WALStreamResponse(blocks=[b], partial_batch=True))
+
+
+def test_a_wal_of_both_forms_reads_from_inside_a_block_record_with_the_exact_chain(
+    tmp_path: Path,
+) -> None:
+    """A read that starts inside a block record gets the block trimmed there, its chain
+    before being the payload chain at the sequence before; older entries records still read."""
+    old_entries = [Entry(s, Op.PUT, b"k%d" % s, b"v%d" % s) for s in range(1, 4)]
+    old, chain_value = encode_body(old_entries, chain_mod.START)
+    records, payloads = [Record(1, 3, old)], [encode(e.seq, e.op, e.key, e.value)
+                                               for e in old_entries]
+    seq = 4
+    for n in (4, 1, 6):
+        ents = [Entry(s, Op.DELETE if s % 3 == 0 else Op.PUT, b"k%d" % s,
+                      b"" if s % 3 == 0 else b"v" * s) for s in range(seq, seq + n)]
+        body, chain_value = encode_block_body(ents, chain_value)
+        records.append(Record(seq, n, body))
+        payloads += [encode(e.seq, e.op, e.key, e.value) for e in ents]
+        seq += n
+    with WAL(tmp_path / "wal", segment_bytes=300) as wal:
+        wal.append(records)
+        for start in range(1, seq):
+            got = wal.read(start, MIB)
+            assert got[0].first_seq == start and got[-1].last_seq == seq - 1
+            first = rpb.WALStreamResponse.FromString(got[0].body)
+            if first.blocks:
+                assert first.blocks[0].first_sequence == start
+                assert first.blocks[0].chain_before == chain_mod.over(
+                    chain_mod.START, payloads[:start - 1])
+                assert first.blocks[0].chain_after == chain_of(records[[
+                    r.first_seq <= start <= r.last_seq for r in records].index(True)])
+            joined = [e for r in got for e in decode_body(r.body)]
+            assert [e.seq for e in joined] == list(range(start, seq))
+            assert [encode(e.seq, e.op, e.key, e.value) for e in joined] == payloads[start - 1:]
