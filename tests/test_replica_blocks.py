@@ -83,7 +83,7 @@ class _Recording(ScriptedPrimary):
         super().__init__(script)
         self.requests: list[rpb.WALStreamRequest] = []
 
-    async def stream(self, request, context):  # type: ignore[no-untyped-def,override]
+    async def stream(self, request, context):  # type: ignore[no-untyped-def]
         self.requests.append(request)
         async for resp in super().stream(request, context):
             yield resp
