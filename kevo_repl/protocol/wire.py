@@ -1,7 +1,8 @@
 """Shaping responses on the primary and unpacking them on the replica.
 
-The primary keeps WAL records in wire form (serialized `entries`), so a plain response is the
-concatenation of record bodies. Shaping adds what a session negotiated:
+The primary keeps WAL records in wire form (a serialized column block, or entries in records
+written before blocks), so a plain response is the concatenation of record bodies. Shaping
+adds what a session negotiated:
 
 - protocol version 2 peers may ask for write batches as columnar blocks (`blocks`,
   `protocol/blocks.py`), which WAL records already are: served as read; records written
