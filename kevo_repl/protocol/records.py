@@ -37,8 +37,9 @@ class Record:
 
 
 def encode_body(entries: Sequence[Entry], chain_before: int) -> tuple[bytes, int]:
-    """The wire form of entries, as stored in a WAL record and sent to replicas, carrying the
-    hash chain after the last entry; and that chain value."""
+    """The entries form of a record body (what the primary wrote before column blocks, and
+    what peers that do not take blocks are sent), carrying the hash chain after the last
+    entry; and that chain value."""
     msgs = []
     payloads = []
     for e in entries:
