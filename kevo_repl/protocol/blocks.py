@@ -35,8 +35,9 @@ from kevo_repl.protocol.proto import replication_pb2 as rpb
 _HEAD = struct.Struct("<QQQ")  # first_sequence, chain_before, chain_after: what the CRC starts with
 _PAYLOAD_HEAD = struct.Struct("<BQI")
 _VALUE_LEN = struct.Struct("<I")
-# an array type code of 4-byte unsigned items ("I" everywhere this runs; "L" as a fallback)
-_U32 = "I" if array("I").itemsize == 4 else "L"
+_U32 = "I"  # the array type code of 4-byte unsigned items on every platform CPython runs on
+if array(_U32).itemsize != 4:
+    raise ImportError(f"column blocks need 4-byte array items; {_U32!r} has {array(_U32).itemsize}")
 _SWAP = sys.byteorder != "little"
 _PUT, _DELETE, _MERGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE)
 _first = itemgetter(0)
