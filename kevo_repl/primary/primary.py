@@ -28,7 +28,13 @@ from kevo_repl.protocol import wire
 from kevo_repl.protocol.codec import Entry, Op
 from kevo_repl.protocol.constants import SESSION_HEADER, SHUTDOWN_DETAILS
 from kevo_repl.protocol.proto import replication_pb2 as rpb
-from kevo_repl.protocol.records import Record, chain_of, decode_body, encode_body
+from kevo_repl.protocol.records import (
+    Record,
+    chain_of,
+    decode_body,
+    encode_block_body,
+    payloads_through,
+)
 from kevo_repl.storage import epochs as epoch_history
 from kevo_repl.storage.applier import Applier
 from kevo_repl.storage.store import open_store
@@ -193,9 +199,7 @@ class Primary:
         before = self.chain_at(first - 1) if known else None
         if before is None:
             return None
-        msg = rpb.WALStreamResponse.FromString(record.body)
-        payloads = [e.payload for e in msg.entries if e.sequence_number <= sequence]
-        return chain_mod.over(before, payloads)
+        return chain_mod.over(before, payloads_through(record.body, sequence))
 
     def _replay_store(self) -> None:
         """Bring the local store up to the WAL: it is applied without sync, so after a crash it
@@ -306,7 +310,8 @@ class Primary:
             Entry(first + i, op, key, b"" if op == Op.DELETE else value)
             for i, (op, key, value) in enumerate(mutations)
         ]
-        body, self._chain = encode_body(entries, self._chain)
+        # block form: served as is to replicas that take blocks (docs/DESIGN.md)
+        body, self._chain = encode_block_body(entries, self._chain)
         record = Record(first, len(entries), body)
         future = asyncio.get_running_loop().create_future() if want_future else None
         self._pending.append(_Pending(record, entries, future, self._chain))

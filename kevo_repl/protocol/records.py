@@ -1,7 +1,11 @@
 """WAL records in wire form: one write batch of the primary as a serialized response body.
 
-A record's body is `WALStreamResponse(entries=[...], chain=...)` serialized, so concatenated
-bodies parse as one response and catch-up is a file read, not a re-encode.
+A record's body is a serialized `WALStreamResponse` carrying the batch and the hash chain
+after it, so concatenated bodies parse as one response and catch-up is a file read, not a
+re-encode. Two forms: `blocks=[one ColumnBlock]` (written since columnar blocks,
+`protocol/blocks.py`; served as is to replicas that asked for blocks) and `entries=[...]`
+(KevoDB payloads; older records, and what peers that did not ask for blocks are sent).
+A block body starts with `blocks.BLOCK_BODY_TAG`, an entries body never does.
 """
 
 from __future__ import annotations
@@ -9,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kevo_repl.protocol import blocks
 from kevo_repl.protocol import chain as chain_mod
-from kevo_repl.protocol.codec import Entry, checksum, decode, encode
+from kevo_repl.protocol.codec import Entry, checksum, columns_of, decode, encode
 from kevo_repl.protocol.proto import replication_pb2 as rpb
 
 
@@ -32,8 +37,9 @@ class Record:
 
 
 def encode_body(entries: Sequence[Entry], chain_before: int) -> tuple[bytes, int]:
-    """The wire form of entries, as stored in a WAL record and sent to replicas, carrying the
-    hash chain after the last entry; and that chain value."""
+    """The entries form of a record body (what the primary wrote before column blocks, and
+    what peers that do not take blocks are sent), carrying the hash chain after the last
+    entry; and that chain value."""
     msgs = []
     payloads = []
     for e in entries:
@@ -47,6 +53,46 @@ def encode_body(entries: Sequence[Entry], chain_before: int) -> tuple[bytes, int
     return bytes(body), chain_after
 
 
+def encode_block_body(entries: Sequence[Entry], chain_before: int) -> tuple[bytes, int]:
+    """The block form of entries (contiguous, from entries[0].seq on) as a WAL record body,
+    and the hash chain after the last entry."""
+    block = blocks.encode_block(columns_of(entries, entries[0].seq), chain_before)
+    return blocks.block_body(block), block.chain_after
+
+
+def entries_body(body: bytes) -> bytes:
+    """A record body in entries form (a block body converted; an entries body as it is)."""
+    if not blocks.is_block_body(body):
+        return body
+    msg = rpb.WALStreamResponse.FromString(body)
+    out = rpb.WALStreamResponse(entries=[e for b in msg.blocks for e in blocks.to_entries(b)])
+    if msg.HasField("chain"):
+        out.chain = msg.chain
+    return bytes(out.SerializeToString())
+
+
+def trim_body(body: bytes, from_seq: int) -> bytes | None:
+    """A block body cut to start at `from_seq` (its chain after unchanged); None for a body
+    in entries form."""
+    if not blocks.is_block_body(body):
+        return None
+    msg = rpb.WALStreamResponse.FromString(body)
+    if len(msg.blocks) != 1:
+        raise blocks.BlockError(f"a record body holds {len(msg.blocks)} blocks, not one")
+    return blocks.block_body(blocks.trim(msg.blocks[0], from_seq))
+
+
+def payloads_through(body: bytes, sequence: int) -> list[bytes]:
+    """The KevoDB payloads of a record's entries up to `sequence`, in either form."""
+    msg = rpb.WALStreamResponse.FromString(body)
+    out = [e.payload for e in msg.entries if e.sequence_number <= sequence]
+    for b in msg.blocks:
+        c = blocks.decode_block(b)
+        k = max(0, min(c.size, sequence - c.first_seq + 1))
+        out += blocks.payloads(c.first_seq, c.ops[:k], c.keys[:k], c.values[:k])
+    return out
+
+
 def chain_of(record: Record) -> int | None:
     """The hash chain after a record's last entry, as stored in its body."""
     msg = rpb.WALStreamResponse.FromString(record.body)
@@ -55,4 +101,8 @@ def chain_of(record: Record) -> int | None:
 
 def decode_body(body: bytes) -> list[Entry]:
     resp = rpb.WALStreamResponse.FromString(body)
-    return [decode(e.payload, e.sequence_number) for e in resp.entries]
+    out = [decode(e.payload, e.sequence_number) for e in resp.entries]
+    for b in resp.blocks:
+        c = blocks.decode_block(b)
+        out += map(Entry, range(c.first_seq, c.last_seq + 1), c.ops, c.keys, c.values)
+    return out

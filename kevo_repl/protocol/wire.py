@@ -1,9 +1,14 @@
 """Shaping responses on the primary and unpacking them on the replica.
 
-The primary keeps WAL records in wire form (serialized `entries`), so a plain response is the
-concatenation of record bodies. Shaping adds what a session negotiated:
+The primary keeps WAL records in wire form (a serialized column block, or entries in records
+written before blocks), so a plain response is the concatenation of record bodies. Shaping
+adds what a session negotiated:
 
-- protocol version 2 peers may ask for the whole response's entries compressed as one block
+- protocol version 2 peers may ask for write batches as columnar blocks (`blocks`,
+  `protocol/blocks.py`), which WAL records already are: served as read; records written
+  before blocks (entries form) go as entries, and block records go as entries to peers that
+  did not ask for blocks, and when a record is bigger than the response cap;
+- protocol version 2 peers may ask for the whole response compressed as one block
   (`compressed_entries`), which compresses small entries far better;
 - version 1 peers (KevoDB) get payloads compressed one by one (`compressed` / `codec`);
 - a record larger than the response cap is split over several responses marked
@@ -19,10 +24,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from kevo_repl.protocol.blocks import is_block_body
 from kevo_repl.protocol.codec import CodecError, checksum, decode
 from kevo_repl.protocol.compression import CODEC_NONE, Compressor, DecompressionError
 from kevo_repl.protocol.proto import replication_pb2 as rpb
-from kevo_repl.protocol.records import Record
+from kevo_repl.protocol.records import Record, entries_body
 
 log = logging.getLogger(__name__)
 
@@ -31,38 +37,80 @@ log = logging.getLogger(__name__)
 class Negotiated:
     compressor: Compressor | None = None
     block: bool = False
+    #: the peer takes write batches as columnar blocks
+    columns: bool = False
 
     @property
     def codec_id(self) -> int:
         return self.compressor.codec_id if self.compressor is not None else CODEC_NONE
 
     def describe(self) -> str:
+        form = "column blocks" if self.columns else "entries"
         if self.compressor is None:
-            return "uncompressed"
-        return f"codec {self.codec_id}, {'whole-response blocks' if self.block else 'per entry'}"
+            return f"{form}, uncompressed"
+        how = "whole-response blocks" if self.block else "per entry"
+        return f"{form}, codec {self.codec_id}, {how}"
 
 
 def negotiate(request: rpb.WALStreamRequest, compressors: Mapping[int, Compressor]) -> Negotiated:
     """Use the replica's preferred codec when it supports compression and the codec is known
-    here; otherwise fall back to none."""
+    here; otherwise fall back to none. Column blocks for protocol 2 peers that ask."""
+    columns = request.protocol_version >= 2 and request.column_blocks
     if not request.compression_supported or request.preferred_codec == CODEC_NONE:
-        return Negotiated()
+        return Negotiated(columns=columns)
     compressor = compressors.get(int(request.preferred_codec))
     if compressor is None:
         log.info("replica asked for unknown codec %d; sending uncompressed",
                  request.preferred_codec)
-        return Negotiated()
+        return Negotiated(columns=columns)
     return Negotiated(compressor, block=request.protocol_version >= 2
-                      and request.block_compression)
+                      and request.block_compression, columns=columns)
 
 
 def shape(records: Sequence[Record], neg: Negotiated, cap: int) -> list[bytes]:
     """The responses (without trailer fields) that carry `records`, in order."""
+    forms = list(map(is_block_body, (r.body for r in records)))
+    if neg.columns and forms.count(True) == len(forms):
+        return _shape_run(records, neg, cap, blocks=True)
+    if not any(forms):
+        return _shape_run(records, neg, cap, blocks=False)
+    out: list[bytes] = []
+    for run, blocks in _runs(records, forms, neg.columns):
+        out += _shape_run(run, neg, cap, blocks=blocks)
+    return out
+
+
+def _runs(
+    records: Sequence[Record], forms: Sequence[bool], columns: bool
+) -> list[tuple[list[Record], bool]]:
+    """Consecutive records of one wire form (blocks, or entries), block records converted to
+    entries for a peer that does not take blocks: a response never mixes the two."""
+    runs: list[tuple[list[Record], bool]] = []
+    for record, is_block in zip(records, forms, strict=True):
+        if is_block and not columns:
+            record = Record(record.first_seq, record.count, entries_body(record.body))
+            is_block = False
+        if runs and runs[-1][1] == is_block:
+            runs[-1][0].append(record)
+        else:
+            runs.append(([record], is_block))
+    return runs
+
+
+def _shape_run(
+    records: Sequence[Record], neg: Negotiated, cap: int, *, blocks: bool
+) -> list[bytes]:
+    """Responses for records of one form."""
     raw = b"".join(r.body for r in records)
     if len(raw) > cap and len(records) == 1 and records[0].count >= 1:
-        return _split(records[0], cap)
+        record = records[0]
+        if blocks:  # too big for one response: as entries, split and fragmented
+            record = Record(record.first_seq, record.count, entries_body(record.body))
+        return _split(record, cap)
     if neg.compressor is None:
         return [raw]
+    if blocks and not neg.block:
+        return [raw]  # per-entry compression is for entries (KevoDB); a block goes plain
     if neg.block:
         block = neg.compressor.compress(raw)
         if len(block) + 16 >= len(raw):
@@ -150,8 +198,25 @@ class Unpacker:
         return bool(self._held) or self._fragment is not None
 
     def unpack(self, resp: rpb.WALStreamResponse) -> rpb.WALStreamResponse | None:
-        """A response whose entries are plain and FULL, or None while a batch is still
-        incomplete. Raises UnpackError for undecodable compression or broken fragments."""
+        """A response whose entries are plain and FULL, or one holding only column blocks,
+        or None while a batch is still incomplete. Raises UnpackError for undecodable
+        compression, broken fragments, or blocks mixed with entries or partial batches."""
+        inner: rpb.WALStreamResponse | None = None
+        if resp.compressed_entries:
+            inner = self._decompressed(resp)
+        blocks = inner.blocks if inner is not None else resp.blocks
+        if blocks:
+            # a block is a whole write batch: never inside a partial batch, never with entries
+            mixed = bool(resp.entries) or resp.partial_batch or self.holding or (
+                inner is not None and (bool(inner.entries) or bool(resp.blocks)))
+            if mixed:
+                raise UnpackError("column blocks arrived mixed with entries or a partial batch")
+            if inner is None:
+                return resp
+            out = rpb.WALStreamResponse(blocks=blocks)
+            if inner.HasField("chain"):
+                out.chain = inner.chain
+            return out
         simple = (
             not resp.compressed_entries and not resp.compressed and not resp.partial_batch
             and not self.holding
@@ -164,7 +229,7 @@ class Unpacker:
             or (entries[0].fragment_type == rpb.FULL and entries[-1].fragment_type == rpb.FULL)
         ):
             return resp
-        entries = self._plain_entries(resp)
+        entries = self._plain_entries(resp, inner)
         for e in entries:
             if e.fragment_type == rpb.FULL:
                 if self._fragment is not None:
@@ -182,14 +247,20 @@ class Unpacker:
         self._held, self._held_bytes = [], 0
         return out
 
-    def _plain_entries(self, resp: rpb.WALStreamResponse) -> Sequence[rpb.WALEntry]:
-        if resp.compressed_entries:
-            compressor = self._compressor(resp.codec)
-            try:
-                raw = compressor.decompress(resp.compressed_entries, self.max_bytes)
-                inner = rpb.WALStreamResponse.FromString(raw)
-            except (DecompressionError, ValueError) as exc:
-                raise UnpackError(f"compressed block does not decode: {exc}") from exc
+    def _decompressed(self, resp: rpb.WALStreamResponse) -> rpb.WALStreamResponse:
+        """The response inside `compressed_entries`."""
+        compressor = self._compressor(resp.codec)
+        try:
+            raw = compressor.decompress(resp.compressed_entries, self.max_bytes)
+            inner: rpb.WALStreamResponse = rpb.WALStreamResponse.FromString(raw)
+        except (DecompressionError, ValueError) as exc:
+            raise UnpackError(f"compressed block does not decode: {exc}") from exc
+        return inner
+
+    def _plain_entries(
+        self, resp: rpb.WALStreamResponse, inner: rpb.WALStreamResponse | None
+    ) -> Sequence[rpb.WALEntry]:
+        if inner is not None:
             return list(inner.entries) + list(resp.entries)
         if resp.compressed and resp.codec != CODEC_NONE:
             compressor = self._compressor(resp.codec)

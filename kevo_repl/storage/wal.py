@@ -12,7 +12,9 @@ followed by records back to back. A record is a 20-byte header and its body:
     u32 length  body length in bytes
     u64 first   sequence of the record's first entry
     u32 count   number of entries, at least 1
-    body        WALStreamResponse(entries=[...]) in wire form, served to replicas as is
+    body        a WALStreamResponse in wire form holding the batch as one column block
+                (or, written before blocks, as entries), served to replicas as is
+                (protocol/records.py)
 
 All integers are little-endian.
 
@@ -46,7 +48,7 @@ from types import TracebackType
 
 from kevo_repl.errors import WALError
 from kevo_repl.protocol.proto.replication_pb2 import WALStreamResponse
-from kevo_repl.protocol.records import Record
+from kevo_repl.protocol.records import Record, trim_body
 
 log = logging.getLogger(__name__)
 
@@ -211,12 +213,18 @@ def segment_header_problem(raw: bytes, first_seq: int) -> str | None:
 
 def _trim(rec: Record, from_seq: int, where: str) -> Record:
     """The part of `rec` from `from_seq` on, with its body re-encoded."""
+    count = rec.last_seq - from_seq + 1
+    try:
+        block_body = trim_body(rec.body, from_seq)
+    except Exception as exc:  # a damaged block, or protobuf's DecodeError
+        raise WALError(f"{where}: record body does not hold a good block: {exc}") from exc
+    if block_body is not None:
+        return Record(from_seq, count, block_body)
     try:
         msg = WALStreamResponse.FromString(rec.body)
     except Exception as exc:  # protobuf's DecodeError; its module ships no type stubs
         raise WALError(f"{where}: record body does not parse: {exc}") from exc
     kept = [e for e in msg.entries if e.sequence_number >= from_seq]
-    count = rec.last_seq - from_seq + 1
     if len(kept) != count or kept[0].sequence_number != from_seq:
         raise WALError(
             f"{where}: record {rec.first_seq}..{rec.last_seq} does not hold entries "

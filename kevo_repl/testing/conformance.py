@@ -134,6 +134,14 @@ class EngineConformance:
         )
         assert _state(store) == (b"m", [(b"b", b"2"), (b"c", b"3")])
 
+    def test_ops_as_bytes(self, store: Engine) -> None:
+        # column blocks hand the ops column over as bytes, one op per byte
+        store.commit(bytes([OP_PUT, OP_PUT, OP_DELETE]), [b"a", b"b", b"a"],
+                     [b"1", b"2", b""], b"m")
+        assert _state(store) == (b"m", [(b"b", b"2")])
+        store.commit(bytes([OP_PUT, OP_PUT]), [b"c", b"d"], [b"3", b"4"], b"m2")
+        assert _state(store) == (b"m2", [(b"b", b"2"), (b"c", b"3"), (b"d", b"4")])
+
     def test_deletes_of_absent_keys(self, store: Engine) -> None:
         store.commit([OP_DELETE, OP_DELETE], [b"never", b"written"], [b"", b""], b"m1")
         assert _state(store) == (b"m1", [])

@@ -28,7 +28,7 @@ ZSTD: CompressionCodec
 SNAPPY: CompressionCodec
 
 class WALStreamRequest(_message.Message):
-    __slots__ = ("start_sequence", "protocol_version", "compression_supported", "preferred_codec", "listener_address", "replica_id", "history_id", "block_compression", "chain")
+    __slots__ = ("start_sequence", "protocol_version", "compression_supported", "preferred_codec", "listener_address", "replica_id", "history_id", "block_compression", "chain", "column_blocks")
     START_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_SUPPORTED_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class WALStreamRequest(_message.Message):
     HISTORY_ID_FIELD_NUMBER: _ClassVar[int]
     BLOCK_COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
+    COLUMN_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     start_sequence: int
     protocol_version: int
     compression_supported: bool
@@ -47,10 +48,11 @@ class WALStreamRequest(_message.Message):
     history_id: str
     block_compression: bool
     chain: int
-    def __init__(self, start_sequence: _Optional[int] = ..., protocol_version: _Optional[int] = ..., compression_supported: _Optional[bool] = ..., preferred_codec: _Optional[_Union[CompressionCodec, str]] = ..., listener_address: _Optional[str] = ..., replica_id: _Optional[str] = ..., history_id: _Optional[str] = ..., block_compression: _Optional[bool] = ..., chain: _Optional[int] = ...) -> None: ...
+    column_blocks: bool
+    def __init__(self, start_sequence: _Optional[int] = ..., protocol_version: _Optional[int] = ..., compression_supported: _Optional[bool] = ..., preferred_codec: _Optional[_Union[CompressionCodec, str]] = ..., listener_address: _Optional[str] = ..., replica_id: _Optional[str] = ..., history_id: _Optional[str] = ..., block_compression: _Optional[bool] = ..., chain: _Optional[int] = ..., column_blocks: _Optional[bool] = ...) -> None: ...
 
 class WALStreamResponse(_message.Message):
-    __slots__ = ("entries", "compressed", "codec", "head_sequence", "primary_time_ns", "history_id", "compressed_entries", "partial_batch", "chain", "want_received_acks")
+    __slots__ = ("entries", "compressed", "codec", "head_sequence", "primary_time_ns", "history_id", "compressed_entries", "partial_batch", "chain", "want_received_acks", "blocks")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     COMPRESSED_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +63,7 @@ class WALStreamResponse(_message.Message):
     PARTIAL_BATCH_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     WANT_RECEIVED_ACKS_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[WALEntry]
     compressed: bool
     codec: CompressionCodec
@@ -71,7 +74,30 @@ class WALStreamResponse(_message.Message):
     partial_batch: bool
     chain: int
     want_received_acks: bool
-    def __init__(self, entries: _Optional[_Iterable[_Union[WALEntry, _Mapping]]] = ..., compressed: _Optional[bool] = ..., codec: _Optional[_Union[CompressionCodec, str]] = ..., head_sequence: _Optional[int] = ..., primary_time_ns: _Optional[int] = ..., history_id: _Optional[str] = ..., compressed_entries: _Optional[bytes] = ..., partial_batch: _Optional[bool] = ..., chain: _Optional[int] = ..., want_received_acks: _Optional[bool] = ...) -> None: ...
+    blocks: _containers.RepeatedCompositeFieldContainer[ColumnBlock]
+    def __init__(self, entries: _Optional[_Iterable[_Union[WALEntry, _Mapping]]] = ..., compressed: _Optional[bool] = ..., codec: _Optional[_Union[CompressionCodec, str]] = ..., head_sequence: _Optional[int] = ..., primary_time_ns: _Optional[int] = ..., history_id: _Optional[str] = ..., compressed_entries: _Optional[bytes] = ..., partial_batch: _Optional[bool] = ..., chain: _Optional[int] = ..., want_received_acks: _Optional[bool] = ..., blocks: _Optional[_Iterable[_Union[ColumnBlock, _Mapping]]] = ...) -> None: ...
+
+class ColumnBlock(_message.Message):
+    __slots__ = ("first_sequence", "ops", "key_lengths", "value_lengths", "keys", "values", "chain_before", "chain_after", "crc")
+    FIRST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    KEY_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CRC_FIELD_NUMBER: _ClassVar[int]
+    first_sequence: int
+    ops: bytes
+    key_lengths: bytes
+    value_lengths: bytes
+    keys: bytes
+    values: bytes
+    chain_before: int
+    chain_after: int
+    crc: int
+    def __init__(self, first_sequence: _Optional[int] = ..., ops: _Optional[bytes] = ..., key_lengths: _Optional[bytes] = ..., value_lengths: _Optional[bytes] = ..., keys: _Optional[bytes] = ..., values: _Optional[bytes] = ..., chain_before: _Optional[int] = ..., chain_after: _Optional[int] = ..., crc: _Optional[int] = ...) -> None: ...
 
 class WALEntry(_message.Message):
     __slots__ = ("sequence_number", "payload", "fragment_type", "checksum")
