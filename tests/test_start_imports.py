@@ -49,6 +49,8 @@ def test_replica_start_imports_no_other_engines_plugin(tmp_path: Path, applier: 
         for imported in modules if imported == m or imported.startswith(m + ".")
     }
     assert not others, f"a {applier} replica imported {sorted(others)}"
+    # nor a codec library no stream of it uses (these nodes compress nothing)
+    assert not {"zstandard", "cramjam"} & modules
     # nor the primary's modules (a replica has no use for them)
     assert not {m for m in modules if m.startswith("kevo_repl.primary")}
     # nor the tooling, beyond the small module adding its CLI commands (test_layers.py)
