@@ -131,6 +131,14 @@ def test_write(tmp_path: Path) -> None:
     positive(r, "replica_rss_mb", "primary_rss_mb", "writes_per_s_4_writers_single")
 
 
+def test_write_stream_from_several_client_processes(tmp_path: Path) -> None:
+    r = bench("write", "--seconds", "0.3", "--writers", "5", "--batches", "1", "--no-stalled",
+              "--no-embedded", "--client-processes", "2", "--dir", str(tmp_path))
+    [stream] = [c for c in r["cells"] if c["api"] == "stream"]
+    assert stream["client_processes"] == 2 and stream["writers"] == 5
+    positive(stream, "writes", "writes_per_s")
+
+
 def test_unknown_applier_is_a_clear_error(tmp_path: Path) -> None:
     res = cli("bench", "catchup", "--count", "10", "--applier", "nope", "--dir", str(tmp_path))
     assert res.returncode == 2
