@@ -82,19 +82,37 @@ _GHOST = """
         register("ghost", SPEC)
 """
 
+_ENGINE_WITH_CODEC = """
+    from kevo_repl import hookimpl
+    from kevo_repl.plugin.default_plugins.compressors import NoCompression
+    from kevo_repl_example.memory import SPEC
+
+    class Codec(NoCompression):
+        codec_id = 99
+
+    @hookimpl
+    def kevo_repl_register_appliers(register):
+        register("other", SPEC)
+
+    @hookimpl
+    def kevo_repl_register_compressors(register):
+        register("zz", Codec())
+"""
+
 _NODE_PROBE = """
     import sys
     from kevo_repl.plugin.manager import build_node_registry
-    pm, registry = build_node_registry(sys.argv[1])
+    needs = {"compressor": sys.argv[2]} if len(sys.argv) > 2 else None
+    pm, registry = build_node_registry(sys.argv[1], needs)
     print(",".join(registry.names("applier")))
     print(",".join(sorted(m for m in sys.modules if m.startswith("fake_"))))
 """
 
 
-def _node_probe(site: Path, applier: str) -> subprocess.CompletedProcess[str]:
+def _node_probe(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEVO_REPL_")}
     env["PYTHONPATH"] = os.pathsep.join([str(site), *sys.path])
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(_NODE_PROBE), applier],
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(_NODE_PROBE), *args],
                           capture_output=True, text=True, timeout=60, env=env)
 
 
@@ -122,6 +140,20 @@ def test_node_loads_undeclared_plugins_and_finds_undeclared_appliers(tmp_path: P
     res = _node_probe(tmp_path, "ghost")
     assert res.returncode == 0, res.stderr
     assert "ghost" in res.stdout.splitlines()[0].split(",")
+
+
+def test_a_configured_backend_of_a_skipped_engine_plugin_loads_everything(
+    tmp_path: Path,
+) -> None:
+    _fake_distribution(tmp_path, "other", "fake_other", _ENGINE_WITH_CODEC, declares="other")
+    res = _node_probe(tmp_path, "lmdb")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["lmdb", ""]  # skipped: nothing of it is needed
+    # a node configured with its compressor gets it (and so every plugin is loaded)
+    res = _node_probe(tmp_path, "lmdb", "zz")
+    assert res.returncode == 0, res.stderr
+    appliers, imported = res.stdout.splitlines()
+    assert "other" in appliers.split(",") and imported == "fake_other"
 
 
 def test_unknown_applier_still_lists_every_one_and_names_its_distribution() -> None:

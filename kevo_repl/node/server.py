@@ -515,7 +515,10 @@ class Node:
         cfg.validate()
         self.cfg = cfg
         # only this node's engine plugin is imported (start-up time), not every one installed
-        self.pm, self.registry = build_node_registry(cfg.applier.name)
+        self.pm, self.registry = build_node_registry(
+            cfg.applier.name,
+            {"compressor": cfg.compressor.name, "connector": cfg.connector.name},
+        )
         self.primary: Primary | None = None
         self.replica: Replica | None = None
         self.server: grpc.aio.Server | None = None

@@ -15,7 +15,7 @@ import importlib
 import importlib.metadata
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -250,13 +250,17 @@ def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
     return Registry(pm if pm is not None else get_plugin_manager())
 
 
-def build_node_registry(applier: str) -> tuple[KevoPluginManager, Registry]:
+def build_node_registry(
+    applier: str, needs: Mapping[str, str] | None = None
+) -> tuple[KevoPluginManager, Registry]:
     """What a node loads: its own engine's plugin and every plugin that declares no engine.
-    Should `applier` not be registered that way (a plugin registering it without declaring
-    it), everything is loaded, and an unknown applier's error lists every one installed."""
+    Should `applier`, or a backend in `needs` (kind -> name, such as the configured
+    compressor), not be registered that way (a plugin registering it without declaring it),
+    everything is loaded, and an unknown name's error lists every one installed."""
     pm = get_plugin_manager(applier=applier)
     registry = Registry(pm)
-    if applier in registry.names("applier"):
+    wanted = {"applier": applier, **(needs or {})}
+    if all(name in registry.names(kind) for kind, name in wanted.items()):
         return pm, registry
     pm = get_plugin_manager()
     return pm, Registry(pm)
