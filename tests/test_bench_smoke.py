@@ -55,9 +55,11 @@ def test_catchup(tmp_path: Path) -> None:
              "start_to_listening_s", "start_to_first_apply_s",
              "replica_rss_mb", "primary_rss_mb")
     assert r["entries_per_s"] == pytest.approx(2000 / r["seconds"], rel=1e-3)
-    assert r["ratio"] == pytest.approx(r["entries_per_s"] / r["raw_entries_per_s"], rel=1e-2)
+    # ratios are rounded to 4 decimals: a tiny one (a loaded machine) is off by up to 5e-5
+    assert r["ratio"] == pytest.approx(r["entries_per_s"] / r["raw_entries_per_s"],
+                                       rel=1e-2, abs=5e-5)
     assert r["applier_ratio"] == pytest.approx(
-        r["entries_per_s"] / r["applier_entries_per_s"], rel=1e-2)
+        r["entries_per_s"] / r["applier_entries_per_s"], rel=1e-2, abs=5e-5)
     # the first apply comes after the replica listens and before it has caught up
     assert r["start_to_listening_s"] <= r["start_to_first_apply_s"] <= r["seconds"]
 
@@ -129,6 +131,14 @@ def test_write(tmp_path: Path) -> None:
         positive(c, "writes", "writes_per_s", "entries_per_s")
         assert c["entries_per_s"] == pytest.approx(c["writes_per_s"] * c["batch"], rel=1e-3)
     positive(r, "replica_rss_mb", "primary_rss_mb", "writes_per_s_4_writers_single")
+
+
+def test_write_stream_from_several_client_processes(tmp_path: Path) -> None:
+    r = bench("write", "--seconds", "0.3", "--writers", "5", "--batches", "1", "--no-stalled",
+              "--no-embedded", "--client-processes", "2", "--dir", str(tmp_path))
+    [stream] = [c for c in r["cells"] if c["api"] == "stream"]
+    assert stream["client_processes"] == 2 and stream["writers"] == 5
+    positive(stream, "writes", "writes_per_s")
 
 
 def test_unknown_applier_is_a_clear_error(tmp_path: Path) -> None:

@@ -22,9 +22,7 @@ from kevo_repl.node.decoding import Undecodable, lenient
 from kevo_repl.node.digest_at import DigestRefused, digest_at, digest_response
 from kevo_repl.node.memguard import MemoryGuard
 from kevo_repl.node.requests import request_problem
-from kevo_repl.plugin.manager import build_registry, get_plugin_manager
-from kevo_repl.primary import epochs as primary_epochs
-from kevo_repl.primary.retention import SlotBusy
+from kevo_repl.plugin.manager import build_node_registry
 from kevo_repl.protocol.methods import NODE_SERVICE, REPLICATION_SERVICE
 from kevo_repl.protocol.proto import node_pb2 as npb
 from kevo_repl.protocol.proto import replication_pb2 as rpb
@@ -347,6 +345,8 @@ class NodeService:
         self, request: npb.StatusRequest, context: grpc.aio.ServicerContext
     ) -> npb.StatusResponse:
         if self.primary is not None:  # its epoch history, for kevo-repl rejoin
+            from kevo_repl.primary import epochs as primary_epochs  # a replica never loads it
+
             await context.send_initial_metadata((primary_epochs.header(self.primary.epochs),))
         return npb.StatusResponse(**self.status())
 
@@ -428,6 +428,7 @@ class NodeService:
                 f"slots live on the primary ({self.cfg.replica.primary}), not on a replica",
             )
             raise AssertionError("unreachable")
+        from kevo_repl.primary.retention import SlotBusy  # a replica never loads it
 
         try:
             slot = self.primary.retention.drop(request.replica_id)
@@ -553,8 +554,11 @@ class Node:
     def __init__(self, cfg: Config) -> None:
         cfg.validate()
         self.cfg = cfg
-        self.pm = get_plugin_manager()
-        self.registry = build_registry(self.pm)
+        # only this node's engine plugin is imported (start-up time), not every one installed
+        self.pm, self.registry = build_node_registry(
+            cfg.applier.name,
+            {"compressor": cfg.compressor.name, "connector": cfg.connector.name},
+        )
         self.primary: Primary | None = None
         self.replica: Replica | None = None
         self.server: grpc.aio.Server | None = None

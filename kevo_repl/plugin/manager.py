@@ -2,9 +2,11 @@
 
 ``get_plugin_manager()`` builds a fresh manager each call (no module-level global): it adds
 the hookspecs, registers the built-in default plugins, then loads the ``kevo_repl``
-entry-point group and any modules named in ``KEVO_REPL_PLUGINS``. ``Registry`` collects what
-the registration hooks register, by kind and name, remembering which plugin registered what;
-each registration is checked against its kind's protocol as it is made.
+entry-point group and any modules named in ``KEVO_REPL_PLUGINS``. A node loads through
+``build_node_registry(applier)``: engine plugins that declare (in the ``kevo_repl.appliers``
+group) only other appliers are not imported at all, which keeps a node's start short.
+``Registry`` collects what the registration hooks register, by kind and name, remembering
+which plugin registered what; each registration is checked against its kind's protocol when made.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import importlib
 import importlib.metadata
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,9 @@ ENV_EXTRA_PLUGINS = "KEVO_REPL_PLUGINS"
 ENV_DISABLE_AUTOLOAD = "KEVO_REPL_DISABLE_PLUGIN_AUTOLOAD"
 #: comma-separated plugin names (entry-point or module names) never to load
 ENV_BLOCK = "KEVO_REPL_BLOCK_PLUGINS"
+#: entry-point group where an engine plugin declares the appliers it registers
+#: (``applier-name = plugin.module``, the module of its ``kevo_repl`` entry point)
+APPLIERS_GROUP = "kevo_repl.appliers"
 
 KINDS = ("applier", "compressor", "connector")
 _HOOK_OF_KIND = {
@@ -175,7 +180,11 @@ def _env_list(name: str) -> list[str]:
     return [m.strip() for m in os.environ.get(name, "").split(",") if m.strip()]
 
 
-def get_plugin_manager(*, load_entry_points: bool = True) -> KevoPluginManager:
+def get_plugin_manager(
+    *, load_entry_points: bool = True, applier: str | None = None
+) -> KevoPluginManager:
+    """A manager with every plugin loaded; with `applier`, engine plugins that declare only
+    other appliers are left out (not imported). Plugins that declare nothing always load."""
     pm = KevoPluginManager()
     pm.add_hookspecs(hookspecs)
     for blocked in _env_list(ENV_BLOCK):
@@ -184,7 +193,7 @@ def get_plugin_manager(*, load_entry_points: bool = True) -> KevoPluginManager:
         if not pm.is_blocked(modname):
             pm.register(importlib.import_module(modname), name=modname)
     if load_entry_points and os.environ.get(ENV_DISABLE_AUTOLOAD, "") not in ("1", "true", "yes"):
-        _load_entry_points(pm)
+        _load_entry_points(pm, applier)
     for modname in _env_list(ENV_EXTRA_PLUGINS):
         if pm.has_plugin(modname) or pm.is_blocked(modname):
             continue
@@ -201,12 +210,17 @@ def get_plugin_manager(*, load_entry_points: bool = True) -> KevoPluginManager:
     return pm
 
 
-def _load_entry_points(pm: KevoPluginManager) -> None:
-    for ep in importlib.metadata.entry_points(group=PROJECT):
+def _load_entry_points(pm: KevoPluginManager, applier: str | None) -> None:
+    found = importlib.metadata.entry_points()
+    other_engines = (
+        _other_engines(found.select(group=APPLIERS_GROUP), applier) if applier else set()
+    )
+    for ep in found.select(group=PROJECT):
+        if pm.has_plugin(ep.name) or pm.is_blocked(ep.name) or ep.value in other_engines:
+            continue
+        # the distribution's metadata is read only for plugins that load (it costs a parse)
         dist = ep.dist.metadata["name"] if ep.dist is not None else "unknown distribution"
         version = ep.dist.version if ep.dist is not None else "unknown"
-        if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
-            continue
         try:
             plugin = ep.load()
         except Exception as exc:
@@ -215,6 +229,13 @@ def _load_entry_points(pm: KevoPluginManager) -> None:
             ) from exc
         _register_checked(pm, plugin, ep.name, f"distribution {dist}")
         pm.distributions[ep.name] = (dist, version)
+
+
+def _other_engines(declared: importlib.metadata.EntryPoints, applier: str) -> set[str]:
+    """Plugin modules that declare appliers, none of them `applier`: a node using `applier`
+    has no use for them."""
+    wanted = {ep.value for ep in declared if ep.name == applier}
+    return {ep.value for ep in declared} - wanted
 
 
 def _register_checked(pm: pluggy.PluginManager, plugin: object, name: str, origin: str) -> None:
@@ -227,3 +248,19 @@ def _register_checked(pm: pluggy.PluginManager, plugin: object, name: str, origi
 
 def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
     return Registry(pm if pm is not None else get_plugin_manager())
+
+
+def build_node_registry(
+    applier: str, needs: Mapping[str, str] | None = None
+) -> tuple[KevoPluginManager, Registry]:
+    """What a node loads: its own engine's plugin and every plugin that declares no engine.
+    Should `applier`, or a backend in `needs` (kind -> name, such as the configured
+    compressor), not be registered that way (a plugin registering it without declaring it),
+    everything is loaded, and an unknown name's error lists every one installed."""
+    pm = get_plugin_manager(applier=applier)
+    registry = Registry(pm)
+    wanted = {"applier": applier, **(needs or {})}
+    if all(name in registry.names(kind) for kind, name in wanted.items()):
+        return pm, registry
+    pm = get_plugin_manager()
+    return pm, Registry(pm)

@@ -35,6 +35,7 @@ from kevo_repl.protocol.methods import NODE_WRITE
 from kevo_repl.protocol.proto import node_pb2 as npb
 from kevo_repl.protocol.transport import channel_options
 from kevo_repl_tools import bench_redis
+from kevo_repl_tools.bench_clients import stream_cell_processes
 from kevo_repl_tools.bench_embedded import embedded_cells
 from kevo_repl_tools.bench_probe import ENV_PROBE_FILE
 from kevo_repl_tools.bench_raw import (
@@ -76,6 +77,8 @@ class BenchOptions:
     vs_redis: bool = False
     #: write scenario: also the embedded API (open_primary in the bench's own process)
     embedded: bool = True
+    #: write scenario: client processes sharing the stream cell's writers (bench_clients.py)
+    client_processes: int = 1
     #: write --vs-redis: requests redis-benchmark sends per persistence setting
     redis_requests: int = 200_000
     #: upper bound on any single wait (node start, catch-up, drain)
@@ -524,9 +527,13 @@ def run_write(opts: BenchOptions) -> dict[str, Any]:
                 for writers in opts.writers:
                     for batch in opts.batches:
                         for run_cell in (_write_cell, _stream_cell):
-                            cell = asyncio.run(
-                                run_cell(primary.address, writers, batch, opts.seconds)
-                            )
+                            if run_cell is _stream_cell and opts.client_processes > 1:
+                                cell = stream_cell_processes(primary.address, writers, batch,
+                                                             opts.seconds, opts.client_processes)
+                            else:
+                                cell = asyncio.run(
+                                    run_cell(primary.address, writers, batch, opts.seconds)
+                                )
                             cell["stalled_replica"] = stalled
                             cells.append(cell)
             finally:

@@ -54,6 +54,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         batches=args.batches,
         stalled=not args.no_stalled,
         embedded=not args.no_embedded,
+        client_processes=args.client_processes,
         raw_batch=args.raw_batch,
         lag_batch=args.lag_batch,
         vs_redis=args.vs_redis,
@@ -164,6 +165,9 @@ def add_bench(sub: Any) -> None:
                    help="write: skip the cells with a stalled replica")
     s.add_argument("--no-embedded", action="store_true",
                    help="write: skip the embedded API cells (open_primary in this process)")
+    s.add_argument("--client-processes", type=int, default=1,
+                   help="write: client processes sharing each stream cell's writers (one "
+                   "Python client drives about 15k writes/s)")
     s.add_argument("--raw-batch", type=int, default=1000,
                    help="catchup: entries per synced batch of the raw baseline")
     s.add_argument("--lag-batch", type=int, default=100, help="lag: entries per write")

@@ -1,15 +1,15 @@
 """Built-in compressors: ``none``, ``zstd`` and ``snappy`` (the block format, as KevoDB uses).
 
 Decoders accept what KevoDB's compressor produces: its zstd frames do not record the content
-size, so zstd output is read as a stream, bounded by the caller's limit.
+size, so zstd output is read as a stream, bounded by the caller's limit. The codec libraries
+load on a codec's first use: a node that never meets zstd or snappy never imports them.
 """
 
 from __future__ import annotations
 
 import io
-
-import cramjam
-import zstandard
+from types import ModuleType
+from typing import Any
 
 from kevo_repl.plugin.manager import hookimpl
 from kevo_repl.plugin.registrars import CompressorRegistrar
@@ -32,15 +32,24 @@ class ZstdCompressor:
     codec_id = CODEC_ZSTD
 
     def __init__(self, level: int = 1) -> None:
-        self._compressor = zstandard.ZstdCompressor(level=level)
-        self._decompressor = zstandard.ZstdDecompressor()
+        self._level = level
+        self._codecs: tuple[ModuleType, Any, Any] | None = None
+
+    def _zstd(self) -> tuple[ModuleType, Any, Any]:
+        if self._codecs is None:
+            import zstandard
+
+            self._codecs = (zstandard, zstandard.ZstdCompressor(level=self._level),
+                            zstandard.ZstdDecompressor())
+        return self._codecs
 
     def compress(self, data: bytes) -> bytes:
-        return bytes(self._compressor.compress(data))
+        return bytes(self._zstd()[1].compress(data))
 
     def decompress(self, data: bytes, max_size: int) -> bytes:
+        zstandard, _, decompressor = self._zstd()
         try:
-            with self._decompressor.stream_reader(io.BytesIO(data)) as reader:
+            with decompressor.stream_reader(io.BytesIO(data)) as reader:
                 out = reader.read(max_size + 1)
         except zstandard.ZstdError as exc:
             raise DecompressionError(f"invalid zstd data: {exc}") from exc
@@ -66,6 +75,8 @@ class SnappyCompressor:
     codec_id = CODEC_SNAPPY
 
     def compress(self, data: bytes) -> bytes:
+        import cramjam
+
         return bytes(cramjam.snappy.compress_raw(data))
 
     def decompress(self, data: bytes, max_size: int) -> bytes:
@@ -74,6 +85,8 @@ class SnappyCompressor:
             raise DecompressionError(
                 f"snappy block declares {declared} bytes, past the limit of {max_size}"
             )
+        import cramjam
+
         try:
             out = bytes(cramjam.snappy.decompress_raw(data))
         except Exception as exc:  # cramjam raises its own DecompressionError type
