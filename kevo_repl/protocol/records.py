@@ -2,6 +2,11 @@
 
 A record's body is `WALStreamResponse(entries=[...], chain=...)` serialized, so concatenated
 bodies parse as one response and catch-up is a file read, not a re-encode.
+
+A write that carries an idempotency key has it in its record, as the field
+`idempotency_key` serialized FIRST: protobuf accepts fields in any order, and a body without
+a key always starts with an entry, so telling keyed records apart needs no parse. A record
+without a key is byte for byte what it was before keys existed.
 """
 
 from __future__ import annotations
@@ -31,9 +36,17 @@ class Record:
 
 
 
-def encode_body(entries: Sequence[Entry], chain_before: int) -> tuple[bytes, int]:
+#: how a body holding an idempotency key begins: the tag of field 23, length-delimited
+#: ((23 << 3) | 2 = 186, as a varint)
+_KEY_TAG = b"\xba\x01"
+
+
+def encode_body(
+    entries: Sequence[Entry], chain_before: int, idempotency_key: bytes | None = None
+) -> tuple[bytes, int]:
     """The wire form of entries, as stored in a WAL record and sent to replicas, carrying the
-    hash chain after the last entry; and that chain value."""
+    hash chain after the last entry (and the write's idempotency key, if given); and that
+    chain value."""
     msgs = []
     payloads = []
     for e in entries:
@@ -43,8 +56,21 @@ def encode_body(entries: Sequence[Entry], chain_before: int) -> tuple[bytes, int
             rpb.WALEntry(sequence_number=e.seq, payload=payload, checksum=checksum(payload))
         )
     chain_after = chain_mod.over(chain_before, payloads)
-    body = rpb.WALStreamResponse(entries=msgs, chain=chain_after).SerializeToString()
-    return bytes(body), chain_after
+    body = bytes(rpb.WALStreamResponse(entries=msgs, chain=chain_after).SerializeToString())
+    if idempotency_key:
+        key_field = rpb.WALStreamResponse(idempotency_key=idempotency_key).SerializeToString()
+        body = bytes(key_field) + body
+    return body, chain_after
+
+
+def keyed_entries(body: bytes) -> tuple[bytes, list[Entry]] | None:
+    """The idempotency key and entries of a record body that carries a key, else None (cheap:
+    a body without a key is not parsed)."""
+    if not body.startswith(_KEY_TAG):
+        return None
+    resp = rpb.WALStreamResponse.FromString(body)
+    entries = [decode(e.payload, e.sequence_number) for e in resp.entries]
+    return bytes(resp.idempotency_key), entries
 
 
 def chain_of(record: Record) -> int | None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*kevo_repl/protocol/proto/replication.proto\x12\x10kevo.replication\"\x9b\x02\n\x10WALStreamRequest\x12\x16\n\x0estart_sequence\x18\x01 \x01(\x04\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x1d\n\x15\x63ompression_supported\x18\x03 \x01(\x08\x12;\n\x0fpreferred_codec\x18\x04 \x01(\x0e\x32\".kevo.replication.CompressionCodec\x12\x18\n\x10listener_address\x18\x05 \x01(\t\x12\x12\n\nreplica_id\x18\x10 \x01(\t\x12\x12\n\nhistory_id\x18\x11 \x01(\t\x12\x19\n\x11\x62lock_compression\x18\x12 \x01(\x08\x12\x12\n\x05\x63hain\x18\x13 \x01(\x04H\x00\x88\x01\x01\x42\x08\n\x06_chain\"\xb8\x02\n\x11WALStreamResponse\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.kevo.replication.WALEntry\x12\x12\n\ncompressed\x18\x02 \x01(\x08\x12\x31\n\x05\x63odec\x18\x03 \x01(\x0e\x32\".kevo.replication.CompressionCodec\x12\x15\n\rhead_sequence\x18\x10 \x01(\x04\x12\x17\n\x0fprimary_time_ns\x18\x11 \x01(\x04\x12\x12\n\nhistory_id\x18\x12 \x01(\t\x12\x1a\n\x12\x63ompressed_entries\x18\x13 \x01(\x0c\x12\x15\n\rpartial_batch\x18\x14 \x01(\x08\x12\x12\n\x05\x63hain\x18\x15 \x01(\x04H\x00\x88\x01\x01\x12\x1a\n\x12want_received_acks\x18\x16 \x01(\x08\x42\x08\n\x06_chain\"}\n\x08WALEntry\x12\x17\n\x0fsequence_number\x18\x01 \x01(\x04\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x35\n\rfragment_type\x18\x03 \x01(\x0e\x32\x1e.kevo.replication.FragmentType\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\r\"9\n\x03\x41\x63k\x12\x1a\n\x12\x61\x63knowledged_up_to\x18\x01 \x01(\x04\x12\x16\n\x0ereceived_up_to\x18\x10 \x01(\x04\"/\n\x0b\x41\x63kResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"%\n\x04Nack\x12\x1d\n\x15missing_from_sequence\x18\x01 \x01(\x04\"0\n\x0cNackResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"z\n\x0fSnapshotRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\x12\x12\n\nnext_index\x18\x03 \x01(\x04\x12\x11\n\tafter_key\x18\x04 \x01(\x0c\x12\x17\n\x0fmax_chunk_bytes\x18\x05 \x01(\r\"\xbf\x01\n\rSnapshotChunk\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x12\n\nhistory_id\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x06 \x01(\r\x12\r\n\x05\x63ount\x18\x07 \x01(\r\x12\x0c\n\x04last\x18\x08 \x01(\x08\x12\x12\n\ntotal_keys\x18\t \x01(\x04\x12\x13\n\x0btotal_bytes\x18\n \x01(\x04*9\n\x0c\x46ragmentType\x12\x08\n\x04\x46ULL\x10\x00\x12\t\n\x05\x46IRST\x10\x01\x12\n\n\x06MIDDLE\x10\x02\x12\x08\n\x04LAST\x10\x03*2\n\x10\x43ompressionCodec\x12\x08\n\x04NONE\x10\x00\x12\x08\n\x04ZSTD\x10\x01\x12\n\n\x06SNAPPY\x10\x02\x32\xd5\x02\n\x15WALReplicationService\x12V\n\tStreamWAL\x12\".kevo.replication.WALStreamRequest\x1a#.kevo.replication.WALStreamResponse0\x01\x12\x43\n\x0b\x41\x63knowledge\x12\x15.kevo.replication.Ack\x1a\x1d.kevo.replication.AckResponse\x12M\n\x13NegativeAcknowledge\x12\x16.kevo.replication.Nack\x1a\x1e.kevo.replication.NackResponse\x12P\n\x08Snapshot\x12!.kevo.replication.SnapshotRequest\x1a\x1f.kevo.replication.SnapshotChunk0\x01\x42@Z>github.com/KevoDB/kevo/pkg/replication/proto;replication_protob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*kevo_repl/protocol/proto/replication.proto\x12\x10kevo.replication\"\x9b\x02\n\x10WALStreamRequest\x12\x16\n\x0estart_sequence\x18\x01 \x01(\x04\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x1d\n\x15\x63ompression_supported\x18\x03 \x01(\x08\x12;\n\x0fpreferred_codec\x18\x04 \x01(\x0e\x32\".kevo.replication.CompressionCodec\x12\x18\n\x10listener_address\x18\x05 \x01(\t\x12\x12\n\nreplica_id\x18\x10 \x01(\t\x12\x12\n\nhistory_id\x18\x11 \x01(\t\x12\x19\n\x11\x62lock_compression\x18\x12 \x01(\x08\x12\x12\n\x05\x63hain\x18\x13 \x01(\x04H\x00\x88\x01\x01\x42\x08\n\x06_chain\"\xd1\x02\n\x11WALStreamResponse\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.kevo.replication.WALEntry\x12\x12\n\ncompressed\x18\x02 \x01(\x08\x12\x31\n\x05\x63odec\x18\x03 \x01(\x0e\x32\".kevo.replication.CompressionCodec\x12\x15\n\rhead_sequence\x18\x10 \x01(\x04\x12\x17\n\x0fprimary_time_ns\x18\x11 \x01(\x04\x12\x12\n\nhistory_id\x18\x12 \x01(\t\x12\x1a\n\x12\x63ompressed_entries\x18\x13 \x01(\x0c\x12\x15\n\rpartial_batch\x18\x14 \x01(\x08\x12\x12\n\x05\x63hain\x18\x15 \x01(\x04H\x00\x88\x01\x01\x12\x1a\n\x12want_received_acks\x18\x16 \x01(\x08\x12\x17\n\x0fidempotency_key\x18\x17 \x01(\x0c\x42\x08\n\x06_chain\"}\n\x08WALEntry\x12\x17\n\x0fsequence_number\x18\x01 \x01(\x04\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x35\n\rfragment_type\x18\x03 \x01(\x0e\x32\x1e.kevo.replication.FragmentType\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\r\"9\n\x03\x41\x63k\x12\x1a\n\x12\x61\x63knowledged_up_to\x18\x01 \x01(\x04\x12\x16\n\x0ereceived_up_to\x18\x10 \x01(\x04\"/\n\x0b\x41\x63kResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"%\n\x04Nack\x12\x1d\n\x15missing_from_sequence\x18\x01 \x01(\x04\"0\n\x0cNackResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"z\n\x0fSnapshotRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\x12\x12\n\nnext_index\x18\x03 \x01(\x04\x12\x11\n\tafter_key\x18\x04 \x01(\x0c\x12\x17\n\x0fmax_chunk_bytes\x18\x05 \x01(\r\"\xbf\x01\n\rSnapshotChunk\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x12\n\nhistory_id\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x06 \x01(\r\x12\r\n\x05\x63ount\x18\x07 \x01(\r\x12\x0c\n\x04last\x18\x08 \x01(\x08\x12\x12\n\ntotal_keys\x18\t \x01(\x04\x12\x13\n\x0btotal_bytes\x18\n \x01(\x04*9\n\x0c\x46ragmentType\x12\x08\n\x04\x46ULL\x10\x00\x12\t\n\x05\x46IRST\x10\x01\x12\n\n\x06MIDDLE\x10\x02\x12\x08\n\x04LAST\x10\x03*2\n\x10\x43ompressionCodec\x12\x08\n\x04NONE\x10\x00\x12\x08\n\x04ZSTD\x10\x01\x12\n\n\x06SNAPPY\x10\x02\x32\xd5\x02\n\x15WALReplicationService\x12V\n\tStreamWAL\x12\".kevo.replication.WALStreamRequest\x1a#.kevo.replication.WALStreamResponse0\x01\x12\x43\n\x0b\x41\x63knowledge\x12\x15.kevo.replication.Ack\x1a\x1d.kevo.replication.AckResponse\x12M\n\x13NegativeAcknowledge\x12\x16.kevo.replication.Nack\x1a\x1e.kevo.replication.NackResponse\x12P\n\x08Snapshot\x12!.kevo.replication.SnapshotRequest\x1a\x1f.kevo.replication.SnapshotChunk0\x01\x42@Z>github.com/KevoDB/kevo/pkg/replication/proto;replication_protob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,28 +32,28 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kevo_repl.protocol.proto.re
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z>github.com/KevoDB/kevo/pkg/replication/proto;replication_proto'
-  _globals['_FRAGMENTTYPE']._serialized_start=1307
-  _globals['_FRAGMENTTYPE']._serialized_end=1364
-  _globals['_COMPRESSIONCODEC']._serialized_start=1366
-  _globals['_COMPRESSIONCODEC']._serialized_end=1416
+  _globals['_FRAGMENTTYPE']._serialized_start=1332
+  _globals['_FRAGMENTTYPE']._serialized_end=1389
+  _globals['_COMPRESSIONCODEC']._serialized_start=1391
+  _globals['_COMPRESSIONCODEC']._serialized_end=1441
   _globals['_WALSTREAMREQUEST']._serialized_start=65
   _globals['_WALSTREAMREQUEST']._serialized_end=348
   _globals['_WALSTREAMRESPONSE']._serialized_start=351
-  _globals['_WALSTREAMRESPONSE']._serialized_end=663
-  _globals['_WALENTRY']._serialized_start=665
-  _globals['_WALENTRY']._serialized_end=790
-  _globals['_ACK']._serialized_start=792
-  _globals['_ACK']._serialized_end=849
-  _globals['_ACKRESPONSE']._serialized_start=851
-  _globals['_ACKRESPONSE']._serialized_end=898
-  _globals['_NACK']._serialized_start=900
-  _globals['_NACK']._serialized_end=937
-  _globals['_NACKRESPONSE']._serialized_start=939
-  _globals['_NACKRESPONSE']._serialized_end=987
-  _globals['_SNAPSHOTREQUEST']._serialized_start=989
-  _globals['_SNAPSHOTREQUEST']._serialized_end=1111
-  _globals['_SNAPSHOTCHUNK']._serialized_start=1114
-  _globals['_SNAPSHOTCHUNK']._serialized_end=1305
-  _globals['_WALREPLICATIONSERVICE']._serialized_start=1419
-  _globals['_WALREPLICATIONSERVICE']._serialized_end=1760
+  _globals['_WALSTREAMRESPONSE']._serialized_end=688
+  _globals['_WALENTRY']._serialized_start=690
+  _globals['_WALENTRY']._serialized_end=815
+  _globals['_ACK']._serialized_start=817
+  _globals['_ACK']._serialized_end=874
+  _globals['_ACKRESPONSE']._serialized_start=876
+  _globals['_ACKRESPONSE']._serialized_end=923
+  _globals['_NACK']._serialized_start=925
+  _globals['_NACK']._serialized_end=962
+  _globals['_NACKRESPONSE']._serialized_start=964
+  _globals['_NACKRESPONSE']._serialized_end=1012
+  _globals['_SNAPSHOTREQUEST']._serialized_start=1014
+  _globals['_SNAPSHOTREQUEST']._serialized_end=1136
+  _globals['_SNAPSHOTCHUNK']._serialized_start=1139
+  _globals['_SNAPSHOTCHUNK']._serialized_end=1330
+  _globals['_WALREPLICATIONSERVICE']._serialized_start=1444
+  _globals['_WALREPLICATIONSERVICE']._serialized_end=1785
 # @@protoc_insertion_point(module_scope)

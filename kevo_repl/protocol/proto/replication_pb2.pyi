@@ -50,7 +50,7 @@ class WALStreamRequest(_message.Message):
     def __init__(self, start_sequence: _Optional[int] = ..., protocol_version: _Optional[int] = ..., compression_supported: _Optional[bool] = ..., preferred_codec: _Optional[_Union[CompressionCodec, str]] = ..., listener_address: _Optional[str] = ..., replica_id: _Optional[str] = ..., history_id: _Optional[str] = ..., block_compression: _Optional[bool] = ..., chain: _Optional[int] = ...) -> None: ...
 
 class WALStreamResponse(_message.Message):
-    __slots__ = ("entries", "compressed", "codec", "head_sequence", "primary_time_ns", "history_id", "compressed_entries", "partial_batch", "chain", "want_received_acks")
+    __slots__ = ("entries", "compressed", "codec", "head_sequence", "primary_time_ns", "history_id", "compressed_entries", "partial_batch", "chain", "want_received_acks", "idempotency_key")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     COMPRESSED_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class WALStreamResponse(_message.Message):
     PARTIAL_BATCH_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     WANT_RECEIVED_ACKS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[WALEntry]
     compressed: bool
     codec: CompressionCodec
@@ -71,7 +72,8 @@ class WALStreamResponse(_message.Message):
     partial_batch: bool
     chain: int
     want_received_acks: bool
-    def __init__(self, entries: _Optional[_Iterable[_Union[WALEntry, _Mapping]]] = ..., compressed: _Optional[bool] = ..., codec: _Optional[_Union[CompressionCodec, str]] = ..., head_sequence: _Optional[int] = ..., primary_time_ns: _Optional[int] = ..., history_id: _Optional[str] = ..., compressed_entries: _Optional[bytes] = ..., partial_batch: _Optional[bool] = ..., chain: _Optional[int] = ..., want_received_acks: _Optional[bool] = ...) -> None: ...
+    idempotency_key: bytes
+    def __init__(self, entries: _Optional[_Iterable[_Union[WALEntry, _Mapping]]] = ..., compressed: _Optional[bool] = ..., codec: _Optional[_Union[CompressionCodec, str]] = ..., head_sequence: _Optional[int] = ..., primary_time_ns: _Optional[int] = ..., history_id: _Optional[str] = ..., compressed_entries: _Optional[bytes] = ..., partial_batch: _Optional[bool] = ..., chain: _Optional[int] = ..., want_received_acks: _Optional[bool] = ..., idempotency_key: _Optional[bytes] = ...) -> None: ...
 
 class WALEntry(_message.Message):
     __slots__ = ("sequence_number", "payload", "fragment_type", "checksum")
