@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from kevo_repl.primary.idempotency import key_problem
 from kevo_repl.protocol.proto import node_pb2 as npb
 
 _LEVELS = {npb.ACK_DURABLE: "durable", npb.ACK_RECEIVED: "received"}
@@ -26,4 +27,6 @@ def request_problem(request: npb.WriteRequest) -> str | None:
     timeout = request.timeout_s
     if not math.isfinite(timeout) or timeout < 0:
         return f"timeout_s must be 0 (the primary's default) or a positive number, not {timeout}"
+    if request.HasField("idempotency_key"):
+        return key_problem(request.idempotency_key)
     return None
