@@ -288,7 +288,8 @@ class PrimaryConfig:
              description="idempotent writes: a write's idempotency key is remembered while "
              "the write is among the primary's last this-many writes (keyed or not), also "
              "across restarts while the WAL retains it; a retry within it gets the original "
-             "sequences. About 400 bytes of memory per remembered key"),
+             "sequences. About 410 bytes of memory per remembered key (64-byte keys): 41 MB at "
+             "the default"),
     ] = 100_000
 
 

@@ -25,9 +25,14 @@ from kevo_repl.client.client import Client
 from kevo_repl.config import Config
 from kevo_repl.node.embedded import open_primary
 from kevo_repl.node.server import Node
-from kevo_repl.primary.idempotency import IdempotencyWindow, KeyReused, content_digest
-from kevo_repl.protocol.codec import Entry, Op
-from kevo_repl.protocol.records import Record, encode_body, keyed_entries
+from kevo_repl.primary.idempotency import (
+    IdempotencyWindow,
+    KeyReused,
+    content_digest,
+    payloads_digest,
+)
+from kevo_repl.protocol.codec import Entry, Op, encode
+from kevo_repl.protocol.records import Record, encode_body, keyed_payloads
 from kevo_repl.storage.wal import WAL
 
 
@@ -309,8 +314,9 @@ def test_records_without_a_key_are_unchanged_and_v1_decoding_ignores_the_key() -
     keyed, chain_keyed = encode_body(entries, 1, b"req-1")
     assert chain == chain_keyed
     assert keyed.endswith(plain) and len(keyed) == len(plain) + 2 + 1 + 5
-    assert keyed_entries(plain) is None
-    assert keyed_entries(keyed) == (b"req-1", entries)
+    assert keyed_payloads(plain) is None
+    assert keyed_payloads(keyed) == (b"req-1", [encode(e.seq, e.op, e.key, e.value)
+                                                for e in entries])
     # KevoDB's WALStreamResponse (fields 1-3 only) parses a keyed body exactly as a plain one
     kevodb = _kevodb_response_class()
     a, b = kevodb.FromString(keyed), kevodb.FromString(plain)
@@ -342,6 +348,24 @@ def _kevodb_response_class() -> type:
         pool.FindMessageTypeByName("kevodb_v1.WALStreamResponse")
     )
     return cls
+
+
+def test_the_content_digest_is_the_same_from_mutations_and_from_wal_payloads() -> None:
+    writes = [
+        [(PUT, b"k", b"v")],
+        [(int(Op.DELETE), b"k", b"ignored")],  # a Delete's value is never written
+        [(int(Op.MERGE), b"k", b"v"), (PUT, b"", b""), (PUT, b"k" * 300, b"v" * 70_000)],
+    ]
+    digests = set()
+    for muts in writes:
+        payloads = [encode(7 + i, op, k, b"" if op == Op.DELETE else v)
+                    for i, (op, k, v) in enumerate(muts)]
+        assert content_digest(muts) == payloads_digest(payloads)
+        digests.add(content_digest(muts))
+    assert len(digests) == len(writes)
+    # boundaries count: the same bytes split otherwise are other content
+    assert content_digest([(PUT, b"ab", b"c")]) != content_digest([(PUT, b"a", b"bc")])
+    assert content_digest([(PUT, b"k", b"")]) != content_digest([(int(Op.DELETE), b"k", b"")])
 
 
 def test_the_window_holds_at_most_its_size_under_many_distinct_keys() -> None:

@@ -63,14 +63,13 @@ def encode_body(
     return body, chain_after
 
 
-def keyed_entries(body: bytes) -> tuple[bytes, list[Entry]] | None:
-    """The idempotency key and entries of a record body that carries a key, else None (cheap:
-    a body without a key is not parsed)."""
+def keyed_payloads(body: bytes) -> tuple[bytes, list[bytes]] | None:
+    """The idempotency key and entry payloads of a record body that carries a key, else None
+    (cheap: a body without a key is not parsed)."""
     if not body.startswith(_KEY_TAG):
         return None
     resp = rpb.WALStreamResponse.FromString(body)
-    entries = [decode(e.payload, e.sequence_number) for e in resp.entries]
-    return bytes(resp.idempotency_key), entries
+    return bytes(resp.idempotency_key), [bytes(e.payload) for e in resp.entries]
 
 
 def chain_of(record: Record) -> int | None:
