@@ -198,6 +198,32 @@ def test_the_window_is_bounded_and_rebuilt_alike(cluster: Cluster, tmp_path: Pat
         assert resp.duplicate is False
 
 
+def test_retention_keeps_the_wal_the_window_needs(cluster: Cluster, tmp_path: Path) -> None:
+    config = tmp_path / "primary.toml"
+    config.write_text("[primary]\nidempotency_window = 200\n[wal]\nsegment_bytes = 4096\n")
+    primary = cluster.primary(config=config)
+    replica = cluster.replica(primary)
+    with primary.client() as c:
+        assert c.write_full([(PUT, b"k", b"v")], idempotency_key=b"keep").first_sequence == 1
+        for i in range(100):  # many segments, every one acknowledged by the replica
+            c.write([(PUT, b"plain%d" % i, b"v" * 200)])
+    wait_caught_up(primary, replica)
+    st = primary.status()
+    assert st["wal_segments"] > 3
+    # the slot alone would let every sealed segment go; the window's key holds the first
+    assert st["first_sequence"] == 1
+    assert st["oldest_segment_held_by"] == "idempotency window"
+    primary.kill()
+    primary.start()
+    with primary.client() as c:
+        resp = c.write_full([(PUT, b"k", b"v")], idempotency_key=b"keep")
+        assert (resp.first_sequence, resp.duplicate) == (1, True)
+        for i in range(200):  # the key leaves the window: its WAL may go
+            c.write([(PUT, b"more%d" % i, b"v" * 200)])
+    wait_until(lambda: primary.status()["first_sequence"] > 1, 30.0, "the WAL to be pruned")
+    assert primary.status()["oldest_segment_held_by"] != "idempotency window"
+
+
 def test_write_stream_with_idempotency_keys(cluster: Cluster) -> None:
     primary = cluster.primary()
     with primary.client() as c:
@@ -376,6 +402,7 @@ def test_the_window_holds_at_most_its_size_under_many_distinct_keys() -> None:
         assert len(window) <= 1000
     assert len(window) == 1000
     assert b"49000" in window and b"48999" not in window
+    assert window.oldest_sequence == 49001  # what WAL retention keeps from
     assert window.lookup(b"49999", digest) is not None
 
 

@@ -91,6 +91,10 @@ class IdempotencyWindow:
         self.size = size
         self._keys: OrderedDict[bytes, Remembered] = OrderedDict()
         self._writes = 0  # writes counted so far (keyed or not)
+        #: the first sequence of the oldest remembered keyed write: WAL retention keeps the
+        #: WAL from there, so that a restart finds every key (a plain attribute, read from
+        #: retention's threads)
+        self.oldest_sequence: int | None = None
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -119,11 +123,14 @@ class IdempotencyWindow:
             self._keys[key] = Remembered(first, last, digest, self._writes)
             self._keys.move_to_end(key)
         oldest = self._writes - self.size
-        while self._keys:
-            front = next(iter(self._keys.values()))
+        keys = self._keys
+        while keys:
+            front = next(iter(keys.values()))
             if front.number > oldest:
-                break
-            self._keys.popitem(last=False)
+                self.oldest_sequence = front.first
+                return
+            keys.popitem(last=False)
+        self.oldest_sequence = None
 
     def rebuild(self, records: Iterable[Record]) -> None:
         """Count the records of the WAL's tail (the last `size` of them, oldest first), as

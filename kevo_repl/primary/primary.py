@@ -141,6 +141,7 @@ class Primary:
         self.retention = Retention(
             cfg.retention, cfg.snapshot, self.wal, self.store, self.slots, self.connected_replicas,
             replica_id_from_cert=cfg.server.replica_id_from_cert,
+            window_start=lambda: self.idempotency.oldest_sequence,
         )
 
     # -- start-up ----------------------------------------------------------------------------
