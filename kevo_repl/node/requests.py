@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-from kevo_repl.primary.idempotency import key_problem
 from kevo_repl.protocol.proto import node_pb2 as npb
 
 _LEVELS = {npb.ACK_DURABLE: "durable", npb.ACK_RECEIVED: "received"}
@@ -28,5 +27,8 @@ def request_problem(request: npb.WriteRequest) -> str | None:
     if not math.isfinite(timeout) or timeout < 0:
         return f"timeout_s must be 0 (the primary's default) or a positive number, not {timeout}"
     if request.HasField("idempotency_key"):
+        # here, not at the top: a replica's start-up imports none of the primary's modules
+        from kevo_repl.primary.idempotency import key_problem
+
         return key_problem(request.idempotency_key)
     return None
