@@ -128,6 +128,10 @@ def test_a_key_reused_with_other_content_or_a_bad_key_is_refused(cluster: Cluste
             with pytest.raises(grpc.RpcError) as info:
                 c.write_full([(PUT, b"k", b"v3")], idempotency_key=bad)
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for op in (1000, 256, 0):  # an op the digest could not take is refused, not crashed on
+            with pytest.raises(grpc.RpcError) as info:
+                c.write_full([(op, b"k", b"v1")], idempotency_key=b"r")
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert c.get(b"k") == b"v1"
         longest = c.write_full([(PUT, b"k", b"v4")], idempotency_key=b"x" * 64)
         assert (longest.first_sequence, longest.duplicate) == (2, False)

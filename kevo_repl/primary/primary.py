@@ -257,6 +257,9 @@ class Primary:
         problem = key_problem(idempotency_key)
         if problem is not None:
             raise WriteRejected(problem)
+        for op, _, _ in mutations:  # the digest takes an op as one byte, as payloads do
+            if op not in (Op.PUT, Op.DELETE, Op.MERGE):
+                raise WriteRejected(f"unknown op {op}")
         digest = content_digest(mutations)
         # the window before the availability checks: a committed write stays committed
         known = self.idempotency.lookup(idempotency_key, digest)
