@@ -298,6 +298,21 @@ class StreamConfig:
 
 
 @dataclass
+class PrimaryConfig:
+    """The primary's write path."""
+
+    idempotency_window: Annotated[
+        int,
+        Meta(ge=1, le=10_000_000,
+             description="idempotent writes: a write's idempotency key is remembered while "
+             "the write is among the primary's last this-many writes (keyed or not), also "
+             "across restarts while the WAL retains it; a retry within it gets the original "
+             "sequences. About 410 bytes of memory per remembered key (64-byte keys): 41 MB at "
+             "the default"),
+    ] = 100_000
+
+
+@dataclass
 class SemiSyncConfig:
     """Writes that wait for replicas (WriteRequest.wait_for > 0)."""
 
@@ -390,6 +405,7 @@ class Config:
     compressor: CompressorConfig = field(default_factory=CompressorConfig)
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    primary: PrimaryConfig = field(default_factory=PrimaryConfig)
     semisync: SemiSyncConfig = field(default_factory=SemiSyncConfig)
     wal: WALConfig = field(default_factory=WALConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)

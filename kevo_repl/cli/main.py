@@ -123,11 +123,19 @@ def _semisync(args: argparse.Namespace) -> Any:
                     args.on_timeout == "degrade")
 
 
+def _idempotency_key(args: argparse.Namespace) -> bytes | None:
+    text = getattr(args, "request_id", None)
+    return None if text is None else text.encode()
+
+
 def _write_one(args: argparse.Namespace, op: int, value: bytes) -> int:
     key = decode_arg(args.key, args, "KEY")
     with _client(args) as c:
-        resp = c.write_full([(op, key, value)], _semisync(args))
+        resp = c.write_full([(op, key, value)], _semisync(args),
+                            idempotency_key=_idempotency_key(args))
     out: dict[str, Any] = {"sequence": resp.last_sequence}
+    if resp.duplicate:
+        out["duplicate"] = True
     if args.wait_for:
         out |= {"acked_by": list(resp.acked_by), "degraded": resp.degraded}
     print(json.dumps(out))
@@ -442,6 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read the value's exact bytes from FILE; `-` reads stdin")
     add_encoding_flags(s, "KEY and VALUE are given")
     semisync_flags(s)
+    s.add_argument("--request-id", "--idempotency-key", dest="request_id", metavar="ID",
+                   help="make the write idempotent: a retry with the same ID (1 to 64 bytes of "
+                   "UTF-8) and the same key and value prints the original sequence and "
+                   '"duplicate": true instead of writing again')
     s.set_defaults(func=cmd_put)
     s = client_cmd("delete", "delete one key (primary only)")
     s.add_argument("key", metavar="KEY")

@@ -44,19 +44,24 @@ class SemiSync:
 
 def write_request(
     mutations: Iterable[tuple[int, bytes, bytes]], sync: SemiSync | None = None,
-    request_id: int = 0,
+    request_id: int = 0, idempotency_key: bytes | None = None,
 ) -> npb.WriteRequest:
-    return fill_request(npb.WriteRequest(), mutations, sync, request_id)
+    """A WriteRequest. `request_id` only matches WriteStream answers to requests;
+    `idempotency_key` makes the write idempotent (the CLI's --request-id): a retry with the
+    same key and mutations is answered with the original sequences, `duplicate` set."""
+    return fill_request(npb.WriteRequest(), mutations, sync, request_id, idempotency_key)
 
 
 def fill_request(
     req: npb.WriteRequest, mutations: Iterable[tuple[int, bytes, bytes]],
-    sync: SemiSync | None = None, request_id: int = 0,
+    sync: SemiSync | None = None, request_id: int = 0, idempotency_key: bytes | None = None,
 ) -> npb.WriteRequest:
     """Fill an empty WriteRequest in place, such as one added to a WriteBatch (no copy)."""
     req.request_id = request_id
     for op, k, v in mutations:
         req.mutations.add(op=op, key=k, value=v)
+    if idempotency_key is not None:
+        req.idempotency_key = idempotency_key
     if sync is not None and sync.wait_for > 0:
         req.wait_for = sync.wait_for
         req.level = npb.ACK_DURABLE if sync.durable else npb.ACK_RECEIVED
@@ -128,7 +133,8 @@ class StreamWriter:
             fut.set_exception(exc)
 
     def submit(
-        self, mutations: Iterable[tuple[int, bytes, bytes]], sync: SemiSync | None = None
+        self, mutations: Iterable[tuple[int, bytes, bytes]], sync: SemiSync | None = None,
+        idempotency_key: bytes | None = None,
     ) -> Future[npb.WriteResponse]:
         fut: Future[npb.WriteResponse] = Future()
         with self._lock:
@@ -136,13 +142,14 @@ class StreamWriter:
                 raise RuntimeError("the write stream is closed")
             rid = next(self._ids)
             self._pending[rid] = fut
-        self._requests.put(write_request(mutations, sync, rid))
+        self._requests.put(write_request(mutations, sync, rid, idempotency_key))
         return fut
 
     def write(
-        self, mutations: Iterable[tuple[int, bytes, bytes]], timeout: float = 30.0
+        self, mutations: Iterable[tuple[int, bytes, bytes]], timeout: float = 30.0,
+        idempotency_key: bytes | None = None,
     ) -> tuple[int, int]:
-        resp = self.submit(mutations).result(timeout)
+        resp = self.submit(mutations, idempotency_key=idempotency_key).result(timeout)
         if resp.error_code:
             raise WriteFailed(grpc.StatusCode(_CODES[resp.error_code]), resp.error)
         return resp.first_sequence, resp.last_sequence
@@ -217,12 +224,13 @@ class AsyncStreamWriter:
         self._pending.clear()
 
     async def write(
-        self, mutations: Iterable[tuple[int, bytes, bytes]], sync: SemiSync | None = None
+        self, mutations: Iterable[tuple[int, bytes, bytes]], sync: SemiSync | None = None,
+        idempotency_key: bytes | None = None,
     ) -> tuple[int, int]:
         rid = next(self._ids)
         fut: asyncio.Future[npb.WriteResponse] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
-        fill_request(self._batch.writes.add(), mutations, sync, rid)
+        fill_request(self._batch.writes.add(), mutations, sync, rid, idempotency_key)
         self._queued.set()
         resp = await fut
         if resp.error_code:
@@ -277,15 +285,22 @@ class Client:
     def stream_writer(self) -> StreamWriter:
         return StreamWriter(self)
 
-    def write(self, mutations: Iterable[tuple[int, bytes, bytes]]) -> tuple[int, int]:
-        resp = self.write_full(mutations)
+    def write(
+        self, mutations: Iterable[tuple[int, bytes, bytes]],
+        idempotency_key: bytes | None = None,
+    ) -> tuple[int, int]:
+        resp = self.write_full(mutations, idempotency_key=idempotency_key)
         return resp.first_sequence, resp.last_sequence
 
     def write_full(
-        self, mutations: Iterable[tuple[int, bytes, bytes]], sync: SemiSync | None = None
+        self, mutations: Iterable[tuple[int, bytes, bytes]], sync: SemiSync | None = None,
+        idempotency_key: bytes | None = None,
     ) -> npb.WriteResponse:
-        """One write batch; with `sync`, wait for replicas (semi-synchronous)."""
-        req = write_request(mutations, sync)
+        """One write batch; with `sync`, wait for replicas (semi-synchronous). With
+        `idempotency_key`, a retry of this call (same key, same mutations) after a lost reply
+        is answered with the original sequences and `duplicate` set, not written again, while
+        the primary remembers the key (README, "Idempotent writes")."""
+        req = write_request(mutations, sync, idempotency_key=idempotency_key)
         timeout = self.timeout + (sync.timeout_s if sync else 0.0)
         resp: npb.WriteResponse = self._write(req, timeout=timeout)
         return resp

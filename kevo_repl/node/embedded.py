@@ -146,10 +146,38 @@ class EmbeddedPrimary:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def write(self, mutations: Sequence[Mutation]) -> tuple[int, int]:
-        """Write one atomic batch from any thread; (first, last) sequence once durable."""
+    def write(
+        self, mutations: Sequence[Mutation], idempotency_key: bytes | None = None
+    ) -> tuple[int, int]:
+        """Write one atomic batch from any thread; (first, last) sequence once durable.
+        With `idempotency_key`, a retry (same key, same mutations) gets the original
+        sequences without writing again (README, "Idempotent writes")."""
+        if idempotency_key is not None:
+            return self._write_once(mutations, idempotency_key)
         self._slots.acquire()
         return self._submit(mutations).result()
+
+    def _write_once(self, mutations: Sequence[Mutation], key: bytes) -> tuple[int, int]:
+        # not through the hand-off queue: a retry waits on its key's own write
+        self._slots.acquire()
+        try:
+            with self._lock:  # so that close() finds the write among the commits it awaits
+                if self._closed or not self._thread.is_alive():
+                    raise KevoReplError("the embedded primary is closed")
+                fut = asyncio.run_coroutine_threadsafe(self._once(mutations, key), self._loop)
+            first, last, _duplicate = fut.result()
+            return first, last
+        finally:
+            self._slots.release()
+
+    async def _once(self, mutations: Sequence[Mutation], key: bytes) -> tuple[int, int, bool]:
+        task = asyncio.current_task()
+        assert task is not None
+        self._commits.add(task)  # close() awaits it like the queued commits
+        try:
+            return await self.primary.write_once(mutations, key)
+        finally:
+            self._commits.discard(task)
 
     def put(self, key: bytes, value: bytes) -> int:
         return self.write([(Op.PUT, key, value)])[1]

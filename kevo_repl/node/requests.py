@@ -26,4 +26,9 @@ def request_problem(request: npb.WriteRequest) -> str | None:
     timeout = request.timeout_s
     if not math.isfinite(timeout) or timeout < 0:
         return f"timeout_s must be 0 (the primary's default) or a positive number, not {timeout}"
+    if request.HasField("idempotency_key"):
+        # here, not at the top: a replica's start-up imports none of the primary's modules
+        from kevo_repl.primary.idempotency import key_problem
+
+        return key_problem(request.idempotency_key)
     return None

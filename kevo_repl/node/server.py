@@ -139,6 +139,7 @@ class NodeService:
                 f"this node is a read-only replica; send writes to the primary at "
                 f"{self.cfg.replica.primary}",
             )
+        from kevo_repl.primary.idempotency import KeyReused
         from kevo_repl.primary.primary import PrimaryFenced, PrimaryUnavailable, WriteRejected
 
         problem = request_problem(request)
@@ -149,16 +150,22 @@ class NodeService:
         received = bool(request.wait_for) and request.level == npb.ACK_RECEIVED
         self.primary.received_waiters += received
         try:
+            duplicate = False
             try:
-                first, last = await self.primary.write(mutations)
+                if request.HasField("idempotency_key"):
+                    first, last, duplicate = await self.primary.write_once(
+                        mutations, request.idempotency_key
+                    )
+                else:
+                    first, last = await self.primary.write(mutations)
             except WriteRejected as exc:
                 raise _WriteFailed(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-            except PrimaryFenced as exc:
+            except (PrimaryFenced, KeyReused) as exc:
                 raise _WriteFailed(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
             except PrimaryUnavailable as exc:
                 raise _WriteFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
             resp = npb.WriteResponse(first_sequence=first, last_sequence=last,
-                                     request_id=request.request_id)
+                                     request_id=request.request_id, duplicate=duplicate)
             if request.wait_for:
                 await self._wait_for_replicas(request, resp)
             return resp
@@ -272,7 +279,8 @@ class NodeService:
                             request_id=request.request_id,
                             error_code=grpc.StatusCode.INVALID_ARGUMENT.value[0], error=problem,
                         ))
-                    elif request.wait_for or self.primary is None:
+                    elif (request.wait_for or self.primary is None
+                          or request.HasField("idempotency_key")):
                         spawn(one(request))
                     else:
                         plain.append(request)

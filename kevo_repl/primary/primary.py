@@ -8,7 +8,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -20,6 +20,7 @@ from kevo_repl.identity import bound_replica_id, check_replica_id
 from kevo_repl.plugin.manager import Registry
 from kevo_repl.primary import epochs as epochs_mod
 from kevo_repl.primary import kevodb_peers, store_failure
+from kevo_repl.primary.idempotency import IdempotencyWindow, content_digest, key_problem
 from kevo_repl.primary.retention import Retention
 from kevo_repl.primary.slots import SlotTable, TooManySlots
 from kevo_repl.primary.stream_holds import StreamHolds
@@ -124,6 +125,9 @@ class Primary:
         self.draining = False
         self._next_seq = self.wal.last_sequence + 1
         self._chain = self._chain_at_head()
+        #: the idempotency keys of the last writes, as the WAL's tail holds them
+        self.idempotency = IdempotencyWindow(cfg.primary.idempotency_window)
+        self._rebuild_idempotency()
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
         self._broken: str | None = None
@@ -147,6 +151,7 @@ class Primary:
         self.retention = Retention(
             cfg.retention, cfg.snapshot, self.wal, self.store, self.slots, self.connected_replicas,
             replica_id_from_cert=cfg.server.replica_id_from_cert,
+            window_start=lambda: self.idempotency.oldest_sequence,
         )
 
     # -- start-up ----------------------------------------------------------------------------
@@ -201,6 +206,13 @@ class Primary:
             return None
         return chain_mod.over(before, payloads_through(record.body, sequence))
 
+    def _rebuild_idempotency(self) -> None:
+        """Read the keys of the last writes back from the WAL (the last `window` records)."""
+        start = self.wal.start_of_last_records(self.idempotency.size)
+        if start is not None:
+            self.idempotency.rebuild(self.wal.iter_records(start))
+            log.info("idempotency window: %d keys remembered from the WAL", len(self.idempotency))
+
     def _replay_store(self) -> None:
         """Bring the local store up to the WAL: it is applied without sync, so after a crash it
         may be behind the WAL, never ahead of it."""
@@ -244,6 +256,40 @@ class Primary:
         # shield: a caller that goes away must not cancel the group commit of others
         return await asyncio.shield(future)
 
+    async def write_once(
+        self, mutations: Sequence[tuple[int, bytes, bytes]], idempotency_key: bytes
+    ) -> tuple[int, int, bool]:
+        """An idempotent write: (first, last, False) once durable; or, when a write with this
+        key is in the window, that write's (first, last, True) once IT is durable, with
+        nothing written now. KeyReused if that write had other mutations."""
+        problem = key_problem(idempotency_key)
+        if problem is not None:
+            raise WriteRejected(problem)
+        for op, _, _ in mutations:  # the digest takes an op as one byte, as payloads do
+            if op not in (Op.PUT, Op.DELETE, Op.MERGE):
+                raise WriteRejected(f"unknown op {op}")
+        digest = content_digest(mutations)
+        # the window before the availability checks: a committed write stays committed
+        known = self.idempotency.lookup(idempotency_key, digest)
+        if known is None:
+            future = self._enqueue(
+                mutations, want_future=True, idempotency_key=idempotency_key, digest=digest
+            )
+            assert future is not None
+            first, last = await asyncio.shield(future)
+            return first, last, False
+        await self._durable(known.last)
+        return known.first, known.last, True
+
+    async def _durable(self, sequence: int) -> None:
+        """Wait until the WAL is durable through `sequence` (a write still in flight);
+        PrimaryUnavailable if the WAL failed first."""
+        cond = self._condition()
+        async with cond:
+            await cond.wait_for(lambda: self.head >= sequence or self._broken is not None)
+        if self.head < sequence:
+            raise PrimaryUnavailable(self._broken or "the WAL failed")
+
     async def write_many(
         self, writes: Sequence[Sequence[tuple[int, bytes, bytes]]]
     ) -> list[tuple[int, int] | WriteRejected]:
@@ -268,7 +314,8 @@ class Primary:
         return out
 
     def _enqueue(
-        self, mutations: Sequence[tuple[int, bytes, bytes]], *, want_future: bool
+        self, mutations: Sequence[tuple[int, bytes, bytes]], *, want_future: bool,
+        idempotency_key: bytes | None = None, digest: bytes = b"",
     ) -> asyncio.Future[tuple[int, int]] | None:
         """Validate, assign sequences, encode, and queue one write for the group commit."""
         if self._broken is not None:
@@ -311,23 +358,29 @@ class Primary:
             for i, (op, key, value) in enumerate(mutations)
         ]
         # block form: served as is to replicas that take blocks (docs/DESIGN.md)
-        body, self._chain = encode_block_body(entries, self._chain)
+        body, self._chain = encode_block_body(entries, self._chain, idempotency_key)
         record = Record(first, len(entries), body)
+        self.idempotency.count_write(first, record.last_seq, idempotency_key, digest)
         future = asyncio.get_running_loop().create_future() if want_future else None
         self._pending.append(_Pending(record, entries, future, self._chain))
         if self._flusher is None or self._flusher.done():
             self._flusher = self.tasks.spawn(self._flush(), "primary-commit")
         return future
 
-    async def _flush(self) -> None:
+    async def _committing(self, fn: Callable[[], None]) -> None:
+        """Run `fn` in a worker thread, never at once with another commit or the store's
+        catch-up; waits for the thread even when cancelled (the store is closed after it)."""
         if self._commit_lock is None:
             self._commit_lock = asyncio.Lock()
+        async with self._commit_lock:
+            await run_blocking(fn)
+
+    async def _flush(self) -> None:
         while self._pending:
             group, self._pending = self._pending, []
             try:
                 # one WAL fsync for every write that queued up meanwhile (group commit)
-                async with self._commit_lock:
-                    await run_blocking(self._append, group)
+                await self._committing(functools.partial(self._append, group))
             except Exception as exc:
                 self._broken = f"the primary's WAL failed: {exc}; restart the primary"
                 log.error("write failed, refusing further writes: %s", exc)
@@ -335,6 +388,9 @@ class Primary:
                     if p.future is not None and not p.future.done():
                         p.future.set_exception(PrimaryUnavailable(self._broken))
                 self._pending = []
+                cond = self._condition()
+                async with cond:  # retries waiting for an idempotent write: it failed
+                    cond.notify_all()
                 return
             # durable in the WAL: committed, whatever the store does next
             for p in group:
@@ -383,19 +439,17 @@ class Primary:
     async def _retry_store(self) -> None:
         """Apply what the WAL holds beyond the store, every STORE_RETRY_S until it works;
         then writes are taken again."""
-        assert self._commit_lock is not None
         while self.store_failure is not None and self._broken is None:
             await asyncio.sleep(STORE_RETRY_S)
-            async with self._commit_lock:
-                try:
-                    # waits for the thread even when cancelled: the store is closed after it
-                    await run_blocking(self._catch_up_store)
-                except Exception as exc:
-                    self.store_failure = store_failure.describe(exc, self.cfg.data_dir)
-                    log.warning("the primary's store still cannot apply: %s", self.store_failure)
-                    continue
-                log.info("the primary's store applies again (at %d); writes resume", self.head)
-                self.store_failure = None
+            try:
+                await self._committing(self._catch_up_store)
+            except Exception as exc:
+                self.store_failure = store_failure.describe(exc, self.cfg.data_dir)
+                log.warning("the primary's store still cannot apply: %s", self.store_failure)
+                continue
+            # no await since the catch-up: no commit ran in between that skipped the store
+            log.info("the primary's store applies again (at %d); writes resume", self.head)
+            self.store_failure = None
 
     def _catch_up_store(self) -> None:
         """In a worker thread: apply every WAL record the store does not have yet."""

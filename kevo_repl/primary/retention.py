@@ -3,7 +3,9 @@
 What holds WAL (each "needs" every sequence from some point on):
 
 - every slot that is not lost needs `acked + 1` onwards;
-- every snapshot the primary holds for a bootstrapping replica needs `sequence + 1` onwards.
+- every snapshot the primary holds for a bootstrapping replica needs `sequence + 1` onwards;
+- the idempotency window (kevo_repl.primary.idempotency) needs its oldest keyed write onwards,
+  so that a restarted primary reads every remembered key back from the WAL.
 
 A segment (never the one being written) is deleted when
 
@@ -94,8 +96,11 @@ class Retention:
         slots: SlotTable,
         connected: Callable[[], set[str]],
         replica_id_from_cert: bool = False,
+        window_start: Callable[[], int | None] | None = None,
     ) -> None:
         self.cfg = cfg
+        #: the first sequence the idempotency window needs, None when it holds no key
+        self.window_start = window_start
         self.wal = wal
         self.store = store
         self.slots = slots
@@ -136,6 +141,9 @@ class Retention:
         if not slots:
             return []
         pins = [(f"snapshot {sid}", seq + 1) for sid, seq in self.snapshots.pins()]
+        window = self.window_start() if self.window_start is not None else None
+        if window is not None:
+            pins.append(("idempotency window", window))
         return slots + pins
 
     def plan(self, incoming: int = 0, now: float | None = None) -> Plan:

@@ -6,6 +6,13 @@ re-encode. Two forms: `blocks=[one ColumnBlock]` (written since columnar blocks,
 `protocol/blocks.py`; served as is to replicas that asked for blocks) and `entries=[...]`
 (KevoDB payloads; older records, and what peers that did not ask for blocks are sent).
 A block body starts with `blocks.BLOCK_BODY_TAG`, an entries body never does.
+
+A write that carries an idempotency key has it in its record (`idempotency_key`, field 24),
+so that a restarted primary remembers it. In an entries body the key is serialized FIRST (a
+body without a key always starts with an entry, so keyed records show without a parse); in a
+block body it comes LAST, after the chain, so that the body still starts with the block tag.
+Protobuf accepts fields in any order; a record without a key is byte for byte what it was
+before keys existed.
 """
 
 from __future__ import annotations
@@ -36,10 +43,21 @@ class Record:
 
 
 
-def encode_body(entries: Sequence[Entry], chain_before: int) -> tuple[bytes, int]:
+#: how an entries body holding an idempotency key begins: the tag of field 24,
+#: length-delimited ((24 << 3) | 2 = 194, as a varint)
+_KEY_TAG = b"\xc2\x01"
+
+
+def _key_field(idempotency_key: bytes) -> bytes:
+    return bytes(rpb.WALStreamResponse(idempotency_key=idempotency_key).SerializeToString())
+
+
+def encode_body(
+    entries: Sequence[Entry], chain_before: int, idempotency_key: bytes | None = None
+) -> tuple[bytes, int]:
     """The entries form of a record body (what the primary wrote before column blocks, and
     what peers that do not take blocks are sent), carrying the hash chain after the last
-    entry; and that chain value."""
+    entry (and the write's idempotency key, if given); and that chain value."""
     msgs = []
     payloads = []
     for e in entries:
@@ -49,15 +67,42 @@ def encode_body(entries: Sequence[Entry], chain_before: int) -> tuple[bytes, int
             rpb.WALEntry(sequence_number=e.seq, payload=payload, checksum=checksum(payload))
         )
     chain_after = chain_mod.over(chain_before, payloads)
-    body = rpb.WALStreamResponse(entries=msgs, chain=chain_after).SerializeToString()
-    return bytes(body), chain_after
+    body = bytes(rpb.WALStreamResponse(entries=msgs, chain=chain_after).SerializeToString())
+    if idempotency_key:
+        body = _key_field(idempotency_key) + body
+    return body, chain_after
 
 
-def encode_block_body(entries: Sequence[Entry], chain_before: int) -> tuple[bytes, int]:
-    """The block form of entries (contiguous, from entries[0].seq on) as a WAL record body,
-    and the hash chain after the last entry."""
+def keyed_payloads(body: bytes) -> tuple[bytes, list[bytes]] | None:
+    """The idempotency key and entry payloads of a record body that carries a key, else None
+    (an entries body without a key is not parsed; a block body is, its columns are not
+    copied unless it has a key)."""
+    if body.startswith(_KEY_TAG):
+        resp = rpb.WALStreamResponse.FromString(body)
+        return bytes(resp.idempotency_key), [bytes(e.payload) for e in resp.entries]
+    if not blocks.is_block_body(body):
+        return None
+    msg = rpb.WALStreamResponse.FromString(body)
+    if not msg.idempotency_key:
+        return None
+    return bytes(msg.idempotency_key), payloads_through(body, _LAST)
+
+
+#: "through the last entry", for payloads_through
+_LAST = 2**64 - 1
+
+
+def encode_block_body(
+    entries: Sequence[Entry], chain_before: int, idempotency_key: bytes | None = None
+) -> tuple[bytes, int]:
+    """The block form of entries (contiguous, from entries[0].seq on) as a WAL record body
+    (with the write's idempotency key last, if given), and the hash chain after the last
+    entry."""
     block = blocks.encode_block(columns_of(entries, entries[0].seq), chain_before)
-    return blocks.block_body(block), block.chain_after
+    body = blocks.block_body(block)
+    if idempotency_key:
+        body += _key_field(idempotency_key)
+    return body, block.chain_after
 
 
 def entries_body(body: bytes) -> bytes:

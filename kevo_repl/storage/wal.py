@@ -710,6 +710,18 @@ class WAL:
             finally:
                 self._unpin(seg)
 
+    def start_of_last_records(self, records: int) -> int | None:
+        """The first sequence of the oldest of the last `records` retained records (of the
+        first retained record when fewer are retained); None when the WAL holds none."""
+        with self._lock:
+            self._check_open()
+            left = records
+            for seg in reversed(self._segments):
+                if left <= len(seg.firsts):
+                    return seg.firsts[len(seg.firsts) - left] if left > 0 else None
+                left -= len(seg.firsts)
+            return next((seg.firsts[0] for seg in self._segments if seg.firsts), None)
+
     def iter_records(self, from_seq: int) -> Iterator[Record]:
         """Every record from the one holding `from_seq` (trimmed to start there) up to the
         last sequence as of this call."""

@@ -5,6 +5,8 @@ It runs its own asyncio loop in a thread, so blocking code can drive it:
 - `cut()` drops every connection, and refuses new ones until `resume()`;
 - `stall()` stops forwarding bytes without closing anything;
 - `delay(s)` holds each chunk for `s` seconds;
+- `drop_replies()` forwards what clients send but drops what the target sends back (a
+  request served whose reply is lost);
 - `corrupt(n)` flips one byte in each of the next `n` chunks the target sends back
   (downstream: from the primary to the replica), at a seeded random offset; with `marker`,
   the byte flipped is an occurrence of `marker` in the chunk (so it lands in data the
@@ -59,6 +61,7 @@ class FaultProxy:
         self._flowing = asyncio.Event()
         self._refusing = False
         self._delay = 0.0
+        self._dropping = False
         self._corrupt_left = 0
         self._corrupt_marker = b""
 
@@ -114,6 +117,8 @@ class FaultProxy:
                 await self._flowing.wait()
                 if self._delay:
                     await asyncio.sleep(self._delay)
+                if downstream and self._dropping:
+                    continue
                 if downstream and self._corrupt_left > 0 and len(data) >= self.corrupt_min_chunk:
                     data = self._corrupt(data)
                 writer.write(data)
@@ -174,6 +179,11 @@ class FaultProxy:
         """Hold every chunk for `seconds` before forwarding it."""
         self._loop.call_soon_threadsafe(setattr, self, "_delay", seconds)
 
+    def drop_replies(self) -> None:
+        """Forward what clients send, drop everything the target sends back until resume()
+        (the connections are useless after it: cut() them)."""
+        self._loop.call_soon_threadsafe(setattr, self, "_dropping", True)
+
     def corrupt(self, chunks: int, marker: bytes = b"") -> None:
         """Flip one byte in each of the next `chunks` downstream chunks (0 cancels); with
         `marker`, the first byte of an occurrence of `marker` (chunks without one pass)."""
@@ -190,6 +200,7 @@ class FaultProxy:
         def _resume() -> None:
             self._refusing = False
             self._delay = 0.0
+            self._dropping = False
             self._corrupt_left = 0
             self._flowing.set()
 

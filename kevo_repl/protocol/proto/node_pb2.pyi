@@ -43,20 +43,22 @@ class Mutation(_message.Message):
     def __init__(self, op: _Optional[_Union[Op, str]] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class WriteRequest(_message.Message):
-    __slots__ = ("mutations", "wait_for", "level", "timeout_s", "on_timeout", "request_id")
+    __slots__ = ("mutations", "wait_for", "level", "timeout_s", "on_timeout", "request_id", "idempotency_key")
     MUTATIONS_FIELD_NUMBER: _ClassVar[int]
     WAIT_FOR_FIELD_NUMBER: _ClassVar[int]
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     ON_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     mutations: _containers.RepeatedCompositeFieldContainer[Mutation]
     wait_for: int
     level: AckLevel
     timeout_s: float
     on_timeout: TimeoutPolicy
     request_id: int
-    def __init__(self, mutations: _Optional[_Iterable[_Union[Mutation, _Mapping]]] = ..., wait_for: _Optional[int] = ..., level: _Optional[_Union[AckLevel, str]] = ..., timeout_s: _Optional[float] = ..., on_timeout: _Optional[_Union[TimeoutPolicy, str]] = ..., request_id: _Optional[int] = ...) -> None: ...
+    idempotency_key: bytes
+    def __init__(self, mutations: _Optional[_Iterable[_Union[Mutation, _Mapping]]] = ..., wait_for: _Optional[int] = ..., level: _Optional[_Union[AckLevel, str]] = ..., timeout_s: _Optional[float] = ..., on_timeout: _Optional[_Union[TimeoutPolicy, str]] = ..., request_id: _Optional[int] = ..., idempotency_key: _Optional[bytes] = ...) -> None: ...
 
 class WriteBatch(_message.Message):
     __slots__ = ("writes",)
@@ -71,7 +73,7 @@ class WriteResults(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[WriteResponse, _Mapping]]] = ...) -> None: ...
 
 class WriteResponse(_message.Message):
-    __slots__ = ("first_sequence", "last_sequence", "acked_by", "degraded", "request_id", "error_code", "error")
+    __slots__ = ("first_sequence", "last_sequence", "acked_by", "degraded", "request_id", "error_code", "error", "duplicate")
     FIRST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     ACKED_BY_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +81,7 @@ class WriteResponse(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     first_sequence: int
     last_sequence: int
     acked_by: _containers.RepeatedScalarFieldContainer[str]
@@ -86,7 +89,8 @@ class WriteResponse(_message.Message):
     request_id: int
     error_code: int
     error: str
-    def __init__(self, first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ..., acked_by: _Optional[_Iterable[str]] = ..., degraded: _Optional[bool] = ..., request_id: _Optional[int] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    duplicate: bool
+    def __init__(self, first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ..., acked_by: _Optional[_Iterable[str]] = ..., degraded: _Optional[bool] = ..., request_id: _Optional[int] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("key", "min_sequence")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*kevo_repl/protocol/proto/replication.proto\x12\x10kevo.replication\"\xb2\x02\n\x10WALStreamRequest\x12\x16\n\x0estart_sequence\x18\x01 \x01(\x04\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x1d\n\x15\x63ompression_supported\x18\x03 \x01(\x08\x12;\n\x0fpreferred_codec\x18\x04 \x01(\x0e\x32\".kevo.replication.CompressionCodec\x12\x18\n\x10listener_address\x18\x05 \x01(\t\x12\x12\n\nreplica_id\x18\x10 \x01(\t\x12\x12\n\nhistory_id\x18\x11 \x01(\t\x12\x19\n\x11\x62lock_compression\x18\x12 \x01(\x08\x12\x12\n\x05\x63hain\x18\x13 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\rcolumn_blocks\x18\x14 \x01(\x08\x42\x08\n\x06_chain\"\xe7\x02\n\x11WALStreamResponse\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.kevo.replication.WALEntry\x12\x12\n\ncompressed\x18\x02 \x01(\x08\x12\x31\n\x05\x63odec\x18\x03 \x01(\x0e\x32\".kevo.replication.CompressionCodec\x12\x15\n\rhead_sequence\x18\x10 \x01(\x04\x12\x17\n\x0fprimary_time_ns\x18\x11 \x01(\x04\x12\x12\n\nhistory_id\x18\x12 \x01(\t\x12\x1a\n\x12\x63ompressed_entries\x18\x13 \x01(\x0c\x12\x15\n\rpartial_batch\x18\x14 \x01(\x08\x12\x12\n\x05\x63hain\x18\x15 \x01(\x04H\x00\x88\x01\x01\x12\x1a\n\x12want_received_acks\x18\x16 \x01(\x08\x12-\n\x06\x62locks\x18\x17 \x03(\x0b\x32\x1d.kevo.replication.ColumnBlockB\x08\n\x06_chain\"\xb4\x01\n\x0b\x43olumnBlock\x12\x16\n\x0e\x66irst_sequence\x18\x01 \x01(\x04\x12\x0b\n\x03ops\x18\x02 \x01(\x0c\x12\x13\n\x0bkey_lengths\x18\x03 \x01(\x0c\x12\x15\n\rvalue_lengths\x18\x04 \x01(\x0c\x12\x0c\n\x04keys\x18\x05 \x01(\x0c\x12\x0e\n\x06values\x18\x06 \x01(\x0c\x12\x14\n\x0c\x63hain_before\x18\x07 \x01(\x04\x12\x13\n\x0b\x63hain_after\x18\x08 \x01(\x04\x12\x0b\n\x03\x63rc\x18\t \x01(\r\"}\n\x08WALEntry\x12\x17\n\x0fsequence_number\x18\x01 \x01(\x04\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x35\n\rfragment_type\x18\x03 \x01(\x0e\x32\x1e.kevo.replication.FragmentType\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\r\"9\n\x03\x41\x63k\x12\x1a\n\x12\x61\x63knowledged_up_to\x18\x01 \x01(\x04\x12\x16\n\x0ereceived_up_to\x18\x10 \x01(\x04\"/\n\x0b\x41\x63kResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"%\n\x04Nack\x12\x1d\n\x15missing_from_sequence\x18\x01 \x01(\x04\"0\n\x0cNackResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"z\n\x0fSnapshotRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\x12\x12\n\nnext_index\x18\x03 \x01(\x04\x12\x11\n\tafter_key\x18\x04 \x01(\x0c\x12\x17\n\x0fmax_chunk_bytes\x18\x05 \x01(\r\"\xbf\x01\n\rSnapshotChunk\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x12\n\nhistory_id\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x06 \x01(\r\x12\r\n\x05\x63ount\x18\x07 \x01(\r\x12\x0c\n\x04last\x18\x08 \x01(\x08\x12\x12\n\ntotal_keys\x18\t \x01(\x04\x12\x13\n\x0btotal_bytes\x18\n \x01(\x04*9\n\x0c\x46ragmentType\x12\x08\n\x04\x46ULL\x10\x00\x12\t\n\x05\x46IRST\x10\x01\x12\n\n\x06MIDDLE\x10\x02\x12\x08\n\x04LAST\x10\x03*2\n\x10\x43ompressionCodec\x12\x08\n\x04NONE\x10\x00\x12\x08\n\x04ZSTD\x10\x01\x12\n\n\x06SNAPPY\x10\x02\x32\xd5\x02\n\x15WALReplicationService\x12V\n\tStreamWAL\x12\".kevo.replication.WALStreamRequest\x1a#.kevo.replication.WALStreamResponse0\x01\x12\x43\n\x0b\x41\x63knowledge\x12\x15.kevo.replication.Ack\x1a\x1d.kevo.replication.AckResponse\x12M\n\x13NegativeAcknowledge\x12\x16.kevo.replication.Nack\x1a\x1e.kevo.replication.NackResponse\x12P\n\x08Snapshot\x12!.kevo.replication.SnapshotRequest\x1a\x1f.kevo.replication.SnapshotChunk0\x01\x42@Z>github.com/KevoDB/kevo/pkg/replication/proto;replication_protob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*kevo_repl/protocol/proto/replication.proto\x12\x10kevo.replication\"\xb2\x02\n\x10WALStreamRequest\x12\x16\n\x0estart_sequence\x18\x01 \x01(\x04\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x1d\n\x15\x63ompression_supported\x18\x03 \x01(\x08\x12;\n\x0fpreferred_codec\x18\x04 \x01(\x0e\x32\".kevo.replication.CompressionCodec\x12\x18\n\x10listener_address\x18\x05 \x01(\t\x12\x12\n\nreplica_id\x18\x10 \x01(\t\x12\x12\n\nhistory_id\x18\x11 \x01(\t\x12\x19\n\x11\x62lock_compression\x18\x12 \x01(\x08\x12\x12\n\x05\x63hain\x18\x13 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\rcolumn_blocks\x18\x14 \x01(\x08\x42\x08\n\x06_chain\"\x80\x03\n\x11WALStreamResponse\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.kevo.replication.WALEntry\x12\x12\n\ncompressed\x18\x02 \x01(\x08\x12\x31\n\x05\x63odec\x18\x03 \x01(\x0e\x32\".kevo.replication.CompressionCodec\x12\x15\n\rhead_sequence\x18\x10 \x01(\x04\x12\x17\n\x0fprimary_time_ns\x18\x11 \x01(\x04\x12\x12\n\nhistory_id\x18\x12 \x01(\t\x12\x1a\n\x12\x63ompressed_entries\x18\x13 \x01(\x0c\x12\x15\n\rpartial_batch\x18\x14 \x01(\x08\x12\x12\n\x05\x63hain\x18\x15 \x01(\x04H\x00\x88\x01\x01\x12\x1a\n\x12want_received_acks\x18\x16 \x01(\x08\x12-\n\x06\x62locks\x18\x17 \x03(\x0b\x32\x1d.kevo.replication.ColumnBlock\x12\x17\n\x0fidempotency_key\x18\x18 \x01(\x0c\x42\x08\n\x06_chain\"\xb4\x01\n\x0b\x43olumnBlock\x12\x16\n\x0e\x66irst_sequence\x18\x01 \x01(\x04\x12\x0b\n\x03ops\x18\x02 \x01(\x0c\x12\x13\n\x0bkey_lengths\x18\x03 \x01(\x0c\x12\x15\n\rvalue_lengths\x18\x04 \x01(\x0c\x12\x0c\n\x04keys\x18\x05 \x01(\x0c\x12\x0e\n\x06values\x18\x06 \x01(\x0c\x12\x14\n\x0c\x63hain_before\x18\x07 \x01(\x04\x12\x13\n\x0b\x63hain_after\x18\x08 \x01(\x04\x12\x0b\n\x03\x63rc\x18\t \x01(\r\"}\n\x08WALEntry\x12\x17\n\x0fsequence_number\x18\x01 \x01(\x04\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x35\n\rfragment_type\x18\x03 \x01(\x0e\x32\x1e.kevo.replication.FragmentType\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\r\"9\n\x03\x41\x63k\x12\x1a\n\x12\x61\x63knowledged_up_to\x18\x01 \x01(\x04\x12\x16\n\x0ereceived_up_to\x18\x10 \x01(\x04\"/\n\x0b\x41\x63kResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"%\n\x04Nack\x12\x1d\n\x15missing_from_sequence\x18\x01 \x01(\x04\"0\n\x0cNackResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"z\n\x0fSnapshotRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\x12\x12\n\nnext_index\x18\x03 \x01(\x04\x12\x11\n\tafter_key\x18\x04 \x01(\x0c\x12\x17\n\x0fmax_chunk_bytes\x18\x05 \x01(\r\"\xbf\x01\n\rSnapshotChunk\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x12\n\nhistory_id\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x06 \x01(\r\x12\r\n\x05\x63ount\x18\x07 \x01(\r\x12\x0c\n\x04last\x18\x08 \x01(\x08\x12\x12\n\ntotal_keys\x18\t \x01(\x04\x12\x13\n\x0btotal_bytes\x18\n \x01(\x04*9\n\x0c\x46ragmentType\x12\x08\n\x04\x46ULL\x10\x00\x12\t\n\x05\x46IRST\x10\x01\x12\n\n\x06MIDDLE\x10\x02\x12\x08\n\x04LAST\x10\x03*2\n\x10\x43ompressionCodec\x12\x08\n\x04NONE\x10\x00\x12\x08\n\x04ZSTD\x10\x01\x12\n\n\x06SNAPPY\x10\x02\x32\xd5\x02\n\x15WALReplicationService\x12V\n\tStreamWAL\x12\".kevo.replication.WALStreamRequest\x1a#.kevo.replication.WALStreamResponse0\x01\x12\x43\n\x0b\x41\x63knowledge\x12\x15.kevo.replication.Ack\x1a\x1d.kevo.replication.AckResponse\x12M\n\x13NegativeAcknowledge\x12\x16.kevo.replication.Nack\x1a\x1e.kevo.replication.NackResponse\x12P\n\x08Snapshot\x12!.kevo.replication.SnapshotRequest\x1a\x1f.kevo.replication.SnapshotChunk0\x01\x42@Z>github.com/KevoDB/kevo/pkg/replication/proto;replication_protob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,30 +32,30 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kevo_repl.protocol.proto.re
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z>github.com/KevoDB/kevo/pkg/replication/proto;replication_proto'
-  _globals['_FRAGMENTTYPE']._serialized_start=1560
-  _globals['_FRAGMENTTYPE']._serialized_end=1617
-  _globals['_COMPRESSIONCODEC']._serialized_start=1619
-  _globals['_COMPRESSIONCODEC']._serialized_end=1669
+  _globals['_FRAGMENTTYPE']._serialized_start=1585
+  _globals['_FRAGMENTTYPE']._serialized_end=1642
+  _globals['_COMPRESSIONCODEC']._serialized_start=1644
+  _globals['_COMPRESSIONCODEC']._serialized_end=1694
   _globals['_WALSTREAMREQUEST']._serialized_start=65
   _globals['_WALSTREAMREQUEST']._serialized_end=371
   _globals['_WALSTREAMRESPONSE']._serialized_start=374
-  _globals['_WALSTREAMRESPONSE']._serialized_end=733
-  _globals['_COLUMNBLOCK']._serialized_start=736
-  _globals['_COLUMNBLOCK']._serialized_end=916
-  _globals['_WALENTRY']._serialized_start=918
-  _globals['_WALENTRY']._serialized_end=1043
-  _globals['_ACK']._serialized_start=1045
-  _globals['_ACK']._serialized_end=1102
-  _globals['_ACKRESPONSE']._serialized_start=1104
-  _globals['_ACKRESPONSE']._serialized_end=1151
-  _globals['_NACK']._serialized_start=1153
-  _globals['_NACK']._serialized_end=1190
-  _globals['_NACKRESPONSE']._serialized_start=1192
-  _globals['_NACKRESPONSE']._serialized_end=1240
-  _globals['_SNAPSHOTREQUEST']._serialized_start=1242
-  _globals['_SNAPSHOTREQUEST']._serialized_end=1364
-  _globals['_SNAPSHOTCHUNK']._serialized_start=1367
-  _globals['_SNAPSHOTCHUNK']._serialized_end=1558
-  _globals['_WALREPLICATIONSERVICE']._serialized_start=1672
-  _globals['_WALREPLICATIONSERVICE']._serialized_end=2013
+  _globals['_WALSTREAMRESPONSE']._serialized_end=758
+  _globals['_COLUMNBLOCK']._serialized_start=761
+  _globals['_COLUMNBLOCK']._serialized_end=941
+  _globals['_WALENTRY']._serialized_start=943
+  _globals['_WALENTRY']._serialized_end=1068
+  _globals['_ACK']._serialized_start=1070
+  _globals['_ACK']._serialized_end=1127
+  _globals['_ACKRESPONSE']._serialized_start=1129
+  _globals['_ACKRESPONSE']._serialized_end=1176
+  _globals['_NACK']._serialized_start=1178
+  _globals['_NACK']._serialized_end=1215
+  _globals['_NACKRESPONSE']._serialized_start=1217
+  _globals['_NACKRESPONSE']._serialized_end=1265
+  _globals['_SNAPSHOTREQUEST']._serialized_start=1267
+  _globals['_SNAPSHOTREQUEST']._serialized_end=1389
+  _globals['_SNAPSHOTCHUNK']._serialized_start=1392
+  _globals['_SNAPSHOTCHUNK']._serialized_end=1583
+  _globals['_WALREPLICATIONSERVICE']._serialized_start=1697
+  _globals['_WALREPLICATIONSERVICE']._serialized_end=2038
 # @@protoc_insertion_point(module_scope)

@@ -52,7 +52,7 @@ class WALStreamRequest(_message.Message):
     def __init__(self, start_sequence: _Optional[int] = ..., protocol_version: _Optional[int] = ..., compression_supported: _Optional[bool] = ..., preferred_codec: _Optional[_Union[CompressionCodec, str]] = ..., listener_address: _Optional[str] = ..., replica_id: _Optional[str] = ..., history_id: _Optional[str] = ..., block_compression: _Optional[bool] = ..., chain: _Optional[int] = ..., column_blocks: _Optional[bool] = ...) -> None: ...
 
 class WALStreamResponse(_message.Message):
-    __slots__ = ("entries", "compressed", "codec", "head_sequence", "primary_time_ns", "history_id", "compressed_entries", "partial_batch", "chain", "want_received_acks", "blocks")
+    __slots__ = ("entries", "compressed", "codec", "head_sequence", "primary_time_ns", "history_id", "compressed_entries", "partial_batch", "chain", "want_received_acks", "blocks", "idempotency_key")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     COMPRESSED_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class WALStreamResponse(_message.Message):
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     WANT_RECEIVED_ACKS_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[WALEntry]
     compressed: bool
     codec: CompressionCodec
@@ -75,7 +76,8 @@ class WALStreamResponse(_message.Message):
     chain: int
     want_received_acks: bool
     blocks: _containers.RepeatedCompositeFieldContainer[ColumnBlock]
-    def __init__(self, entries: _Optional[_Iterable[_Union[WALEntry, _Mapping]]] = ..., compressed: _Optional[bool] = ..., codec: _Optional[_Union[CompressionCodec, str]] = ..., head_sequence: _Optional[int] = ..., primary_time_ns: _Optional[int] = ..., history_id: _Optional[str] = ..., compressed_entries: _Optional[bytes] = ..., partial_batch: _Optional[bool] = ..., chain: _Optional[int] = ..., want_received_acks: _Optional[bool] = ..., blocks: _Optional[_Iterable[_Union[ColumnBlock, _Mapping]]] = ...) -> None: ...
+    idempotency_key: bytes
+    def __init__(self, entries: _Optional[_Iterable[_Union[WALEntry, _Mapping]]] = ..., compressed: _Optional[bool] = ..., codec: _Optional[_Union[CompressionCodec, str]] = ..., head_sequence: _Optional[int] = ..., primary_time_ns: _Optional[int] = ..., history_id: _Optional[str] = ..., compressed_entries: _Optional[bytes] = ..., partial_batch: _Optional[bool] = ..., chain: _Optional[int] = ..., want_received_acks: _Optional[bool] = ..., blocks: _Optional[_Iterable[_Union[ColumnBlock, _Mapping]]] = ..., idempotency_key: _Optional[bytes] = ...) -> None: ...
 
 class ColumnBlock(_message.Message):
     __slots__ = ("first_sequence", "ops", "key_lengths", "value_lengths", "keys", "values", "chain_before", "chain_after", "crc")
