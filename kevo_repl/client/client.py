@@ -29,6 +29,7 @@ from kevo_repl.protocol.methods import (
 )
 from kevo_repl.protocol.proto import node_pb2 as npb
 from kevo_repl.protocol.transport import call_metadata, open_aio_channel, open_channel
+from kevo_repl.protocol.written import Written
 
 
 @dataclass(frozen=True)
@@ -136,11 +137,11 @@ class StreamWriter:
 
     def write(
         self, mutations: Iterable[tuple[int, bytes, bytes]], timeout: float = 30.0
-    ) -> tuple[int, int]:
+    ) -> Written:
         resp = self.submit(mutations).result(timeout)
         if resp.error_code:
             raise WriteFailed(grpc.StatusCode(_CODES[resp.error_code]), resp.error)
-        return resp.first_sequence, resp.last_sequence
+        return written(resp)
 
     def close(self) -> None:
         self._requests.put(None)
@@ -209,7 +210,7 @@ class AsyncStreamWriter:
 
     async def write(
         self, mutations: Iterable[tuple[int, bytes, bytes]], sync: SemiSync | None = None
-    ) -> tuple[int, int]:
+    ) -> Written:
         rid = next(self._ids)
         fut: asyncio.Future[npb.WriteResponse] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
@@ -217,7 +218,13 @@ class AsyncStreamWriter:
         resp = await fut
         if resp.error_code:
             raise WriteFailed(grpc.StatusCode(_CODES[resp.error_code]), resp.error)
-        return resp.first_sequence, resp.last_sequence
+        return written(resp)
+
+
+def written(resp: npb.WriteResponse) -> Written:
+    """A write's sequences and the epoch it was accepted in (0: a primary that predates
+    epochs in write responses)."""
+    return Written(resp.first_sequence, resp.last_sequence, resp.epoch)
 
 
 class Client:
@@ -265,14 +272,15 @@ class Client:
     def stream_writer(self) -> StreamWriter:
         return StreamWriter(self)
 
-    def write(self, mutations: Iterable[tuple[int, bytes, bytes]]) -> tuple[int, int]:
-        resp = self.write_full(mutations)
-        return resp.first_sequence, resp.last_sequence
+    def write(self, mutations: Iterable[tuple[int, bytes, bytes]]) -> Written:
+        """One write batch: (first, last) sequence, with the `epoch` it was accepted in."""
+        return written(self.write_full(mutations))
 
     def write_full(
         self, mutations: Iterable[tuple[int, bytes, bytes]], sync: SemiSync | None = None
     ) -> npb.WriteResponse:
-        """One write batch; with `sync`, wait for replicas (semi-synchronous)."""
+        """One write batch; with `sync`, wait for replicas (semi-synchronous). The response
+        names the epoch the write was accepted in (`epoch`)."""
         req = write_request(mutations, sync)
         timeout = self.timeout + (sync.timeout_s if sync else 0.0)
         resp: npb.WriteResponse = self._write(req, timeout=timeout)

@@ -26,6 +26,7 @@ from kevo_repl.errors import KevoReplError
 from kevo_repl.node.server import Node
 from kevo_repl.primary.primary import Primary, WriteRejected
 from kevo_repl.protocol.codec import Op
+from kevo_repl.protocol.written import Written
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ Mutation = tuple[int, bytes, bytes]
 MAX_QUEUED_WRITES = 65_536
 _START_TIMEOUT_S = 60.0
 
-_Queued = tuple[Sequence[Mutation], "concurrent.futures.Future[tuple[int, int]]"]
+_Queued = tuple[Sequence[Mutation], "concurrent.futures.Future[Written]"]
 
 
 class EmbeddedPrimary:
@@ -146,8 +147,9 @@ class EmbeddedPrimary:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def write(self, mutations: Sequence[Mutation]) -> tuple[int, int]:
-        """Write one atomic batch from any thread; (first, last) sequence once durable."""
+    def write(self, mutations: Sequence[Mutation]) -> Written:
+        """Write one atomic batch from any thread; (first, last) sequence once durable, with
+        the `epoch` it was accepted in."""
         self._slots.acquire()
         return self._submit(mutations).result()
 
@@ -157,7 +159,7 @@ class EmbeddedPrimary:
     def delete(self, key: bytes) -> int:
         return self.write([(Op.DELETE, key, b"")])[1]
 
-    async def awrite(self, mutations: Sequence[Mutation]) -> tuple[int, int]:
+    async def awrite(self, mutations: Sequence[Mutation]) -> Written:
         """`write` for asyncio code on any loop (the node runs on its own)."""
         if not self._slots.acquire(blocking=False):
             await asyncio.to_thread(self._slots.acquire)  # the queue is full: wait, off-loop
@@ -169,9 +171,9 @@ class EmbeddedPrimary:
     async def adelete(self, key: bytes) -> int:
         return (await self.awrite([(Op.DELETE, key, b"")]))[1]
 
-    def _submit(self, mutations: Sequence[Mutation]) -> concurrent.futures.Future[tuple[int, int]]:
+    def _submit(self, mutations: Sequence[Mutation]) -> concurrent.futures.Future[Written]:
         """Queue a write (its queue slot already taken); wake the loop once per group."""
-        fut = concurrent.futures.Future[tuple[int, int]]()
+        fut = concurrent.futures.Future[Written]()
         fut.add_done_callback(lambda _f: self._slots.release())
         with self._lock:
             if self._closed or not self._thread.is_alive():
@@ -201,11 +203,12 @@ class EmbeddedPrimary:
             for _, fut in group:
                 fut.set_exception(exc)
             return
+        epoch = self.primary.epochs[-1].number  # fixed for this primary's life
         for (_, fut), result in zip(group, results, strict=True):
             if isinstance(result, WriteRejected):
                 fut.set_exception(result)
             else:
-                fut.set_result(result)
+                fut.set_result(Written(result[0], result[1], epoch))
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import grpc
 
 from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError
+from kevo_repl.ha.discarded import discarded_entries
 from kevo_repl.node import decoding
 from kevo_repl.node.decoding import Undecodable, lenient
 from kevo_repl.node.digest_at import DigestRefused, digest_at
@@ -112,6 +113,8 @@ class NodeService:
     ) -> None:
         self.memory = memory
         self.cfg = cfg
+        #: set aside by rejoins (which run while the node is stopped): read once, at start
+        self.discarded_entries = discarded_entries(cfg.data_dir)
         self.primary = primary
         self.replica = replica
         assert primary is not None or replica is not None
@@ -157,7 +160,8 @@ class NodeService:
             except PrimaryUnavailable as exc:
                 raise _WriteFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
             resp = npb.WriteResponse(first_sequence=first, last_sequence=last,
-                                     request_id=request.request_id)
+                                     request_id=request.request_id,
+                                     epoch=self.primary.epochs[-1].number)
             if request.wait_for:
                 await self._wait_for_replicas(request, resp)
             return resp
@@ -235,7 +239,8 @@ class NodeService:
             for request, result in zip(requests, results, strict=True):
                 if isinstance(result, tuple):
                     resp = npb.WriteResponse(first_sequence=result[0], last_sequence=result[1],
-                                             request_id=request.request_id)
+                                             request_id=request.request_id,
+                                             epoch=self.primary.epochs[-1].number)
                 else:
                     code = (grpc.StatusCode.FAILED_PRECONDITION
                             if isinstance(result, PrimaryFenced)
@@ -345,6 +350,7 @@ class NodeService:
 
     def status(self) -> dict[str, Any]:
         st = self._role_status()
+        st["discarded_entries"] = self.discarded_entries
         if self.memory is not None:
             st.update(self.memory.status())
         return st
