@@ -7,19 +7,17 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from kevo_repl_tools.etcd_server import EtcdServer
 from kevo_repl_tools.faultproxy import FaultProxy
 from kevo_repl_tools.ha_launcher import HANode
+from kevo_repl_tools.ha_writer import SemiSyncWriter
 from kevo_repl_tools.launcher import wait_until
 
-from kevo_repl.client.client import Client, SemiSync
+from kevo_repl.client.client import Client
 from kevo_repl.client.discover import discover
-from kevo_repl.errors import KevoReplError
-from kevo_repl.protocol.codec import Op
 
 pytestmark = pytest.mark.crash
 
@@ -60,42 +58,6 @@ def _primary(etcd: EtcdServer, timeout: float = 30.0) -> tuple[str, int]:
     return discover(f"etcd://{etcd.address}/c", timeout)
 
 
-@dataclass
-class Writer:
-    """Semi-sync writes (wait_for=1, durable) to whichever node etcd names, without pause."""
-
-    target: str
-    acked: dict[bytes, int] = field(default_factory=dict)
-    #: (time, address) of every acknowledged write
-    acked_at: list[tuple[float, str]] = field(default_factory=list)
-    refused: int = 0
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        client: Client | None = None
-        i = 0
-        while not self.stop.is_set():
-            key = b"w%08d" % i
-            i += 1
-            try:
-                if client is None:
-                    client = Client.discover(self.target, timeout=3.0)
-                resp = client.write_full(
-                    [(Op.PUT, key, key)], SemiSync(wait_for=1, durable=True, timeout_s=1.0)
-                )
-            except (KevoReplError, Exception):  # refused, unavailable, no primary yet
-                self.refused += 1
-                if client is not None:
-                    client.close()
-                client = None
-                time.sleep(0.05)
-                continue
-            self.acked[key] = resp.last_sequence
-            self.acked_at.append((time.monotonic(), client.target))
-        if client is not None:
-            client.close()
-
-
 def _role(node: HANode) -> str:
     try:
         return str(node.status()["role"])
@@ -116,7 +78,7 @@ def test_twenty_seeded_failovers_under_semisync_writes_lose_no_acknowledged_writ
 ) -> None:
     _start(nodes, tmp_path, etcd.address)
     _primary(etcd)
-    writer = Writer(f"etcd://{etcd.address}/c")
+    writer = SemiSyncWriter(f"etcd://{etcd.address}/c")
     thread = threading.Thread(target=writer.run, daemon=True)
     thread.start()
     times = []
@@ -127,9 +89,11 @@ def test_twenty_seeded_failovers_under_semisync_writes_lose_no_acknowledged_writ
             victim = next(n for n in nodes if n.address == old)
             killed_at = time.monotonic()
             victim.kill()
-            wait_until(lambda o=old, k=killed_at: any(t > k and a != o for t, a in writer.acked_at),
+            wait_until(lambda o=old, k=killed_at: writer.first_ack_after(k, o) is not None,
                        30, f"round {seed}: a new primary taking acknowledged writes")
-            times.append(next(t for t, a in writer.acked_at if t > killed_at) - killed_at)
+            first = writer.first_ack_after(killed_at, old)
+            assert first is not None
+            times.append(first - killed_at)
             assert _primary(etcd)[1] > epoch
             victim.start()
     finally:
@@ -142,7 +106,15 @@ def test_twenty_seeded_failovers_under_semisync_writes_lose_no_acknowledged_writ
         lost = [k for k in writer.acked if c.get(k) != k]
     assert lost == [], f"{len(lost)} acknowledged writes lost, first {lost[:5]}"
     # one writer per sequence: no sequence was acknowledged twice
-    assert len(set(writer.acked.values())) == len(writer.acked)
+    assert writer.double_acked == []
+    assert len({a.sequence for a in writer.acks()}) == len(writer.acked)
+    # one writer per epoch, as the write responses name it, and every failover a new epoch
+    by_epoch: dict[int, set[str]] = {}
+    for ack in writer.acks():
+        by_epoch.setdefault(ack.epoch, set()).add(ack.address)
+    assert 0 not in by_epoch
+    assert all(len(nodes) == 1 for nodes in by_epoch.values()), by_epoch
+    assert len(by_epoch) >= ROUNDS
     times.sort()
     report = {
         "failovers": len(times),
