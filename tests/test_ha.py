@@ -65,6 +65,13 @@ def _role(node: HANode) -> str:
         return ""
 
 
+def _discarded(node: HANode) -> int:
+    try:
+        return int(node.status()["discarded_entries"])
+    except Exception:
+        return -1
+
+
 def _converged(nodes: list[HANode]) -> bool:
     try:
         digests = {json.dumps(n.digest(), sort_keys=True) for n in nodes}
@@ -173,6 +180,9 @@ def test_a_primary_cut_from_etcd_stops_taking_writes_before_another_takes_over(
         # (durable in its WAL, its reply never sent; the writer is sequential)
         acked_past = max(0, max(s for _, s in accepted) - report["fork_point"])
         assert acked_past <= report["discarded_entries"] <= acked_past + 1, report
+        # and the rejoined node says so in its status
+        wait_until(lambda: _discarded(old) == report["discarded_entries"], 60,
+                   "the rejoined node to report what it set aside")
         wait_until(lambda: _converged(nodes), 120, "every node on the new primary's digest")
     finally:
         for p in proxies:
@@ -196,3 +206,67 @@ def test_clients_find_the_primary_and_replicas_name_it(
     with Client(replica.address) as c, pytest.raises(Exception) as info:
         c.put(b"k2", b"v")
     assert "FAILED_PRECONDITION" in str(info.value) and primary in str(info.value)
+
+
+def test_an_epoch_only_its_dead_primary_held_does_not_stall_the_election(
+    etcd: EtcdServer, nodes: list[HANode], tmp_path: Path
+) -> None:
+    """The 10-minute chaos run's failover over a minute: a node elected, promoted and marked
+    as having served epoch S died before any replica followed it. The others, all on S - 1,
+    were never eligible ("no node is eligible ... served S") until that node came back. No
+    replica held S, so nothing semi-sync-acknowledged can be in it: they elect among
+    themselves, and the old primary sets its S entries aside when it returns."""
+    _start(nodes, tmp_path, etcd.address)
+    first, _ = _primary(etcd)
+    x = next(n for n in nodes if n.address == first)
+    y, z = (n for n in nodes if n is not x)
+    with Client.discover(f"etcd://{etcd.address}/c") as c:
+        for i in range(50):
+            c.put(b"k%03d" % i, b"v")
+    wait_until(lambda: _converged(nodes), 60, "all three nodes on one digest")
+    y.kill()
+    z.kill()
+    x.kill()
+    # y alone: elected for epoch 2 (it served it), takes writes no replica ever receives
+    y.start()
+    wait_until(lambda: _role(y) == "primary", 60, "y to serve alone")
+    assert _primary(etcd) == (y.address, 2)
+    unreplicated = 7
+    with Client(y.address) as c:
+        for i in range(unreplicated):
+            c.put(b"only-on-y-%d" % i, b"v")
+    y.kill()
+    # x and z, both on epoch 1, elect one of them without waiting for y
+    x.start()
+    z.start()
+    started = time.monotonic()
+    wait_until(lambda: _role(x) == "primary" or _role(z) == "primary", 15 * TTL_S,
+               "a primary among the nodes that never held epoch 2")
+    elected_in = time.monotonic() - started
+    address, epoch = _primary(etcd)
+    assert address in (x.address, z.address) and epoch == 3
+    with Client(address) as c:
+        c.put(b"after", b"v")
+    y.start()
+    wait_until(lambda: _converged(nodes), 120, "y to rejoin and every node to converge")
+    with Client(address) as c:
+        assert c.get(b"only-on-y-0") is None and c.get(b"k049") == b"v"
+    [report] = [json.loads(f.read_text())
+                for f in y.data_dir.glob("discarded-epoch-2*/discarded.json")]
+    assert report["discarded_entries"] == unreplicated, report
+    wait_until(lambda: _discarded(y) == unreplicated, 30, "y's status to name what it set aside")
+    assert elected_in < 15 * TTL_S
+
+
+def test_an_epoch_a_replica_held_is_waited_for() -> None:
+    from kevo_repl.ha.election import oldest_electable
+
+    only_primary = {2: {"y": "primary"}, 3: {"x": "primary"}}
+    assert oldest_electable(3, 3, only_primary) == 3  # a reporting node holds the newest
+    assert oldest_electable(3, 1, only_primary) == 1  # 2 and 3 were only on their primaries
+    # a replica held epoch 2 (it may hold semi-sync-acknowledged writes): wait for it
+    assert oldest_electable(3, 1, {**only_primary, 2: {"y": "primary", "z": "replica"}}) == 3
+    # a replica of an epoch the reporting nodes hold does not matter
+    assert oldest_electable(3, 1, {**only_primary, 1: {"z": "replica"}}) == 1
+    # no record of the served epoch's primary (it served before holders were recorded)
+    assert oldest_electable(3, 1, {2: {"y": "primary"}}) == 3

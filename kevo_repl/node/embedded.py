@@ -83,8 +83,10 @@ class EmbeddedPrimary:
         try:
             address = await self._node.start()
         except BaseException as exc:
-            await self._node.stop()
-            self._started.set_exception(exc)
+            try:
+                await self._node.stop()
+            finally:  # whatever the clean-up does, start() hears why at once
+                self._started.set_exception(exc)
             return
         self._started.set_result(address)
         try:
