@@ -23,6 +23,7 @@ from kevo_repl.protocol.methods import (
     NODE_DIGEST,
     NODE_DROP_SLOT,
     NODE_GET,
+    NODE_REPOINT,
     NODE_STATUS,
     NODE_WRITE,
     NODE_WRITE_STREAM,
@@ -251,6 +252,7 @@ class Client:
         self._status = unary(NODE_STATUS, npb.StatusRequest, npb.StatusResponse)
         self._digest = unary(NODE_DIGEST, npb.DigestRequest, npb.DigestResponse)
         self._drop_slot = unary(NODE_DROP_SLOT, npb.DropSlotRequest, npb.DropSlotResponse)
+        self._repoint = unary(NODE_REPOINT, npb.RepointRequest, npb.RepointResponse)
         stream = self._channel.stream_stream(
             NODE_WRITE_STREAM,
             request_serializer=npb.WriteBatch.SerializeToString,
@@ -333,6 +335,13 @@ class Client:
         resp = self._drop_slot(npb.DropSlotRequest(replica_id=replica_id), timeout=self.timeout)
         acked: int = resp.acked_sequence
         return acked
+
+    def repoint(self, primary: str) -> str:
+        """Make a running replica follow `primary` (an admin call: with a replication token
+        set on the node, connect with that token); return the primary it followed before."""
+        resp = self._repoint(npb.RepointRequest(primary=primary), timeout=self.timeout)
+        previous: str = resp.previous
+        return previous
 
     def digest_buckets(
         self, prefix: bytes, at_sequence: int = 0, timeout: float | None = None

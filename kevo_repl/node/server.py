@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from kevo_repl.config import Config
+from kevo_repl.config import Config, parse_address
 from kevo_repl.errors import KevoReplError
 from kevo_repl.ha.discarded import discarded_entries
 from kevo_repl.node import decoding
@@ -438,6 +438,31 @@ class NodeService:
             raise AssertionError("unreachable")
         return npb.DropSlotResponse(acked_sequence=slot.acked)
 
+    async def Repoint(
+        self, request: npb.RepointRequest, context: grpc.aio.ServicerContext
+    ) -> npb.RepointResponse:
+        problem = self.repoint_problem(request.primary)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION
+                                if self.replica is None or self.replica.fatal
+                                else grpc.StatusCode.INVALID_ARGUMENT, problem)
+            raise AssertionError("unreachable")
+        assert self.replica is not None
+        return npb.RepointResponse(previous=self.replica.repoint(request.primary))
+
+    def repoint_problem(self, primary: str) -> str | None:
+        """Why this node cannot follow `primary` now; None when it can."""
+        if self.replica is None:
+            return "this node is a primary; only a replica follows another node"
+        if self.replica.fatal:
+            return (f"this replica stopped replicating ({self.replica.fatal}); restart it "
+                    f"with the new primary")
+        try:
+            parse_address(primary, "primary")
+        except KevoReplError as exc:
+            return str(exc)
+        return None
+
     async def Digest(
         self, request: npb.DigestRequest, context: grpc.aio.ServicerContext
     ) -> npb.DigestResponse:
@@ -509,6 +534,7 @@ def node_handler(service: NodeService) -> grpc.GenericRpcHandler:
             "Status": unary(service.Status, npb.StatusRequest, npb.StatusResponse),
             "Digest": unary(service.Digest, npb.DigestRequest, npb.DigestResponse),
             "DropSlot": unary(service.DropSlot, npb.DropSlotRequest, npb.DropSlotResponse),
+            "Repoint": unary(service.Repoint, npb.RepointRequest, npb.RepointResponse),
         },
     )
 
@@ -658,13 +684,19 @@ class Node:
         log.info("%s stopped", self.cfg.node.role)
 
 
-async def serve(cfg: Config, on_ready: Callable[[Node], None] | None = None) -> None:
-    """Run a node until SIGTERM or SIGINT, then shut it down cleanly."""
+async def serve(
+    cfg: Config, on_ready: Callable[[Node], None] | None = None,
+    primary_from_config: Callable[[], str] | None = None,
+) -> None:
+    """Run a node until SIGTERM or SIGINT, then shut it down cleanly. On SIGHUP a replica
+    follows the primary `primary_from_config` reads (its configuration file, again)."""
     node = Node(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if primary_from_config is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload_primary(node, primary_from_config))
     await node.start()
     if on_ready is not None:
         on_ready(node)
@@ -673,3 +705,24 @@ async def serve(cfg: Config, on_ready: Callable[[Node], None] | None = None) -> 
         log.info("signal received, shutting down")
     finally:
         await node.stop()
+
+
+def _reload_primary(node: Node, primary_from_config: Callable[[], str]) -> None:
+    """SIGHUP: follow the primary the configuration names now (logged either way)."""
+    try:
+        primary = primary_from_config()
+    except Exception as exc:  # a bad file changes nothing
+        log.error("SIGHUP: the configuration does not load (%s); nothing changed", exc)
+        return
+    service: NodeService | None = getattr(node, "service", None)  # set once started
+    if service is None or node.replica is None:
+        log.warning("SIGHUP: only a running replica re-reads [replica] primary")
+        return
+    if primary == node.replica.cfg.replica.primary:
+        log.info("SIGHUP: [replica] primary is still %s", primary)
+        return
+    problem = service.repoint_problem(primary)
+    if problem is not None:
+        log.error("SIGHUP: cannot follow %s: %s", primary, problem)
+        return
+    node.replica.repoint(primary)

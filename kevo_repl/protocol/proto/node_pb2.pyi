@@ -299,3 +299,15 @@ class DropSlotResponse(_message.Message):
     ACKED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     acked_sequence: int
     def __init__(self, acked_sequence: _Optional[int] = ...) -> None: ...
+
+class RepointRequest(_message.Message):
+    __slots__ = ("primary",)
+    PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    primary: str
+    def __init__(self, primary: _Optional[str] = ...) -> None: ...
+
+class RepointResponse(_message.Message):
+    __slots__ = ("previous",)
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    previous: str
+    def __init__(self, previous: _Optional[str] = ...) -> None: ...
