@@ -23,6 +23,7 @@ from kevo_repl.protocol.methods import (
     NODE_DIGEST,
     NODE_DROP_SLOT,
     NODE_GET,
+    NODE_PROMOTE,
     NODE_REPOINT,
     NODE_STATUS,
     NODE_WRITE,
@@ -253,6 +254,7 @@ class Client:
         self._digest = unary(NODE_DIGEST, npb.DigestRequest, npb.DigestResponse)
         self._drop_slot = unary(NODE_DROP_SLOT, npb.DropSlotRequest, npb.DropSlotResponse)
         self._repoint = unary(NODE_REPOINT, npb.RepointRequest, npb.RepointResponse)
+        self._promote = unary(NODE_PROMOTE, npb.PromoteRequest, npb.PromoteResponse)
         stream = self._channel.stream_stream(
             NODE_WRITE_STREAM,
             request_serializer=npb.WriteBatch.SerializeToString,
@@ -335,6 +337,12 @@ class Client:
         resp = self._drop_slot(npb.DropSlotRequest(replica_id=replica_id), timeout=self.timeout)
         acked: int = resp.acked_sequence
         return acked
+
+    def promote(self, epoch: int = 0) -> dict[str, Any]:
+        """Make a running replica the primary of a new epoch (0: the next) in place, an
+        admin call like `repoint`; its epoch, the position it continues from, its history."""
+        resp = self._promote(npb.PromoteRequest(epoch=epoch), timeout=self.timeout)
+        return {"epoch": resp.epoch, "position": resp.position, "history_id": resp.history_id}
 
     def repoint(self, primary: str) -> str:
         """Make a running replica follow `primary` (an admin call: with a replication token

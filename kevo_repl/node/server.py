@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +83,17 @@ def replication_handler(primary: Primary) -> grpc.GenericRpcHandler:
     )
 
 
+class RoleHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is untyped
+    """The replication service as this node's role answers it now: a live promotion swaps
+    `current` from the replica's refusal to the primary's service."""
+
+    def __init__(self, current: grpc.GenericRpcHandler) -> None:
+        self.current = current
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        return self.current.service(details)
+
+
 def not_a_primary_handler(cfg: Config) -> grpc.GenericRpcHandler:
     """A replica's answer to a replica that streams from it: point it at the primary.
 
@@ -113,6 +125,8 @@ class NodeService:
     ) -> None:
         self.memory = memory
         self.cfg = cfg
+        #: set by the node: promote this replica in place (Promote)
+        self.promote_self: Callable[[int | None], Awaitable[npb.PromoteResponse]] | None = None
         #: set aside by rejoins (which run while the node is stopped): read once, at start
         self.discarded_entries = discarded_entries(cfg.data_dir)
         self.primary = primary
@@ -438,6 +452,24 @@ class NodeService:
             raise AssertionError("unreachable")
         return npb.DropSlotResponse(acked_sequence=slot.acked)
 
+    async def Promote(
+        self, request: npb.PromoteRequest, context: grpc.aio.ServicerContext
+    ) -> npb.PromoteResponse:
+        if self.replica is None or self.promote_self is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "this node is a primary already")
+            raise AssertionError("unreachable")
+        try:
+            return await self.promote_self(request.epoch or None)
+        except KevoReplError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise AssertionError("unreachable") from exc
+
+    def become_primary(self, primary: Primary) -> None:
+        """After a live promotion: serve as the primary (writes, slots, its position)."""
+        self.primary, self.replica = primary, None
+        self.read_gate = ReadGate(lambda: self.store.position().sequence)
+
     async def Repoint(
         self, request: npb.RepointRequest, context: grpc.aio.ServicerContext
     ) -> npb.RepointResponse:
@@ -535,6 +567,7 @@ def node_handler(service: NodeService) -> grpc.GenericRpcHandler:
             "Digest": unary(service.Digest, npb.DigestRequest, npb.DigestResponse),
             "DropSlot": unary(service.DropSlot, npb.DropSlotRequest, npb.DropSlotResponse),
             "Repoint": unary(service.Repoint, npb.RepointRequest, npb.RepointResponse),
+            "Promote": unary(service.Promote, npb.PromoteRequest, npb.PromoteResponse),
         },
     )
 
@@ -554,6 +587,8 @@ class Node:
         # the node's long-running tasks; one that fails puts the node in ERROR
         self._tasks = Supervisor("node", self._task_failed)
         self._replica_task: asyncio.Task[None] | None = None
+        #: one live promotion at a time
+        self._promoting = asyncio.Lock()
         self._lock_fd: int | None = None
         self._metrics: Any = None
         self.memory: MemoryGuard | None = None
@@ -627,15 +662,58 @@ class Node:
             self.primary = Primary(cfg, self.registry, self.pm)
         else:
             self.replica = Replica(cfg, self.registry, self.pm)
-        if self.primary is not None:
-            server.add_generic_rpc_handlers((replication_handler(self.primary),))
-        else:
-            server.add_generic_rpc_handlers((not_a_primary_handler(cfg),))
+        self._replication = RoleHandler(
+            replication_handler(self.primary) if self.primary is not None
+            else not_a_primary_handler(cfg)
+        )
+        server.add_generic_rpc_handlers((self._replication,))
         self.memory = MemoryGuard(cfg.node.max_rss_mb, cfg.data_dir)
         self.memory.start()
         self.service = NodeService(cfg, self.primary, self.replica, self.memory)
+        self.service.promote_self = self.promote
         server.add_generic_rpc_handlers((node_handler(self.service),))
         await server.start()
+
+    async def promote(self, epoch: int | None) -> npb.PromoteResponse:
+        """Become the primary of a new epoch in place: stop replicating, promote the data
+        directory as `kevo-repl promote` does (kevo_repl.ha.promote, under the lock this
+        node holds), open it as a primary and serve it on the same port. A refused promotion
+        changes nothing on disk and the node replicates on."""
+        from kevo_repl.ha.promote import promote
+        from kevo_repl.primary.primary import Primary
+
+        async with self._promoting:
+            replica = self.replica
+            if replica is None:
+                raise KevoReplError("this node is a primary already")
+            await replica.stop()
+            if self._replica_task is not None:
+                await asyncio.wait([self._replica_task])
+            replica.bootstrap.close()
+            replica.close()
+            cfg = copy.deepcopy(self.cfg)
+            try:
+                result = await asyncio.to_thread(promote, cfg, self.registry, epoch=epoch,
+                                                 lock_held=True)
+            except KevoReplError:
+                self._replicate()  # nothing changed: replicate on
+                raise
+            self.cfg.node.role = "primary"
+            self.primary, self.replica = Primary(self.cfg, self.registry, self.pm), None
+            self._replication.current = replication_handler(self.primary)
+            self.service.become_primary(self.primary)
+            log.warning("promoted in place: primary of epoch %d from sequence %d",
+                        result.epoch, result.position + 1)
+            return npb.PromoteResponse(epoch=result.epoch, position=result.position,
+                                       history_id=result.history_id)
+
+    def _replicate(self) -> None:
+        """(Re)open the replica and start replicating."""
+        self.replica = Replica(self.cfg, self.registry, self.pm)
+        self.replica.listener_address = self.cfg.node.advertise or self.address
+        self.service.replica = self.replica
+        self.service.read_gate = self.replica.read_gate
+        self._replica_task = self._tasks.spawn(self.replica.run(), "replica")
 
     async def _abandon_start(self) -> None:
         """Undo a start that failed part-way: nothing keeps running, nothing stays locked."""

@@ -16,7 +16,7 @@ import grpc
 
 from kevo_repl.config import MESSAGE_LIMIT, ConnectorConfig, ServerConfig
 from kevo_repl.errors import ConfigError
-from kevo_repl.protocol.methods import NODE_REPOINT
+from kevo_repl.protocol.methods import NODE_PROMOTE, NODE_REPOINT
 
 #: largest gRPC message either side accepts; a response is capped well below it
 MAX_MESSAGE_BYTES = MESSAGE_LIMIT
@@ -127,8 +127,8 @@ def open_channel(address: str, cfg: ConnectorConfig) -> grpc.Channel:
 
 #: the replication service: its calls are the replication role's
 REPLICATION_PREFIX = "/kevo.replication.WALReplicationService/"
-#: node calls that change where a node replicates from: also the replication role's
-ADMIN_METHODS = frozenset({NODE_REPOINT})
+#: node calls that change a node's place in replication: also the replication role's
+ADMIN_METHODS = frozenset({NODE_REPOINT, NODE_PROMOTE})
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped

@@ -69,6 +69,11 @@ class NodeStub:
                 request_serializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.RepointRequest.SerializeToString,
                 response_deserializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.RepointResponse.FromString,
                 _registered_method=True)
+        self.Promote = channel.unary_unary(
+                '/kevo.repl.Node/Promote',
+                request_serializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.PromoteRequest.SerializeToString,
+                response_deserializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.PromoteResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -132,6 +137,16 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Promote(self, request, context):
+        """Replica only, an admin call like Repoint: become the primary of a new epoch, continuing
+        from this replica's durable position, without a restart (its replication stops, its WAL
+        starts empty after that position, and it serves writes and replicas on the same port).
+        Restart it afterwards as `kevo-repl primary`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +184,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Repoint,
                     request_deserializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.RepointRequest.FromString,
                     response_serializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.RepointResponse.SerializeToString,
+            ),
+            'Promote': grpc.unary_unary_rpc_method_handler(
+                    servicer.Promote,
+                    request_deserializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.PromoteRequest.FromString,
+                    response_serializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.PromoteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -360,6 +380,33 @@ class Node:
             '/kevo.repl.Node/Repoint',
             kevo__repl_dot_protocol_dot_proto_dot_node__pb2.RepointRequest.SerializeToString,
             kevo__repl_dot_protocol_dot_proto_dot_node__pb2.RepointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Promote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kevo.repl.Node/Promote',
+            kevo__repl_dot_protocol_dot_proto_dot_node__pb2.PromoteRequest.SerializeToString,
+            kevo__repl_dot_protocol_dot_proto_dot_node__pb2.PromoteResponse.FromString,
             options,
             channel_credentials,
             insecure,
