@@ -699,7 +699,16 @@ class Node:
                 self._replicate()  # nothing changed: replicate on
                 raise
             self.cfg.node.role = "primary"
-            self.primary, self.replica = Primary(self.cfg, self.registry, self.pm), None
+            try:
+                primary = Primary(self.cfg, self.registry, self.pm)
+            except Exception as exc:  # the reply must say the directory is promoted already
+                log.error("promoted on disk to epoch %d but not opened: %s", result.epoch, exc)
+                raise KevoReplError(
+                    f"the data directory is promoted (epoch {result.epoch} from sequence "
+                    f"{result.position + 1}) but did not open as a primary: {exc}; restart "
+                    "this node as `kevo-repl primary`"
+                ) from exc
+            self.primary, self.replica = primary, None
             self._replication.current = replication_handler(self.primary)
             self.service.become_primary(self.primary)
             log.warning("promoted in place: primary of epoch %d from sequence %d",
