@@ -7,19 +7,17 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from kevo_repl_tools.etcd_server import EtcdServer
 from kevo_repl_tools.faultproxy import FaultProxy
 from kevo_repl_tools.ha_launcher import HANode
+from kevo_repl_tools.ha_writer import SemiSyncWriter
 from kevo_repl_tools.launcher import wait_until
 
-from kevo_repl.client.client import Client, SemiSync
+from kevo_repl.client.client import Client
 from kevo_repl.client.discover import discover
-from kevo_repl.errors import KevoReplError
-from kevo_repl.protocol.codec import Op
 
 pytestmark = pytest.mark.crash
 
@@ -60,47 +58,18 @@ def _primary(etcd: EtcdServer, timeout: float = 30.0) -> tuple[str, int]:
     return discover(f"etcd://{etcd.address}/c", timeout)
 
 
-@dataclass
-class Writer:
-    """Semi-sync writes (wait_for=1, durable) to whichever node etcd names, without pause."""
-
-    target: str
-    acked: dict[bytes, int] = field(default_factory=dict)
-    #: (time, address) of every acknowledged write
-    acked_at: list[tuple[float, str]] = field(default_factory=list)
-    refused: int = 0
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        client: Client | None = None
-        i = 0
-        while not self.stop.is_set():
-            key = b"w%08d" % i
-            i += 1
-            try:
-                if client is None:
-                    client = Client.discover(self.target, timeout=3.0)
-                resp = client.write_full(
-                    [(Op.PUT, key, key)], SemiSync(wait_for=1, durable=True, timeout_s=1.0)
-                )
-            except (KevoReplError, Exception):  # refused, unavailable, no primary yet
-                self.refused += 1
-                if client is not None:
-                    client.close()
-                client = None
-                time.sleep(0.05)
-                continue
-            self.acked[key] = resp.last_sequence
-            self.acked_at.append((time.monotonic(), client.target))
-        if client is not None:
-            client.close()
-
-
 def _role(node: HANode) -> str:
     try:
         return str(node.status()["role"])
     except Exception:
         return ""
+
+
+def _discarded(node: HANode) -> int:
+    try:
+        return int(node.status()["discarded_entries"])
+    except Exception:
+        return -1
 
 
 def _converged(nodes: list[HANode]) -> bool:
@@ -116,7 +85,7 @@ def test_twenty_seeded_failovers_under_semisync_writes_lose_no_acknowledged_writ
 ) -> None:
     _start(nodes, tmp_path, etcd.address)
     _primary(etcd)
-    writer = Writer(f"etcd://{etcd.address}/c")
+    writer = SemiSyncWriter(f"etcd://{etcd.address}/c")
     thread = threading.Thread(target=writer.run, daemon=True)
     thread.start()
     times = []
@@ -127,9 +96,11 @@ def test_twenty_seeded_failovers_under_semisync_writes_lose_no_acknowledged_writ
             victim = next(n for n in nodes if n.address == old)
             killed_at = time.monotonic()
             victim.kill()
-            wait_until(lambda o=old, k=killed_at: any(t > k and a != o for t, a in writer.acked_at),
+            wait_until(lambda o=old, k=killed_at: writer.first_ack_after(k, o) is not None,
                        30, f"round {seed}: a new primary taking acknowledged writes")
-            times.append(next(t for t, a in writer.acked_at if t > killed_at) - killed_at)
+            first = writer.first_ack_after(killed_at, old)
+            assert first is not None
+            times.append(first - killed_at)
             assert _primary(etcd)[1] > epoch
             victim.start()
     finally:
@@ -142,7 +113,15 @@ def test_twenty_seeded_failovers_under_semisync_writes_lose_no_acknowledged_writ
         lost = [k for k in writer.acked if c.get(k) != k]
     assert lost == [], f"{len(lost)} acknowledged writes lost, first {lost[:5]}"
     # one writer per sequence: no sequence was acknowledged twice
-    assert len(set(writer.acked.values())) == len(writer.acked)
+    assert writer.double_acked == []
+    assert len({a.sequence for a in writer.acks()}) == len(writer.acked)
+    # one writer per epoch, as the write responses name it, and every failover a new epoch
+    by_epoch: dict[int, set[str]] = {}
+    for ack in writer.acks():
+        by_epoch.setdefault(ack.epoch, set()).add(ack.address)
+    assert 0 not in by_epoch
+    assert all(len(nodes) == 1 for nodes in by_epoch.values()), by_epoch
+    assert len(by_epoch) >= ROUNDS
     times.sort()
     report = {
         "failovers": len(times),
@@ -201,6 +180,9 @@ def test_a_primary_cut_from_etcd_stops_taking_writes_before_another_takes_over(
         # (durable in its WAL, its reply never sent; the writer is sequential)
         acked_past = max(0, max(s for _, s in accepted) - report["fork_point"])
         assert acked_past <= report["discarded_entries"] <= acked_past + 1, report
+        # and the rejoined node says so in its status
+        wait_until(lambda: _discarded(old) == report["discarded_entries"], 60,
+                   "the rejoined node to report what it set aside")
         wait_until(lambda: _converged(nodes), 120, "every node on the new primary's digest")
     finally:
         for p in proxies:
@@ -224,3 +206,67 @@ def test_clients_find_the_primary_and_replicas_name_it(
     with Client(replica.address) as c, pytest.raises(Exception) as info:
         c.put(b"k2", b"v")
     assert "FAILED_PRECONDITION" in str(info.value) and primary in str(info.value)
+
+
+def test_an_epoch_only_its_dead_primary_held_does_not_stall_the_election(
+    etcd: EtcdServer, nodes: list[HANode], tmp_path: Path
+) -> None:
+    """The 10-minute chaos run's failover over a minute: a node elected, promoted and marked
+    as having served epoch S died before any replica followed it. The others, all on S - 1,
+    were never eligible ("no node is eligible ... served S") until that node came back. No
+    replica held S, so nothing semi-sync-acknowledged can be in it: they elect among
+    themselves, and the old primary sets its S entries aside when it returns."""
+    _start(nodes, tmp_path, etcd.address)
+    first, _ = _primary(etcd)
+    x = next(n for n in nodes if n.address == first)
+    y, z = (n for n in nodes if n is not x)
+    with Client.discover(f"etcd://{etcd.address}/c") as c:
+        for i in range(50):
+            c.put(b"k%03d" % i, b"v")
+    wait_until(lambda: _converged(nodes), 60, "all three nodes on one digest")
+    y.kill()
+    z.kill()
+    x.kill()
+    # y alone: elected for epoch 2 (it served it), takes writes no replica ever receives
+    y.start()
+    wait_until(lambda: _role(y) == "primary", 60, "y to serve alone")
+    assert _primary(etcd) == (y.address, 2)
+    unreplicated = 7
+    with Client(y.address) as c:
+        for i in range(unreplicated):
+            c.put(b"only-on-y-%d" % i, b"v")
+    y.kill()
+    # x and z, both on epoch 1, elect one of them without waiting for y
+    x.start()
+    z.start()
+    started = time.monotonic()
+    wait_until(lambda: _role(x) == "primary" or _role(z) == "primary", 15 * TTL_S,
+               "a primary among the nodes that never held epoch 2")
+    elected_in = time.monotonic() - started
+    address, epoch = _primary(etcd)
+    assert address in (x.address, z.address) and epoch == 3
+    with Client(address) as c:
+        c.put(b"after", b"v")
+    y.start()
+    wait_until(lambda: _converged(nodes), 120, "y to rejoin and every node to converge")
+    with Client(address) as c:
+        assert c.get(b"only-on-y-0") is None and c.get(b"k049") == b"v"
+    [report] = [json.loads(f.read_text())
+                for f in y.data_dir.glob("discarded-epoch-2*/discarded.json")]
+    assert report["discarded_entries"] == unreplicated, report
+    wait_until(lambda: _discarded(y) == unreplicated, 30, "y's status to name what it set aside")
+    assert elected_in < 15 * TTL_S
+
+
+def test_an_epoch_a_replica_held_is_waited_for() -> None:
+    from kevo_repl.ha.election import oldest_electable
+
+    only_primary = {2: {"y": "primary"}, 3: {"x": "primary"}}
+    assert oldest_electable(3, 3, only_primary) == 3  # a reporting node holds the newest
+    assert oldest_electable(3, 1, only_primary) == 1  # 2 and 3 were only on their primaries
+    # a replica held epoch 2 (it may hold semi-sync-acknowledged writes): wait for it
+    assert oldest_electable(3, 1, {**only_primary, 2: {"y": "primary", "z": "replica"}}) == 3
+    # a replica of an epoch the reporting nodes hold does not matter
+    assert oldest_electable(3, 1, {**only_primary, 1: {"z": "replica"}}) == 1
+    # no record of the served epoch's primary (it served before holders were recorded)
+    assert oldest_electable(3, 1, {2: {"y": "primary"}}) == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import asdict
 from typing import Any
 
@@ -19,6 +20,18 @@ def _offline_config(args: argparse.Namespace) -> config_mod.Config:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    if args.target:  # a running replica, in place (the Promote admin call)
+        from kevo_repl.client.client import Client
+
+        connector = config_mod.load(args.config).connector
+        if args.token is not None:
+            connector.token = args.token
+        with Client(args.target, timeout=args.timeout, connector=connector) as c:
+            print(json.dumps(c.promote(), sort_keys=True))
+        return 0
+    if not args.data_dir:
+        raise SystemExit("kevo-repl promote: give --data-dir (a stopped replica) or --target "
+                         "(a running one)")
     from kevo_repl.ha.promote import promote
     from kevo_repl.plugin.manager import build_registry
 
@@ -79,9 +92,16 @@ def add_ha_commands(sub: Any) -> None:
     s.add_argument("--ttl-s", type=int, help="the primary's lease TTL in seconds")
     s.set_defaults(func=cmd_ha)
 
-    s = sub.add_parser("promote", help="make a stopped replica the primary of a new epoch, "
-                       "continuing from its durable position; then start it as a primary")
-    s.add_argument("--data-dir", required=True, help="the stopped replica's data directory")
+    s = sub.add_parser("promote", help="make a replica the primary of a new epoch, "
+                       "continuing from its durable position: a stopped one (--data-dir; then "
+                       "start it as a primary) or a running one in place (--target)")
+    s.add_argument("--data-dir", help="the stopped replica's data directory")
+    s.add_argument("--target", help="a running replica's HOST:PORT: promoted without a "
+                   "restart (an admin call: with a replication token set on it, pass that "
+                   "token as --token)")
+    s.add_argument("--token", default=os.environ.get("KEVO_REPL_TOKEN"),
+                   help="with --target: the node's token ($KEVO_REPL_TOKEN)")
+    s.add_argument("--timeout", type=float, default=60.0, help="with --target: seconds")
     s.add_argument("--applier", help="its applier (default: as recorded in DATA_DIR)")
     s.add_argument("--config", help="its TOML file")
     s.set_defaults(func=cmd_promote)

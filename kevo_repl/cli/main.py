@@ -91,7 +91,11 @@ def cmd_node(args: argparse.Namespace) -> int:
 
         serve_primary_until_signal(cfg, on_ready=ready)
     else:
-        asyncio.run(serve(cfg, on_ready=ready))
+        def primary_from_config() -> str:  # SIGHUP: the file's [replica] primary, again
+            return config_mod.load(args.config).replica.primary
+
+        asyncio.run(serve(cfg, on_ready=ready,
+                          primary_from_config=primary_from_config if args.config else None))
     return 0
 
 
@@ -232,6 +236,13 @@ def cmd_slots_drop(args: argparse.Namespace) -> int:
     with _client(args) as c:
         acked = c.drop_slot(args.replica_id)
     print(json.dumps({"dropped": args.replica_id, "acked_sequence": acked}))
+    return 0
+
+
+def cmd_repoint(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        previous = c.repoint(args.primary)
+    print(json.dumps({"primary": args.primary, "previous": previous}))
     return 0
 
 
@@ -501,6 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
                    slots_sub)
     s.add_argument("replica_id", help="the slot's replica id")
     s.set_defaults(func=cmd_slots_drop)
+
+    s = client_cmd("repoint", "make a running replica follow another primary without a "
+                   "restart (not saved: also change [replica] primary, which SIGHUP re-reads); "
+                   "with a replication token set on it, pass that token as --token")
+    s.add_argument("--primary", required=True, help="the new primary's HOST:PORT")
+    s.set_defaults(func=cmd_repoint)
 
     wal = sub.add_parser("wal", help="inspect a stopped or running primary's WAL on disk")
     wal_sub = wal.add_subparsers(dest="wal_command", required=True)

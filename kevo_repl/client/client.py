@@ -23,13 +23,16 @@ from kevo_repl.protocol.methods import (
     NODE_DIGEST,
     NODE_DROP_SLOT,
     NODE_GET,
+    NODE_PROMOTE,
     NODE_RELEASE_DIGEST_HOLD,
+    NODE_REPOINT,
     NODE_STATUS,
     NODE_WRITE,
     NODE_WRITE_STREAM,
 )
 from kevo_repl.protocol.proto import node_pb2 as npb
 from kevo_repl.protocol.transport import call_metadata, open_aio_channel, open_channel
+from kevo_repl.protocol.written import Written
 
 
 @dataclass(frozen=True)
@@ -148,11 +151,11 @@ class StreamWriter:
     def write(
         self, mutations: Iterable[tuple[int, bytes, bytes]], timeout: float = 30.0,
         idempotency_key: bytes | None = None,
-    ) -> tuple[int, int]:
+    ) -> Written:
         resp = self.submit(mutations, idempotency_key=idempotency_key).result(timeout)
         if resp.error_code:
             raise WriteFailed(grpc.StatusCode(_CODES[resp.error_code]), resp.error)
-        return resp.first_sequence, resp.last_sequence
+        return written(resp)
 
     def close(self) -> None:
         self._requests.put(None)
@@ -226,7 +229,7 @@ class AsyncStreamWriter:
     async def write(
         self, mutations: Iterable[tuple[int, bytes, bytes]], sync: SemiSync | None = None,
         idempotency_key: bytes | None = None,
-    ) -> tuple[int, int]:
+    ) -> Written:
         rid = next(self._ids)
         fut: asyncio.Future[npb.WriteResponse] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
@@ -235,7 +238,13 @@ class AsyncStreamWriter:
         resp = await fut
         if resp.error_code:
             raise WriteFailed(grpc.StatusCode(_CODES[resp.error_code]), resp.error)
-        return resp.first_sequence, resp.last_sequence
+        return written(resp)
+
+
+def written(resp: npb.WriteResponse) -> Written:
+    """A write's sequences and the epoch it was accepted in (0: a primary that predates
+    epochs in write responses)."""
+    return Written(resp.first_sequence, resp.last_sequence, resp.epoch)
 
 
 class Client:
@@ -264,6 +273,8 @@ class Client:
         self._drop_slot = unary(NODE_DROP_SLOT, npb.DropSlotRequest, npb.DropSlotResponse)
         self._release_hold = unary(NODE_RELEASE_DIGEST_HOLD, npb.ReleaseDigestHoldRequest,
                                    npb.ReleaseDigestHoldResponse)
+        self._repoint = unary(NODE_REPOINT, npb.RepointRequest, npb.RepointResponse)
+        self._promote = unary(NODE_PROMOTE, npb.PromoteRequest, npb.PromoteResponse)
         stream = self._channel.stream_stream(
             NODE_WRITE_STREAM,
             request_serializer=npb.WriteBatch.SerializeToString,
@@ -288,18 +299,19 @@ class Client:
     def write(
         self, mutations: Iterable[tuple[int, bytes, bytes]],
         idempotency_key: bytes | None = None,
-    ) -> tuple[int, int]:
-        resp = self.write_full(mutations, idempotency_key=idempotency_key)
-        return resp.first_sequence, resp.last_sequence
+    ) -> Written:
+        """One write batch: (first, last) sequence, with the `epoch` it was accepted in."""
+        return written(self.write_full(mutations, idempotency_key=idempotency_key))
 
     def write_full(
         self, mutations: Iterable[tuple[int, bytes, bytes]], sync: SemiSync | None = None,
         idempotency_key: bytes | None = None,
     ) -> npb.WriteResponse:
-        """One write batch; with `sync`, wait for replicas (semi-synchronous). With
-        `idempotency_key`, a retry of this call (same key, same mutations) after a lost reply
-        is answered with the original sequences and `duplicate` set, not written again, while
-        the primary remembers the key (README, "Idempotent writes")."""
+        """One write batch; with `sync`, wait for replicas (semi-synchronous). The response
+        names the epoch the write was accepted in (`epoch`). With `idempotency_key`, a retry
+        of this call (same key, same mutations) after a lost reply is answered with the
+        original sequences and `duplicate` set, not written again, while the primary
+        remembers the key (README, "Idempotent writes")."""
         req = write_request(mutations, sync, idempotency_key=idempotency_key)
         timeout = self.timeout + (sync.timeout_s if sync else 0.0)
         resp: npb.WriteResponse = self._write(req, timeout=timeout)
@@ -352,6 +364,19 @@ class Client:
         resp = self._drop_slot(npb.DropSlotRequest(replica_id=replica_id), timeout=self.timeout)
         acked: int = resp.acked_sequence
         return acked
+
+    def promote(self, epoch: int = 0) -> dict[str, Any]:
+        """Make a running replica the primary of a new epoch (0: the next) in place, an
+        admin call like `repoint`; its epoch, the position it continues from, its history."""
+        resp = self._promote(npb.PromoteRequest(epoch=epoch), timeout=self.timeout)
+        return {"epoch": resp.epoch, "position": resp.position, "history_id": resp.history_id}
+
+    def repoint(self, primary: str) -> str:
+        """Make a running replica follow `primary` (an admin call: with a replication token
+        set on the node, connect with that token); return the primary it followed before."""
+        resp = self._repoint(npb.RepointRequest(primary=primary), timeout=self.timeout)
+        previous: str = resp.previous
+        return previous
 
     def digest_buckets(
         self, prefix: bytes, at_sequence: int = 0, timeout: float | None = None,

@@ -13,6 +13,11 @@ The agent runs the node (kevo_repl.ha.child) and decides its role from etcd
   transaction that requires it absent and the cluster epoch unchanged, with epoch + 1. It is
   promoted (kevo_repl.ha.promote) and restarts its node as primary; its epoch, the fencing
   token, goes into its WAL's epoch history.
+- Never on a history older than the newest epoch that served, while a node that may hold that
+  epoch's writes is missing; but an epoch only its own primary ever held (no replica recorded
+  holding it in etcd, `holders/`) can hold no semi-sync-acknowledged write, so once that
+  primary is gone the reporting nodes are elected from their own newest epoch rather than
+  waiting for it to come back.
 - The others restart their node as replicas of the new primary. An old primary, and a
   replica refused as forked, rejoin first (kevo_repl.ha.rejoin): what they held past the
   fork point is counted (`discarded_entries`, in the log, in etcd and in
@@ -33,6 +38,8 @@ from kevo_repl.config import Config, parse_address
 from kevo_repl.errors import KevoReplError
 from kevo_repl.ha.child import Child
 from kevo_repl.ha.coordination import Coordinator, Leader, Member
+from kevo_repl.ha.disk_position import durable_position
+from kevo_repl.ha.election import oldest_electable
 from kevo_repl.ha.node_dir import read_role
 from kevo_repl.ha.promote import new_term, promote
 from kevo_repl.ha.rejoin import rejoin
@@ -72,6 +79,8 @@ class Agent:
         self.ready_for = 0
         self.discarded_entries = 0
         self.failovers = 0
+        #: the newest epoch this node was recorded in etcd as holding (`holders/`)
+        self.held_epoch = 0
         self._stop = asyncio.Event()
 
     # -- the node's directory ------------------------------------------------------------
@@ -204,10 +213,21 @@ class Agent:
                     )
                 if not await self.coord.refresh(self.member_lease):
                     self.member_lease = await self.coord.grant(self.ttl)
+                await self._record_held_epoch()
                 await self.coord.publish(self._member(), self.member_lease)
             except Exception as exc:
                 log.debug("member update failed: %s", exc)
             await asyncio.sleep(TICK_S * 2)
+
+    async def _record_held_epoch(self) -> None:
+        """A replica whose node adopted a newer epoch (on disk before anything of it is
+        applied or acknowledged) says so in etcd, where it outlives the node."""
+        if self._role_on_disk() != "replica":
+            return  # a primary records its epoch when it is elected
+        epoch = self._epoch_on_disk()
+        if epoch > self.held_epoch:
+            await self.coord.hold(epoch, self.name, "replica")
+            self.held_epoch = epoch
 
     def _member(self) -> Member:
         return Member(
@@ -242,7 +262,8 @@ class Agent:
         # served (a node that took an epoch but died before recording it does not count)
         served = await self.coord.served_epoch()
         top = max((m.epoch for m in ready), default=0)
-        eligible = [m for m in ready if m.epoch == top and top >= served]
+        floor = await self._oldest_electable(served, top)
+        eligible = [m for m in ready if m.epoch == top and top >= floor]
         if not eligible:
             log.warning("no node is eligible for epoch %d yet (newest reported %d, served %d)",
                         epoch + 1, top, served)
@@ -265,11 +286,25 @@ class Agent:
         log.warning("elected primary of epoch %d at position %d", new_epoch, best.position)
         await self._become_primary(new_epoch)
 
+    async def _oldest_electable(self, served: int, top: int) -> int:
+        if top >= served:
+            return served
+        floor = oldest_electable(served, top, await self.coord.holders())
+        if floor < served:
+            log.warning("epochs %d to %d were only ever on their primaries, none of them "
+                        "reporting; no replica held them, so electing from epoch %d",
+                        top + 1, served, top)
+        return floor
+
     async def _settle_position(self) -> None:
         """Wait (bounded) until the node's durable position stops moving."""
         last = -1
         for _ in range(20):
             status = await self._node_status()
+            if status is None and self.child is None:  # no node: its position on disk
+                self.position = await asyncio.to_thread(
+                    durable_position, copy.deepcopy(self.cfg), self.registry)
+                return
             if status is None:
                 return
             pos = int(status["last_applied"] if status["role"] == "replica"
@@ -300,6 +335,7 @@ class Agent:
             cfg = copy.deepcopy(self.cfg)
             start = await asyncio.to_thread(new_term, cfg, self.registry, epoch)
             log.warning("primary again, in epoch %d from sequence %d", epoch, start)
+        await self.coord.hold(epoch, self.name, "primary")
         await self.coord.mark_served(epoch)  # on disk now: older histories are out
         await self._start("primary")
 

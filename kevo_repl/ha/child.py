@@ -4,10 +4,9 @@ the agent (PR_SET_PDEATHSIG), so a killed agent never leaves a primary writing o
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import logging
-import signal
+import os
 import sys
 from pathlib import Path
 
@@ -15,14 +14,8 @@ from kevo_repl.errors import KevoReplError
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 #: how long a node may take to print its "listening" line
 START_TIMEOUT_S = 60.0
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class Child:
@@ -37,7 +30,10 @@ class Child:
         cls, role: str, *, data_dir: Path, listen: str, applier: str, config: str | None,
         log_level: str, primary: str = "", replica_id: str = "",
     ) -> Child:
-        argv = [sys.executable, "-m", "kevo_repl", "--log-level", log_level, role,
+        # kevo_repl.ha.with_parent: the node dies with this process (see there why not a
+        # preexec_fn)
+        argv = [sys.executable, "-m", "kevo_repl.ha.with_parent", str(os.getpid()),
+                "--log-level", log_level, role,
                 "--data-dir", str(data_dir), "--listen", listen, "--applier", applier]
         if config:
             argv += ["--config", config]
@@ -45,7 +41,7 @@ class Child:
             argv += ["--primary", primary, "--replica-id", replica_id]
         child = cls(role, argv, primary)
         child.proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent,
+            *argv, stdout=asyncio.subprocess.PIPE,
         )
         assert child.proc.stdout is not None
         try:

@@ -9,6 +9,10 @@ Keys under /kevo-repl/CLUSTER/:
   epoch is never elected while it might lack that epoch's writes.
 - `members/NAME`: what each node reports (address, durable position, epoch, role), attached
   to the node's own lease, so a dead node drops out of elections.
+- `holders/EPOCH/NAME`: "primary" or "replica", on no lease (evidence outlives the node): the
+  primary of EPOCH wrote it before serving; a replica's agent writes it once its node's
+  history on disk reaches EPOCH (the node adopts an epoch before it applies or acknowledges
+  anything of it). An epoch no replica ever held can have no semi-sync-acknowledged write.
 """
 
 from __future__ import annotations
@@ -108,6 +112,20 @@ class Coordinator:
             failure=[],
         )
         return bool(ok)
+
+    async def hold(self, epoch: int, name: str, role: str) -> None:
+        """Record that `name` holds (or, as its primary, is about to write) `epoch`."""
+        await self.client.put(self.root + b"holders/%d/" % epoch + name.encode(),
+                              role.encode())
+
+    async def holders(self) -> dict[int, dict[str, str]]:
+        """epoch -> {name: "primary" | "replica"} of every node that held that epoch."""
+        base = self.root + b"holders/"
+        out: dict[int, dict[str, str]] = {}
+        for got in await self.client.get_prefix(base):
+            epoch, _, name = got.key[len(base):].decode().partition("/")
+            out.setdefault(int(epoch), {})[name] = got.value.decode()
+        return out
 
     async def publish(self, member: Member, lease: Any) -> None:
         await self.client.put(

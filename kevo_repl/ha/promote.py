@@ -44,11 +44,16 @@ class PromoteResult:
     chain: str
 
 
-def promote(cfg: Config, registry: Registry, *, epoch: int | None = None) -> PromoteResult:
+def promote(
+    cfg: Config, registry: Registry, *, epoch: int | None = None, lock_held: bool = False
+) -> PromoteResult:
     """Promote the stopped replica at `cfg.data_dir` (its `[applier]` opens the store) to
-    `epoch` (by default the one after the newest it followed; etcd's election names it)."""
+    `epoch` (by default the one after the newest it followed; etcd's election names it).
+    `lock_held`: the caller holds the data directory's lock (a running node promoting
+    itself, its replica stopped and its store closed)."""
     data_dir = cfg.data_dir
-    lock = lock_data_dir(data_dir)  # refuses a replica that is still running
+    # refuses a replica that is still running
+    lock = None if lock_held else lock_data_dir(data_dir)
     try:
         marker = read_role(data_dir)
         cfg.applier.name = marker["applier"] or cfg.applier.name
@@ -93,7 +98,8 @@ def promote(cfg: Config, registry: Registry, *, epoch: int | None = None) -> Pro
             _fsync_dir(data_dir)
         write_role(data_dir, "primary", cfg.applier.name)
     finally:
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)
     log.info("promoted %s: epoch %d from sequence %d", data_dir, new.number, new.start)
     return PromoteResult(new.number, pos.sequence, pos.history_id, f"{pos.chain:016x}")
 

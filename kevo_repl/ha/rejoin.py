@@ -26,6 +26,7 @@ from pathlib import Path
 from kevo_repl.client.client import Client
 from kevo_repl.config import Config
 from kevo_repl.errors import KevoReplError, StoreError
+from kevo_repl.ha.discarded import REPORT_FILE
 from kevo_repl.ha.node_dir import read_role, write_role
 from kevo_repl.plugin.manager import Registry
 from kevo_repl.primary.slots import SlotTable
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 
 SLOTS_FILE = "slots.json"
 WAL_DIR = "wal"
-REPORT_FILE = "discarded.json"
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from kevo_repl.errors import KevoReplError
 from kevo_repl.node.server import Node
 from kevo_repl.primary.primary import Primary, WriteRejected
 from kevo_repl.protocol.codec import Op
+from kevo_repl.protocol.written import Written
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ Mutation = tuple[int, bytes, bytes]
 MAX_QUEUED_WRITES = 65_536
 _START_TIMEOUT_S = 60.0
 
-_Queued = tuple[Sequence[Mutation], "concurrent.futures.Future[tuple[int, int]]"]
+_Queued = tuple[Sequence[Mutation], "concurrent.futures.Future[Written]"]
 
 
 class EmbeddedPrimary:
@@ -82,8 +83,10 @@ class EmbeddedPrimary:
         try:
             address = await self._node.start()
         except BaseException as exc:
-            await self._node.stop()
-            self._started.set_exception(exc)
+            try:
+                await self._node.stop()
+            finally:  # whatever the clean-up does, start() hears why at once
+                self._started.set_exception(exc)
             return
         self._started.set_result(address)
         try:
@@ -148,16 +151,17 @@ class EmbeddedPrimary:
 
     def write(
         self, mutations: Sequence[Mutation], idempotency_key: bytes | None = None
-    ) -> tuple[int, int]:
-        """Write one atomic batch from any thread; (first, last) sequence once durable.
-        With `idempotency_key`, a retry (same key, same mutations) gets the original
-        sequences without writing again (README, "Idempotent writes")."""
+    ) -> Written:
+        """Write one atomic batch from any thread; (first, last) sequence once durable, with
+        the `epoch` it was accepted in. With `idempotency_key`, a retry (same key, same
+        mutations) gets the original sequences without writing again (README, "Idempotent
+        writes")."""
         if idempotency_key is not None:
             return self._write_once(mutations, idempotency_key)
         self._slots.acquire()
         return self._submit(mutations).result()
 
-    def _write_once(self, mutations: Sequence[Mutation], key: bytes) -> tuple[int, int]:
+    def _write_once(self, mutations: Sequence[Mutation], key: bytes) -> Written:
         # not through the hand-off queue: a retry waits on its key's own write
         self._slots.acquire()
         try:
@@ -166,7 +170,8 @@ class EmbeddedPrimary:
                     raise KevoReplError("the embedded primary is closed")
                 fut = asyncio.run_coroutine_threadsafe(self._once(mutations, key), self._loop)
             first, last, _duplicate = fut.result()
-            return first, last
+            # a duplicate was accepted in this epoch too: the window starts empty on promotion
+            return Written(first, last, self.primary.epochs[-1].number)
         finally:
             self._slots.release()
 
@@ -185,7 +190,7 @@ class EmbeddedPrimary:
     def delete(self, key: bytes) -> int:
         return self.write([(Op.DELETE, key, b"")])[1]
 
-    async def awrite(self, mutations: Sequence[Mutation]) -> tuple[int, int]:
+    async def awrite(self, mutations: Sequence[Mutation]) -> Written:
         """`write` for asyncio code on any loop (the node runs on its own)."""
         if not self._slots.acquire(blocking=False):
             await asyncio.to_thread(self._slots.acquire)  # the queue is full: wait, off-loop
@@ -197,9 +202,9 @@ class EmbeddedPrimary:
     async def adelete(self, key: bytes) -> int:
         return (await self.awrite([(Op.DELETE, key, b"")]))[1]
 
-    def _submit(self, mutations: Sequence[Mutation]) -> concurrent.futures.Future[tuple[int, int]]:
+    def _submit(self, mutations: Sequence[Mutation]) -> concurrent.futures.Future[Written]:
         """Queue a write (its queue slot already taken); wake the loop once per group."""
-        fut = concurrent.futures.Future[tuple[int, int]]()
+        fut = concurrent.futures.Future[Written]()
         fut.add_done_callback(lambda _f: self._slots.release())
         with self._lock:
             if self._closed or not self._thread.is_alive():
@@ -229,11 +234,12 @@ class EmbeddedPrimary:
             for _, fut in group:
                 fut.set_exception(exc)
             return
+        epoch = self.primary.epochs[-1].number  # fixed for this primary's life
         for (_, fut), result in zip(group, results, strict=True):
             if isinstance(result, WriteRejected):
                 fut.set_exception(result)
             else:
-                fut.set_result(result)
+                fut.set_result(Written(result[0], result[1], epoch))
 
     # -- reads -------------------------------------------------------------------------------
 

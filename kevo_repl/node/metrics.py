@@ -134,6 +134,10 @@ class StatusCollector(Collector):
             yield CounterMetricFamily("kevo_repl_node_memory_guard_trips",
                                       "Times the memory guard ended this node (over max_rss_mb)",
                                       value=st.get("memory_guard_trips", 0))
+        yield GaugeMetricFamily("kevo_repl_discarded_entries",
+                                "Entries this node set aside when it rejoined a newer primary "
+                                "(never replicated there; kept in discarded-epoch-N/)",
+                                value=st.get("discarded_entries", 0))
         if role == "replica":
             yield from self._replica(st)
         else:

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from kevo_repl.config import Config
+from kevo_repl.config import Config, parse_address
 from kevo_repl.errors import KevoReplError, StoreDamaged
+from kevo_repl.ha.discarded import discarded_entries
 from kevo_repl.node import decoding
 from kevo_repl.node.background_verify import BackgroundVerifier
 from kevo_repl.node.decoding import Undecodable, lenient
@@ -80,6 +82,17 @@ def replication_handler(primary: Primary) -> grpc.GenericRpcHandler:
     )
 
 
+class RoleHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is untyped
+    """The replication service as this node's role answers it now: a live promotion swaps
+    `current` from the replica's refusal to the primary's service."""
+
+    def __init__(self, current: grpc.GenericRpcHandler) -> None:
+        self.current = current
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        return self.current.service(details)
+
+
 def not_a_primary_handler(cfg: Config) -> grpc.GenericRpcHandler:
     """A replica's answer to a replica that streams from it: point it at the primary.
 
@@ -111,6 +124,10 @@ class NodeService:
     ) -> None:
         self.memory = memory
         self.cfg = cfg
+        #: set by the node: promote this replica in place (Promote)
+        self.promote_self: Callable[[int | None], Awaitable[npb.PromoteResponse]] | None = None
+        #: set aside by rejoins (which run while the node is stopped): read once, at start
+        self.discarded_entries = discarded_entries(cfg.data_dir)
         self.primary = primary
         self.replica = replica
         assert primary is not None or replica is not None
@@ -165,7 +182,8 @@ class NodeService:
             except PrimaryUnavailable as exc:
                 raise _WriteFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
             resp = npb.WriteResponse(first_sequence=first, last_sequence=last,
-                                     request_id=request.request_id, duplicate=duplicate)
+                                     request_id=request.request_id, duplicate=duplicate,
+                                     epoch=self.primary.epochs[-1].number)
             if request.wait_for:
                 await self._wait_for_replicas(request, resp)
             return resp
@@ -243,7 +261,8 @@ class NodeService:
             for request, result in zip(requests, results, strict=True):
                 if isinstance(result, tuple):
                     resp = npb.WriteResponse(first_sequence=result[0], last_sequence=result[1],
-                                             request_id=request.request_id)
+                                             request_id=request.request_id,
+                                             epoch=self.primary.epochs[-1].number)
                 else:
                     code = (grpc.StatusCode.FAILED_PRECONDITION
                             if isinstance(result, PrimaryFenced)
@@ -360,6 +379,7 @@ class NodeService:
 
     def status(self) -> dict[str, Any]:
         st = self._role_status()
+        st["discarded_entries"] = self.discarded_entries
         if self.memory is not None:
             st.update(self.memory.status())
         return st
@@ -449,6 +469,49 @@ class NodeService:
             )
             raise AssertionError("unreachable")
         return npb.DropSlotResponse(acked_sequence=slot.acked)
+
+    async def Promote(
+        self, request: npb.PromoteRequest, context: grpc.aio.ServicerContext
+    ) -> npb.PromoteResponse:
+        if self.replica is None or self.promote_self is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "this node is a primary already")
+            raise AssertionError("unreachable")
+        try:
+            return await self.promote_self(request.epoch or None)
+        except KevoReplError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise AssertionError("unreachable") from exc
+
+    def become_primary(self, primary: Primary) -> None:
+        """After a live promotion: serve as the primary (writes, slots, its position)."""
+        self.primary, self.replica = primary, None
+        self.read_gate = ReadGate(lambda: self.store.position().sequence)
+
+    async def Repoint(
+        self, request: npb.RepointRequest, context: grpc.aio.ServicerContext
+    ) -> npb.RepointResponse:
+        problem = self.repoint_problem(request.primary)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION
+                                if self.replica is None or self.replica.fatal
+                                else grpc.StatusCode.INVALID_ARGUMENT, problem)
+            raise AssertionError("unreachable")
+        assert self.replica is not None
+        return npb.RepointResponse(previous=self.replica.repoint(request.primary))
+
+    def repoint_problem(self, primary: str) -> str | None:
+        """Why this node cannot follow `primary` now; None when it can."""
+        if self.replica is None:
+            return "this node is a primary; only a replica follows another node"
+        if self.replica.fatal:
+            return (f"this replica stopped replicating ({self.replica.fatal}); restart it "
+                    f"with the new primary")
+        try:
+            parse_address(primary, "primary")
+        except KevoReplError as exc:
+            return str(exc)
+        return None
 
     async def Digest(
         self, request: npb.DigestRequest, context: grpc.aio.ServicerContext
@@ -552,6 +615,8 @@ def node_handler(service: NodeService) -> grpc.GenericRpcHandler:
             "DropSlot": unary(service.DropSlot, npb.DropSlotRequest, npb.DropSlotResponse),
             "ReleaseDigestHold": unary(service.ReleaseDigestHold, npb.ReleaseDigestHoldRequest,
                                        npb.ReleaseDigestHoldResponse),
+            "Repoint": unary(service.Repoint, npb.RepointRequest, npb.RepointResponse),
+            "Promote": unary(service.Promote, npb.PromoteRequest, npb.PromoteResponse),
         },
     )
 
@@ -575,6 +640,8 @@ class Node:
         self._tasks = Supervisor("node", self._task_failed)
         self._replica_task: asyncio.Task[None] | None = None
         self._verify_task: asyncio.Task[None] | None = None
+        #: one live promotion at a time
+        self._promoting = asyncio.Lock()
         self._lock_fd: int | None = None
         self._metrics: Any = None
         self.memory: MemoryGuard | None = None
@@ -651,17 +718,69 @@ class Node:
             self.primary = Primary(cfg, self.registry, self.pm)
         else:
             self.replica = Replica(cfg, self.registry, self.pm)
-        if self.primary is not None:
-            server.add_generic_rpc_handlers((replication_handler(self.primary),))
-        else:
-            server.add_generic_rpc_handlers((not_a_primary_handler(cfg),))
+        self._replication = RoleHandler(
+            replication_handler(self.primary) if self.primary is not None
+            else not_a_primary_handler(cfg)
+        )
+        server.add_generic_rpc_handlers((self._replication,))
         self.memory = MemoryGuard(cfg.node.max_rss_mb, cfg.data_dir)
         self.memory.start()
         self.service = NodeService(cfg, self.primary, self.replica, self.memory)
         if self.replica is not None:
             self.service.verifier = BackgroundVerifier(cfg, self.replica)
+        self.service.promote_self = self.promote
         server.add_generic_rpc_handlers((node_handler(self.service),))
         await server.start()
+
+    async def promote(self, epoch: int | None) -> npb.PromoteResponse:
+        """Become the primary of a new epoch in place: stop replicating, promote the data
+        directory as `kevo-repl promote` does (kevo_repl.ha.promote, under the lock this
+        node holds), open it as a primary and serve it on the same port. A refused promotion
+        changes nothing on disk and the node replicates on."""
+        from kevo_repl.ha.promote import promote
+        from kevo_repl.primary.primary import Primary
+
+        async with self._promoting:
+            replica = self.replica
+            if replica is None:
+                raise KevoReplError("this node is a primary already")
+            await replica.stop()
+            if self._replica_task is not None:
+                await asyncio.wait([self._replica_task])
+            replica.bootstrap.close()
+            replica.close()
+            cfg = copy.deepcopy(self.cfg)
+            try:
+                result = await asyncio.to_thread(promote, cfg, self.registry, epoch=epoch,
+                                                 lock_held=True)
+            except KevoReplError:
+                self._replicate()  # nothing changed: replicate on
+                raise
+            self.cfg.node.role = "primary"
+            try:
+                primary = Primary(self.cfg, self.registry, self.pm)
+            except Exception as exc:  # the reply must say the directory is promoted already
+                log.error("promoted on disk to epoch %d but not opened: %s", result.epoch, exc)
+                raise KevoReplError(
+                    f"the data directory is promoted (epoch {result.epoch} from sequence "
+                    f"{result.position + 1}) but did not open as a primary: {exc}; restart "
+                    "this node as `kevo-repl primary`"
+                ) from exc
+            self.primary, self.replica = primary, None
+            self._replication.current = replication_handler(self.primary)
+            self.service.become_primary(self.primary)
+            log.warning("promoted in place: primary of epoch %d from sequence %d",
+                        result.epoch, result.position + 1)
+            return npb.PromoteResponse(epoch=result.epoch, position=result.position,
+                                       history_id=result.history_id)
+
+    def _replicate(self) -> None:
+        """(Re)open the replica and start replicating."""
+        self.replica = Replica(self.cfg, self.registry, self.pm)
+        self.replica.listener_address = self.cfg.node.advertise or self.address
+        self.service.replica = self.replica
+        self.service.read_gate = self.replica.read_gate
+        self._replica_task = self._tasks.spawn(self.replica.run(), "replica")
 
     async def _abandon_start(self) -> None:
         """Undo a start that failed part-way: nothing keeps running, nothing stays locked."""
@@ -713,13 +832,19 @@ class Node:
         log.info("%s stopped", self.cfg.node.role)
 
 
-async def serve(cfg: Config, on_ready: Callable[[Node], None] | None = None) -> None:
-    """Run a node until SIGTERM or SIGINT, then shut it down cleanly."""
+async def serve(
+    cfg: Config, on_ready: Callable[[Node], None] | None = None,
+    primary_from_config: Callable[[], str] | None = None,
+) -> None:
+    """Run a node until SIGTERM or SIGINT, then shut it down cleanly. On SIGHUP a replica
+    follows the primary `primary_from_config` reads (its configuration file, again)."""
     node = Node(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if primary_from_config is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload_primary(node, primary_from_config))
     await node.start()
     if on_ready is not None:
         on_ready(node)
@@ -728,3 +853,24 @@ async def serve(cfg: Config, on_ready: Callable[[Node], None] | None = None) -> 
         log.info("signal received, shutting down")
     finally:
         await node.stop()
+
+
+def _reload_primary(node: Node, primary_from_config: Callable[[], str]) -> None:
+    """SIGHUP: follow the primary the configuration names now (logged either way)."""
+    try:
+        primary = primary_from_config()
+    except Exception as exc:  # a bad file changes nothing
+        log.error("SIGHUP: the configuration does not load (%s); nothing changed", exc)
+        return
+    service: NodeService | None = getattr(node, "service", None)  # set once started
+    if service is None or node.replica is None:
+        log.warning("SIGHUP: only a running replica re-reads [replica] primary")
+        return
+    if primary == node.replica.cfg.replica.primary:
+        log.info("SIGHUP: [replica] primary is still %s", primary)
+        return
+    problem = service.repoint_problem(primary)
+    if problem is not None:
+        log.error("SIGHUP: cannot follow %s: %s", primary, problem)
+        return
+    node.replica.repoint(primary)

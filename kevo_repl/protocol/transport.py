@@ -16,6 +16,7 @@ import grpc
 
 from kevo_repl.config import MESSAGE_LIMIT, ConnectorConfig, ServerConfig
 from kevo_repl.errors import ConfigError
+from kevo_repl.protocol.methods import NODE_PROMOTE, NODE_REPOINT
 
 #: largest gRPC message either side accepts; a response is capped well below it
 MAX_MESSAGE_BYTES = MESSAGE_LIMIT
@@ -126,6 +127,8 @@ def open_channel(address: str, cfg: ConnectorConfig) -> grpc.Channel:
 
 #: the replication service: its calls are the replication role's
 REPLICATION_PREFIX = "/kevo.replication.WALReplicationService/"
+#: node calls that change a node's place in replication: also the replication role's
+ADMIN_METHODS = frozenset({NODE_REPOINT, NODE_PROMOTE})
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
@@ -149,7 +152,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
         for key, value in details.invocation_metadata or ():
             if key == AUTH_HEADER:
                 presented = value.encode() if isinstance(value, str) else bytes(value)
-        replication = str(details.method).startswith(REPLICATION_PREFIX)
+        method = str(details.method)
+        replication = method.startswith(REPLICATION_PREFIX) or method in ADMIN_METHODS
         wanted: bytes | None
         other: bytes | None
         if replication and self._replication is not None:

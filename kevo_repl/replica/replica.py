@@ -465,6 +465,17 @@ class Replica:
         self._error(reason)
         log.error("replica %s stopped replicating: %s", self.replica_id, reason)
 
+    def repoint(self, primary: str) -> str:
+        """Follow `primary` from now on; return the previous one. The current session ends
+        (a snapshot install runs to its end) and the next one connects there."""
+        previous, self.cfg.replica.primary = self.cfg.replica.primary, primary
+        task = self._session_task
+        if (previous != primary and task is not None and not task.done()
+                and self.sm.state != State.BOOTSTRAPPING):
+            task.cancel()
+        log.warning("replica %s repointed from %s to %s", self.replica_id, previous, primary)
+        return previous
+
     async def stop(self) -> None:
         self._stopping = True
         if self._session_task is not None:

@@ -8,12 +8,17 @@ without pause, and seeded faults:
 - `etcd_restart`: SIGKILL etcd, keep it down for a while, start it again on its data.
 
 The checker:
-- single writer per epoch: every epoch etcd ever named has one primary, and no sequence
-  number was acknowledged to two writes (a second writer in one history would reuse them);
+- single writer per epoch: every epoch has one primary, both as etcd named them and as the
+  write responses say (each names the epoch it was accepted in: two nodes acknowledging
+  writes in one epoch is a violation); no write sent after a newer epoch was named is
+  acknowledged in an older one (an old primary writing after its lease expired); and no
+  sequence number was acknowledged to two writes;
 - no semi-sync-acknowledged write (wait_for=1, durable) lost: each is on the final primary;
 - every node converges on the final primary's digest;
 - every old primary's discarded entries are exactly the range it reports past the fork
-  point, and no acknowledged write was among them.
+  point, and that range is what its set-aside WAL holds past the fork point of the final
+  history (what it had never replicated); every node's status reports the sum as
+  `discarded_entries`.
 """
 
 from __future__ import annotations
@@ -23,18 +28,20 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kevo_repl.client.client import Client, SemiSync
+from kevo_repl.client.client import Client
 from kevo_repl.client.discover import discover
 from kevo_repl.errors import KevoReplError
-from kevo_repl.protocol.codec import Op
+from kevo_repl.storage import epochs as epochs_mod
+from kevo_repl.storage.wal_check import check_wal
 from kevo_repl_tools.etcd_server import EtcdServer
 from kevo_repl_tools.faultproxy import FaultProxy
 from kevo_repl_tools.ha_launcher import HANode
+from kevo_repl_tools.ha_writer import Ack, SemiSyncWriter
 
 log = logging.getLogger(__name__)
 
@@ -68,59 +75,14 @@ class HAChaosResult:
         return out
 
 
-class _Writer:
-    """Semi-sync writes to whatever primary etcd names; every ack is kept."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.acked: dict[bytes, tuple[int, str]] = {}
-        self.acked_at: list[tuple[float, str]] = []
-        self.seq_owner: dict[int, bytes] = {}
-        self.double_acked: list[int] = []
-        self.refused = 0
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-
-    def run(self) -> None:
-        client: Client | None = None
-        i = 0
-        while not self.stop.is_set():
-            key = b"chaos-ha-%010d" % i
-            i += 1
-            try:
-                if client is None:
-                    client = Client.discover(self.target, timeout=3.0)
-                resp = client.write_full(
-                    [(Op.PUT, key, key)], SemiSync(wait_for=1, durable=True, timeout_s=1.0)
-                )
-            except Exception:  # refused, timed out, no primary: counted, then retried
-                self.refused += 1
-                if client is not None:
-                    client.close()
-                client = None
-                time.sleep(0.05)
-                continue
-            with self.lock:
-                seq = resp.last_sequence
-                if seq in self.seq_owner:
-                    self.double_acked.append(seq)
-                self.seq_owner[seq] = key
-                self.acked[key] = (seq, client.target)
-                self.acked_at.append((time.monotonic(), client.target))
-        if client is not None:
-            client.close()
-
-    def first_ack_after(self, when: float, not_by: str) -> float | None:
-        with self.lock:
-            return next((t for t, a in self.acked_at if t > when and a != not_by), None)
-
-
 class _LeaderWatch:
     """Every (epoch, node address) etcd names as primary, polled without pause."""
 
     def __init__(self, target: str) -> None:
         self.target = target
         self.seen: dict[int, set[str]] = {}
+        #: epoch -> monotonic time it was first seen (after etcd created it: an upper bound)
+        self.first_seen: dict[int, float] = {}
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -129,6 +91,7 @@ class _LeaderWatch:
                 address, epoch = discover(self.target, 1.0)
             except (KevoReplError, Exception):
                 continue
+            self.first_seen.setdefault(epoch, time.monotonic())
             self.seen.setdefault(epoch, set()).add(address)
             time.sleep(0.05)
 
@@ -167,7 +130,7 @@ def run_ha_chaos(
         for i in range(3)
     ]
     target = f"etcd://{etcd.address}/chaos"
-    writer, watch = _Writer(target), _LeaderWatch(target)
+    writer, watch = SemiSyncWriter(target, b"chaos-ha-"), _LeaderWatch(target)
     threads = [threading.Thread(target=t.run, daemon=True) for t in (writer, watch)]
     try:
         try:
@@ -200,7 +163,7 @@ def run_ha_chaos(
 
 def _fault(
     kind: str, rng: random.Random, etcd: EtcdServer, nodes: list[HANode],
-    proxies: list[FaultProxy], writer: _Writer, target: str, result: HAChaosResult,
+    proxies: list[FaultProxy], writer: SemiSyncWriter, target: str, result: HAChaosResult,
 ) -> None:
     if kind == "etcd_restart":
         etcd.kill()
@@ -252,6 +215,50 @@ def single_writer_violations(
     return out
 
 
+def epoch_violations(
+    acks: Iterable[Ack], first_seen: dict[int, float], named: dict[int, set[str]] | None = None
+) -> list[str]:
+    """What the write responses' epochs show: two nodes acknowledging writes in one epoch
+    (or one that etcd did not name for it, with `named`: epoch -> the nodes etcd named),
+    a write acknowledged without an epoch, and a write sent after a newer epoch was named in
+    etcd yet acknowledged in an older one (its primary's lease had expired by then: etcd
+    names a new leader only once the old key is gone)."""
+    named = named or {}
+    holders: dict[int, set[str]] = {}
+    late: list[Ack] = []
+    unnamed = 0
+    # for each epoch, the earliest time any newer epoch was seen
+    newer_seen: dict[int, float] = {}
+    soonest = float("inf")
+    for epoch in sorted(first_seen, reverse=True):
+        newer_seen[epoch] = soonest
+        soonest = min(soonest, first_seen[epoch])
+    for ack in acks:
+        if not ack.epoch:
+            unnamed += 1
+            continue
+        holders.setdefault(ack.epoch, set()).add(ack.address)
+        newer = newer_seen.get(ack.epoch)
+        if newer is None:  # an epoch the watch never saw: compare with every seen epoch
+            newer = min((t for e, t in first_seen.items() if e > ack.epoch), default=newer)
+        if newer is not None and ack.sent_at > newer:
+            late.append(ack)
+    # (two nodes etcd named for one epoch are single_writer_violations')
+    out = [f"single writer: writes in epoch {epoch} were acknowledged by {sorted(nodes)}"
+           f"{'' if epoch not in named else f'; etcd named {sorted(named[epoch])}'}"
+           for epoch, nodes in sorted(holders.items())
+           if len(nodes) > 1 or (epoch in named and not nodes <= named[epoch])]
+    if unnamed:
+        out.append(f"single writer: {unnamed} writes acknowledged without an epoch")
+    if late:
+        first = late[0]
+        out.append(
+            f"single writer: {len(late)} writes acknowledged in an epoch after a newer one was "
+            f"named, first sequence {first.sequence} by {first.address} in epoch {first.epoch}"
+        )
+    return out
+
+
 def discarded_violation(report: dict[str, Any]) -> str | None:
     """An old primary's report must name exactly the range past its fork point."""
     n = report["discarded_entries"]
@@ -267,13 +274,14 @@ def discarded_violation(report: dict[str, Any]) -> str | None:
 
 
 def _check(
-    result: HAChaosResult, nodes: list[HANode], writer: _Writer, watch: _LeaderWatch,
+    result: HAChaosResult, nodes: list[HANode], writer: SemiSyncWriter, watch: _LeaderWatch,
     target: str,
 ) -> None:
     result.acknowledged = len(writer.acked)
     result.refused = writer.refused
     v = result.violations
     v += single_writer_violations(watch.seen, writer.double_acked)
+    v += epoch_violations(writer.acks(), dict(watch.first_seen), watch.seen)
     if not _wait(lambda: len({_digest(n) for n in nodes} - {None}) == 1
                  and None not in {_digest(n) for n in nodes}, 180):
         v.append("convergence: the nodes' digests differ three minutes after the run")
@@ -285,10 +293,42 @@ def _check(
         lost = [k for k in writer.acked if c.get(k) != k]
     if lost:
         v.append(f"lost {len(lost)} semi-sync-acknowledged writes, first {lost[:3]}")
+    with Client(found[0], timeout=30.0) as c:
+        final = epochs_mod.parse(c.status_headers()[epochs_mod.EPOCHS_HEADER], header=True)
     for node in nodes:
-        for report_file in sorted(node.data_dir.glob("discarded-epoch-*/discarded.json")):
-            report = json.loads(report_file.read_text())
-            result.discarded_entries += report["discarded_entries"]
-            problem = discarded_violation(report)
-            if problem is not None:
-                v.append(f"{report_file}: {problem}")
+        v += _discarded_violations(node, final, result)
+
+
+def never_replicated(aside: Path, final: Sequence[epochs_mod.Epoch]) -> int:
+    """What an old primary's set-aside WAL holds past its fork point from the final history:
+    the entries it had written and nobody replicated into that history."""
+    head = check_wal(aside).last_good_sequence
+    fork = epochs_mod.fork_point(epochs_mod.load(aside / "wal"), final)
+    return 0 if fork is None else max(0, head - fork)
+
+
+def _discarded_violations(
+    node: HANode, final: Sequence[epochs_mod.Epoch], result: HAChaosResult
+) -> list[str]:
+    out = []
+    total = 0
+    for report_file in sorted(node.data_dir.glob("discarded-epoch-*/discarded.json")):
+        report = json.loads(report_file.read_text())
+        total += report["discarded_entries"]
+        problem = discarded_violation(report)
+        if problem is not None:
+            out.append(f"{report_file}: {problem}")
+        if report["was"] == "primary":
+            expected = never_replicated(report_file.parent, final)
+            if report["discarded_entries"] != expected:
+                out.append(f"{report_file}: {report['discarded_entries']} discarded, but its "
+                           f"WAL held {expected} entries never replicated")
+    result.discarded_entries += total
+    try:
+        reported = int(node.status()["discarded_entries"])
+    except Exception as exc:
+        return [*out, f"{node.name}: no status to compare discarded entries with: {exc}"]
+    if reported != total:
+        out.append(f"{node.name}: status reports {reported} discarded entries, its rejoin "
+                   f"reports {total}")
+    return out

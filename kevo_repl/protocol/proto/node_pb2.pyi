@@ -73,7 +73,7 @@ class WriteResults(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[WriteResponse, _Mapping]]] = ...) -> None: ...
 
 class WriteResponse(_message.Message):
-    __slots__ = ("first_sequence", "last_sequence", "acked_by", "degraded", "request_id", "error_code", "error", "duplicate")
+    __slots__ = ("first_sequence", "last_sequence", "acked_by", "degraded", "request_id", "error_code", "error", "duplicate", "epoch")
     FIRST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     ACKED_BY_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,7 @@ class WriteResponse(_message.Message):
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     first_sequence: int
     last_sequence: int
     acked_by: _containers.RepeatedScalarFieldContainer[str]
@@ -90,7 +91,8 @@ class WriteResponse(_message.Message):
     error_code: int
     error: str
     duplicate: bool
-    def __init__(self, first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ..., acked_by: _Optional[_Iterable[str]] = ..., degraded: _Optional[bool] = ..., request_id: _Optional[int] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    epoch: int
+    def __init__(self, first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ..., acked_by: _Optional[_Iterable[str]] = ..., degraded: _Optional[bool] = ..., request_id: _Optional[int] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ..., duplicate: _Optional[bool] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("key", "min_sequence")
@@ -149,7 +151,7 @@ class ReplicaSlot(_message.Message):
     def __init__(self, replica_id: _Optional[str] = ..., acked_sequence: _Optional[int] = ..., connected: _Optional[bool] = ..., session_id: _Optional[str] = ..., peer: _Optional[str] = ..., last_ack_age_s: _Optional[float] = ..., lag_entries: _Optional[int] = ..., stalled: _Optional[bool] = ..., slot_state: _Optional[str] = ..., lag_bytes: _Optional[int] = ..., holds_oldest_segment: _Optional[bool] = ..., inactive_s: _Optional[float] = ..., lost_age_s: _Optional[float] = ..., never_acks: _Optional[bool] = ..., sent_sequence: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("role", "state", "last_applied", "head_sequence", "first_sequence", "history_id", "applier", "applied_entries", "replicas", "primary", "replica_id", "last_error", "reconnects", "corrupt_entries", "gaps", "duplicates_skipped", "lag_entries", "lag_seconds", "stalled", "connected", "last_message_age_s", "backoff_history_s", "semisync_degraded", "received_sequence", "apply_rate", "bootstrap_state", "bootstrap_snapshot_id", "bootstrap_sequence", "bootstrap_chunks", "bootstrap_keys", "bootstrap_bytes", "bootstrap_total_keys", "bootstrap_total_bytes", "bootstrap_percent", "bootstraps", "wal_bytes", "wal_segments", "max_retained_bytes", "oldest_segment_held_by", "oldest_segment_age_s", "snapshots_held", "lost_slots", "primary_protocol", "mislabelled_payloads", "primary_lacks", "divergence_detection", "rss_bytes", "max_rss_bytes", "memory_guard_trips", "store_damage_events", "last_verified_sequence", "last_verified_age_s", "divergent_ranges", "divergent_range_count", "verify_runs", "verify_failures", "verify_error")
+    __slots__ = ("role", "state", "last_applied", "head_sequence", "first_sequence", "history_id", "applier", "applied_entries", "replicas", "primary", "replica_id", "last_error", "reconnects", "corrupt_entries", "gaps", "duplicates_skipped", "lag_entries", "lag_seconds", "stalled", "connected", "last_message_age_s", "backoff_history_s", "semisync_degraded", "received_sequence", "apply_rate", "bootstrap_state", "bootstrap_snapshot_id", "bootstrap_sequence", "bootstrap_chunks", "bootstrap_keys", "bootstrap_bytes", "bootstrap_total_keys", "bootstrap_total_bytes", "bootstrap_percent", "bootstraps", "wal_bytes", "wal_segments", "max_retained_bytes", "oldest_segment_held_by", "oldest_segment_age_s", "snapshots_held", "lost_slots", "primary_protocol", "mislabelled_payloads", "primary_lacks", "divergence_detection", "rss_bytes", "max_rss_bytes", "memory_guard_trips", "store_damage_events", "last_verified_sequence", "last_verified_age_s", "divergent_ranges", "divergent_range_count", "verify_runs", "verify_failures", "verify_error", "discarded_entries")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LAST_APPLIED_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +209,7 @@ class StatusResponse(_message.Message):
     VERIFY_RUNS_FIELD_NUMBER: _ClassVar[int]
     VERIFY_FAILURES_FIELD_NUMBER: _ClassVar[int]
     VERIFY_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DISCARDED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     role: str
     state: str
     last_applied: int
@@ -264,7 +267,8 @@ class StatusResponse(_message.Message):
     verify_runs: int
     verify_failures: int
     verify_error: str
-    def __init__(self, role: _Optional[str] = ..., state: _Optional[str] = ..., last_applied: _Optional[int] = ..., head_sequence: _Optional[int] = ..., first_sequence: _Optional[int] = ..., history_id: _Optional[str] = ..., applier: _Optional[str] = ..., applied_entries: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaSlot, _Mapping]]] = ..., primary: _Optional[str] = ..., replica_id: _Optional[str] = ..., last_error: _Optional[str] = ..., reconnects: _Optional[int] = ..., corrupt_entries: _Optional[int] = ..., gaps: _Optional[int] = ..., duplicates_skipped: _Optional[int] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., stalled: _Optional[bool] = ..., connected: _Optional[bool] = ..., last_message_age_s: _Optional[float] = ..., backoff_history_s: _Optional[_Iterable[float]] = ..., semisync_degraded: _Optional[int] = ..., received_sequence: _Optional[int] = ..., apply_rate: _Optional[float] = ..., bootstrap_state: _Optional[str] = ..., bootstrap_snapshot_id: _Optional[str] = ..., bootstrap_sequence: _Optional[int] = ..., bootstrap_chunks: _Optional[int] = ..., bootstrap_keys: _Optional[int] = ..., bootstrap_bytes: _Optional[int] = ..., bootstrap_total_keys: _Optional[int] = ..., bootstrap_total_bytes: _Optional[int] = ..., bootstrap_percent: _Optional[float] = ..., bootstraps: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., wal_segments: _Optional[int] = ..., max_retained_bytes: _Optional[int] = ..., oldest_segment_held_by: _Optional[str] = ..., oldest_segment_age_s: _Optional[float] = ..., snapshots_held: _Optional[int] = ..., lost_slots: _Optional[int] = ..., primary_protocol: _Optional[int] = ..., mislabelled_payloads: _Optional[int] = ..., primary_lacks: _Optional[_Iterable[str]] = ..., divergence_detection: _Optional[bool] = ..., rss_bytes: _Optional[int] = ..., max_rss_bytes: _Optional[int] = ..., memory_guard_trips: _Optional[int] = ..., store_damage_events: _Optional[int] = ..., last_verified_sequence: _Optional[int] = ..., last_verified_age_s: _Optional[float] = ..., divergent_ranges: _Optional[_Iterable[str]] = ..., divergent_range_count: _Optional[int] = ..., verify_runs: _Optional[int] = ..., verify_failures: _Optional[int] = ..., verify_error: _Optional[str] = ...) -> None: ...
+    discarded_entries: int
+    def __init__(self, role: _Optional[str] = ..., state: _Optional[str] = ..., last_applied: _Optional[int] = ..., head_sequence: _Optional[int] = ..., first_sequence: _Optional[int] = ..., history_id: _Optional[str] = ..., applier: _Optional[str] = ..., applied_entries: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaSlot, _Mapping]]] = ..., primary: _Optional[str] = ..., replica_id: _Optional[str] = ..., last_error: _Optional[str] = ..., reconnects: _Optional[int] = ..., corrupt_entries: _Optional[int] = ..., gaps: _Optional[int] = ..., duplicates_skipped: _Optional[int] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., stalled: _Optional[bool] = ..., connected: _Optional[bool] = ..., last_message_age_s: _Optional[float] = ..., backoff_history_s: _Optional[_Iterable[float]] = ..., semisync_degraded: _Optional[int] = ..., received_sequence: _Optional[int] = ..., apply_rate: _Optional[float] = ..., bootstrap_state: _Optional[str] = ..., bootstrap_snapshot_id: _Optional[str] = ..., bootstrap_sequence: _Optional[int] = ..., bootstrap_chunks: _Optional[int] = ..., bootstrap_keys: _Optional[int] = ..., bootstrap_bytes: _Optional[int] = ..., bootstrap_total_keys: _Optional[int] = ..., bootstrap_total_bytes: _Optional[int] = ..., bootstrap_percent: _Optional[float] = ..., bootstraps: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., wal_segments: _Optional[int] = ..., max_retained_bytes: _Optional[int] = ..., oldest_segment_held_by: _Optional[str] = ..., oldest_segment_age_s: _Optional[float] = ..., snapshots_held: _Optional[int] = ..., lost_slots: _Optional[int] = ..., primary_protocol: _Optional[int] = ..., mislabelled_payloads: _Optional[int] = ..., primary_lacks: _Optional[_Iterable[str]] = ..., divergence_detection: _Optional[bool] = ..., rss_bytes: _Optional[int] = ..., max_rss_bytes: _Optional[int] = ..., memory_guard_trips: _Optional[int] = ..., store_damage_events: _Optional[int] = ..., last_verified_sequence: _Optional[int] = ..., last_verified_age_s: _Optional[float] = ..., divergent_ranges: _Optional[_Iterable[str]] = ..., divergent_range_count: _Optional[int] = ..., verify_runs: _Optional[int] = ..., verify_failures: _Optional[int] = ..., verify_error: _Optional[str] = ..., discarded_entries: _Optional[int] = ...) -> None: ...
 
 class DigestRequest(_message.Message):
     __slots__ = ("prefix", "split", "at_sequence", "hold_replica", "hold_s")
@@ -333,3 +337,31 @@ class DropSlotResponse(_message.Message):
     ACKED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     acked_sequence: int
     def __init__(self, acked_sequence: _Optional[int] = ...) -> None: ...
+
+class RepointRequest(_message.Message):
+    __slots__ = ("primary",)
+    PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    primary: str
+    def __init__(self, primary: _Optional[str] = ...) -> None: ...
+
+class RepointResponse(_message.Message):
+    __slots__ = ("previous",)
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    previous: str
+    def __init__(self, previous: _Optional[str] = ...) -> None: ...
+
+class PromoteRequest(_message.Message):
+    __slots__ = ("epoch",)
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    def __init__(self, epoch: _Optional[int] = ...) -> None: ...
+
+class PromoteResponse(_message.Message):
+    __slots__ = ("epoch", "position", "history_id")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_ID_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    position: int
+    history_id: str
+    def __init__(self, epoch: _Optional[int] = ..., position: _Optional[int] = ..., history_id: _Optional[str] = ...) -> None: ...

@@ -69,6 +69,16 @@ class NodeStub:
                 request_serializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.ReleaseDigestHoldRequest.SerializeToString,
                 response_deserializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.ReleaseDigestHoldResponse.FromString,
                 _registered_method=True)
+        self.Repoint = channel.unary_unary(
+                '/kevo.repl.Node/Repoint',
+                request_serializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.RepointRequest.SerializeToString,
+                response_deserializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.RepointResponse.FromString,
+                _registered_method=True)
+        self.Promote = channel.unary_unary(
+                '/kevo.repl.Node/Promote',
+                request_serializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.PromoteRequest.SerializeToString,
+                response_deserializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.PromoteResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -128,6 +138,27 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Repoint(self, request, context):
+        """Replica only, an admin call (it needs the replication token where one is set): follow
+        the primary at `primary` from now on, without a restart. The current stream ends and the
+        next one goes there. Not saved: a restarted replica follows [replica] primary again
+        (SIGHUP re-reads it). FAILED_PRECONDITION on a primary, or on a replica that stopped
+        replicating (ERROR with a fatal cause: restart it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Promote(self, request, context):
+        """Replica only, an admin call like Repoint: become the primary of a new epoch, continuing
+        from this replica's durable position, without a restart (its replication stops, its WAL
+        starts empty after that position, and it serves writes and replicas on the same port).
+        Restart it afterwards as `kevo-repl primary`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +196,16 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.ReleaseDigestHold,
                     request_deserializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.ReleaseDigestHoldRequest.FromString,
                     response_serializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.ReleaseDigestHoldResponse.SerializeToString,
+            ),
+            'Repoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.Repoint,
+                    request_deserializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.RepointRequest.FromString,
+                    response_serializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.RepointResponse.SerializeToString,
+            ),
+            'Promote': grpc.unary_unary_rpc_method_handler(
+                    servicer.Promote,
+                    request_deserializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.PromoteRequest.FromString,
+                    response_serializer=kevo__repl_dot_protocol_dot_proto_dot_node__pb2.PromoteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -356,6 +397,60 @@ class Node:
             '/kevo.repl.Node/ReleaseDigestHold',
             kevo__repl_dot_protocol_dot_proto_dot_node__pb2.ReleaseDigestHoldRequest.SerializeToString,
             kevo__repl_dot_protocol_dot_proto_dot_node__pb2.ReleaseDigestHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Repoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kevo.repl.Node/Repoint',
+            kevo__repl_dot_protocol_dot_proto_dot_node__pb2.RepointRequest.SerializeToString,
+            kevo__repl_dot_protocol_dot_proto_dot_node__pb2.RepointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Promote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kevo.repl.Node/Promote',
+            kevo__repl_dot_protocol_dot_proto_dot_node__pb2.PromoteRequest.SerializeToString,
+            kevo__repl_dot_protocol_dot_proto_dot_node__pb2.PromoteResponse.FromString,
             options,
             channel_credentials,
             insecure,
