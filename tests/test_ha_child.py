@@ -1,4 +1,4 @@
-"""An HA agent's node dies with the agent (kevo_repl.ha.with_parent), started without a
+"""An HA agent's node dies with the agent (kevo_repl.with_parent), started without a
 preexec_fn (gRPC's fork handlers crashed such children now and then)."""
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ import textwrap
 import time
 from pathlib import Path
 
-from kevo_repl.ha.with_parent import ORPHANED
+import pytest
+
+from kevo_repl import with_parent
+from kevo_repl.with_parent import ORPHANED
 
 
 def _alive(pid: int) -> bool:
@@ -58,9 +61,16 @@ def test_the_node_dies_when_its_agent_is_killed(tmp_path: Path) -> None:
 def test_a_node_whose_agent_is_already_gone_does_not_start(tmp_path: Path) -> None:
     # a parent pid that is not ours: as if the agent died before the death signal was set
     res = subprocess.run(
-        [sys.executable, "-m", "kevo_repl.ha.with_parent", "1", "primary", "--data-dir",
+        [sys.executable, "-m", "kevo_repl.with_parent", "1", "primary", "--data-dir",
          str(tmp_path / "p"), "--listen", "127.0.0.1:0"],
         capture_output=True, text=True, timeout=60,
     )
     assert res.returncode == ORPHANED and res.stdout == ""
     assert not (tmp_path / "p").exists()
+
+
+def test_an_unknown_death_signal_is_refused() -> None:
+    with pytest.raises(ValueError, match="death signal 'HUP'"):
+        with_parent.command(os.getpid(), ["primary"], death_signal="HUP")
+    assert with_parent.command(123, ["primary"], death_signal="TERM")[-4:] == [
+        "--signal", "TERM", "123", "primary"]

@@ -7,9 +7,9 @@ import asyncio
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
+from kevo_repl import with_parent
 from kevo_repl.errors import KevoReplError
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,10 @@ class Child:
         cls, role: str, *, data_dir: Path, listen: str, applier: str, config: str | None,
         log_level: str, primary: str = "", replica_id: str = "",
     ) -> Child:
-        # kevo_repl.ha.with_parent: the node dies with this process (see there why not a
-        # preexec_fn)
-        argv = [sys.executable, "-m", "kevo_repl.ha.with_parent", str(os.getpid()),
-                "--log-level", log_level, role,
-                "--data-dir", str(data_dir), "--listen", listen, "--applier", applier]
+        # the node dies with this process (see with_parent why not a preexec_fn)
+        argv = with_parent.command(os.getpid(), [
+            "--log-level", log_level, role,
+            "--data-dir", str(data_dir), "--listen", listen, "--applier", applier])
         if config:
             argv += ["--config", config]
         if role == "replica":

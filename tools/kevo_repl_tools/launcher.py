@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kevo_repl import with_parent
 from kevo_repl.client.client import Client
 from kevo_repl.config import ConnectorConfig
 from kevo_repl.errors import KevoReplError
@@ -60,12 +61,9 @@ class NodeProcess:
         self.metrics_address = ""
 
     def command(self) -> list[str]:
-        # the console script when installed, so that `ps | grep kevo-repl` finds the node
-        script = Path(sys.executable).parent / "kevo-repl"
-        run = [str(script)] if script.exists() else [sys.executable, "-m", "kevo_repl"]
-        cmd = [*run, "--log-level", self.log_level,
-               "--log-file", str(self.log_file), self.role,
-               "--data-dir", str(self.data_dir), "--listen", self.listen]
+        args = ["--log-level", self.log_level, "--log-file", str(self.log_file), self.role,
+                "--data-dir", str(self.data_dir), "--listen", self.listen]
+        cmd = self._run(args)
         if self.applier:
             cmd += ["--applier", self.applier]
         if self.metrics:
@@ -79,6 +77,16 @@ class NodeProcess:
                 cmd += ["--replica-id", self.replica_id]
         return cmd
 
+    def _run(self, args: list[str]) -> list[str]:
+        if self.die_with_parent:
+            # the child sets its death signal itself: a preexec_fn in this process, which
+            # runs gRPC threads, crashed children before exec now and then (SIGSEGV)
+            return with_parent.command(os.getpid(), args, death_signal="TERM")
+        # the console script when installed, so that `ps | grep kevo-repl` finds the node
+        script = Path(sys.executable).parent / "kevo-repl"
+        run = [str(script)] if script.exists() else [sys.executable, "-m", "kevo_repl"]
+        return [*run, *args]
+
     def start(self, timeout: float = 30.0) -> str:
         """Start the process and wait (bounded) for its one 'listening' line."""
         if self.running:
@@ -90,7 +98,6 @@ class NodeProcess:
             self.proc = subprocess.Popen(
                 self.command(), stdout=subprocess.PIPE, stderr=err, env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         assert self.proc.stdout is not None
         started = time.monotonic()
@@ -167,31 +174,6 @@ class NodeProcess:
             except OSError:
                 pass
         return "\n".join(out)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _load_prctl() -> Any:
-    """libc's prctl, looked up in the parent: the child between fork and exec (maybe while
-    other threads of the parent held locks) only calls it."""
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux
-        return None
-
-
-_PRCTL = _load_prctl()
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the parent dies, even by SIGKILL."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def read_line(stream: Any, timeout: float) -> bytes:
