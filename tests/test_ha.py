@@ -220,6 +220,8 @@ def test_an_epoch_only_its_dead_primary_held_does_not_stall_the_election(
     first, _ = _primary(etcd)
     x = next(n for n in nodes if n.address == first)
     y, z = (n for n in nodes if n is not x)
+    # the leader key names x as soon as it is elected; it serves once promoted
+    wait_until(lambda: _role(x) == "primary", 30, "the elected node to serve")
     with Client.discover(f"etcd://{etcd.address}/c") as c:
         for i in range(50):
             c.put(b"k%03d" % i, b"v")

@@ -28,6 +28,7 @@ from kevo_repl.plugin.manager import build_node_registry
 from kevo_repl.protocol.methods import NODE_SERVICE, REPLICATION_SERVICE
 from kevo_repl.protocol.proto import node_pb2 as npb
 from kevo_repl.protocol.proto import replication_pb2 as rpb
+from kevo_repl.protocol.rpc_abort import abort
 from kevo_repl.protocol.transport import TokenInterceptor, server_credentials, server_options
 from kevo_repl.replica.read_gate import ReadGate, TooManyWaitingReads
 from kevo_repl.replica.replica import Replica
@@ -219,8 +220,7 @@ class NodeService:
         try:
             return await self._write(request)
         except _WriteFailed as exc:
-            await context.abort(exc.code, exc.message)
-            raise AssertionError("unreachable") from exc
+            await abort(context, exc.code, exc.message)
 
     async def WriteStream(
         self, batches: AsyncIterator[npb.WriteBatch], context: grpc.aio.ServicerContext
@@ -341,8 +341,7 @@ class NodeService:
         try:
             value = await asyncio.to_thread(self.store.get, request.key)
         except StoreDamaged as exc:  # never an answer from a damaged store
-            await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
-            raise AssertionError("unreachable") from exc
+            await abort(context, grpc.StatusCode.DATA_LOSS, str(exc))
         seq = self.store.position().sequence
         if value is None:
             return npb.GetResponse(found=False, sequence=seq)
@@ -356,8 +355,7 @@ class NodeService:
         try:
             ok = await self.read_gate.wait(sequence, budget)
         except TooManyWaitingReads as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-            raise AssertionError("unreachable") from exc
+            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         if not ok:
             applied = self.store.position().sequence
             where = (f"; its primary is {self.cfg.replica.primary}" if self.replica is not None
@@ -451,37 +449,34 @@ class NodeService:
         self, request: npb.DropSlotRequest, context: grpc.aio.ServicerContext
     ) -> npb.DropSlotResponse:
         if self.primary is None:
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"slots live on the primary ({self.cfg.replica.primary}), not on a replica",
+                f"slots live on the primary ({self.cfg.replica.primary}), not on a replica"
             )
-            raise AssertionError("unreachable")
         from kevo_repl.primary.retention import SlotBusy  # a replica never loads it
 
         try:
             slot = self.primary.retention.drop(request.replica_id)
         except SlotBusy as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-            raise AssertionError("unreachable") from exc
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         if slot is None:
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.NOT_FOUND, f"no slot for replica {request.replica_id!r}"
             )
-            raise AssertionError("unreachable")
         return npb.DropSlotResponse(acked_sequence=slot.acked)
 
     async def Promote(
         self, request: npb.PromoteRequest, context: grpc.aio.ServicerContext
     ) -> npb.PromoteResponse:
         if self.replica is None or self.promote_self is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                                 "this node is a primary already")
-            raise AssertionError("unreachable")
         try:
             return await self.promote_self(request.epoch or None)
         except KevoReplError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-            raise AssertionError("unreachable") from exc
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
     def become_primary(self, primary: Primary) -> None:
         """After a live promotion: serve as the primary (writes, slots, its position)."""
@@ -493,10 +488,9 @@ class NodeService:
     ) -> npb.RepointResponse:
         problem = self.repoint_problem(request.primary)
         if problem is not None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION
                                 if self.replica is None or self.replica.fatal
                                 else grpc.StatusCode.INVALID_ARGUMENT, problem)
-            raise AssertionError("unreachable")
         assert self.replica is not None
         return npb.RepointResponse(previous=self.replica.repoint(request.primary))
 
@@ -526,8 +520,7 @@ class NodeService:
                     store_mod.digest, self.store, bytes(request.prefix), request.split
                 )
         except StoreDamaged as exc:  # never a digest of a damaged store
-            await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
-            raise AssertionError("unreachable") from exc
+            await abort(context, grpc.StatusCode.DATA_LOSS, str(exc))
         return digest_response(d)
 
     async def _digest_and_hold(
@@ -537,28 +530,24 @@ class NodeService:
         from kevo_repl.primary.stream_holds import HoldRefused
 
         if self.primary is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                                 "hold_replica is for a primary; this node is a replica")
-            raise AssertionError("unreachable")
         remaining = context.time_remaining()
         hold_s = request.hold_s or (_NO_DEADLINE_WAIT_S if remaining is None else remaining)
         try:
             return await digest_and_hold(self.primary, request.hold_replica,
                                          bytes(request.prefix), request.split, hold_s)
         except HoldRefused as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-            raise AssertionError("unreachable") from exc
+            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except HoldUnavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            raise AssertionError("unreachable") from exc
+            await abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
 
     async def ReleaseDigestHold(
         self, request: npb.ReleaseDigestHoldRequest, context: grpc.aio.ServicerContext
     ) -> npb.ReleaseDigestHoldResponse:
         if self.primary is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                                 "digest holds live on the primary, not on a replica")
-            raise AssertionError("unreachable")
         released = self.primary.holds.release(request.replica_id, request.sequence)
         return npb.ReleaseDigestHoldResponse(released=released)
 
@@ -566,19 +555,18 @@ class NodeService:
         self, request: npb.DigestRequest, context: grpc.aio.ServicerContext
     ) -> store_mod.Digest:
         if self.replica is None:
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.FAILED_PRECONDITION,
-                "at_sequence is for replicas; a primary's digest is at its own position",
+                "at_sequence is for replicas; a primary's digest is at its own position"
             )
-            raise AssertionError("unreachable")
         remaining = context.time_remaining()
         budget = _NO_DEADLINE_WAIT_S if remaining is None else max(0.0, remaining - 0.05)
         try:
             return await digest_at(self.replica, request.at_sequence, bytes(request.prefix),
                                    request.split, budget)
         except DigestRefused as exc:
-            await context.abort(exc.code, exc.message)
-            raise AssertionError("unreachable") from exc
+            await abort(context, exc.code, exc.message)
 
 
 class _WriteFailed(Exception):

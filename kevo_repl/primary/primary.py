@@ -36,6 +36,7 @@ from kevo_repl.protocol.records import (
     encode_block_body,
     payloads_through,
 )
+from kevo_repl.protocol.rpc_abort import abort
 from kevo_repl.storage import epochs as epoch_history
 from kevo_repl.storage.applier import Applier
 from kevo_repl.storage.store import open_store
@@ -673,8 +674,7 @@ class Primary:
         for key, value in context.invocation_metadata() or ():
             if key == SESSION_HEADER and str(value) in self.sessions:
                 return self.sessions[str(value)]
-        await context.abort(grpc.StatusCode.NOT_FOUND, "unknown or missing session-id")
-        raise AssertionError("unreachable")
+        await abort(context, grpc.StatusCode.NOT_FOUND, "unknown or missing session-id")
 
     async def acknowledge(
         self, request: rpb.Ack, context: grpc.aio.ServicerContext

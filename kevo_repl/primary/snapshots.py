@@ -35,6 +35,7 @@ from kevo_repl.config import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, SnapshotConfig
 from kevo_repl.errors import StoreError
 from kevo_repl.identity import bound_replica_id, check_replica_id
 from kevo_repl.protocol.proto import replication_pb2 as rpb
+from kevo_repl.protocol.rpc_abort import abort
 from kevo_repl.protocol.snapshot_chunks import encode_records
 from kevo_repl.storage.applier import Applier, SnapshotView
 from kevo_repl.storage.position import Position
@@ -161,12 +162,12 @@ class SnapshotService:
         if request.snapshot_id:
             found = self.held.get(request.snapshot_id)
             if found is None or found.closed:
-                await context.abort(
+                await abort(
+                    context,
                     grpc.StatusCode.NOT_FOUND,
                     f"snapshot {request.snapshot_id} is no longer held (released or expired); "
-                    "ask for a new one",
+                    "ask for a new one"
                 )
-                raise AssertionError("unreachable")
             held = found
             index = request.next_index
             if index:
@@ -189,8 +190,7 @@ class SnapshotService:
             it = await asyncio.to_thread(held.open_items, after)
         except StoreError as exc:
             held.streams -= 1
-            await context.abort(grpc.StatusCode.ABORTED, str(exc))
-            raise AssertionError("unreachable") from exc
+            await abort(context, grpc.StatusCode.ABORTED, str(exc))
         done = False
         try:
             while not done:
@@ -202,8 +202,7 @@ class SnapshotService:
                 try:
                     pairs, done = await asyncio.to_thread(held.read_chunk, it, limit)
                 except StoreError as exc:
-                    await context.abort(grpc.StatusCode.ABORTED, str(exc))
-                    raise AssertionError("unreachable") from exc
+                    await abort(context, grpc.StatusCode.ABORTED, str(exc))
                 data = encode_records(pairs)
                 yield rpb.SnapshotChunk(
                     snapshot_id=held.snapshot_id,
